@@ -1,0 +1,43 @@
+"""Image preprocessing shared by training and evaluation, so both see the same pixels.
+
+insightface's convention: RGB, scaled to [-1, 1]; resizing happens only when the model's
+input size differs from the stored 112x112 (the CPU default trains smaller images).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_model_input(images: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``[N, H, W, 3]`` (or one ``[H, W, 3]``) -> float32 ``[N, 3, size, size]`` in [-1, 1]."""
+    batch = torch.as_tensor(images)
+    if batch.ndim == 3:
+        batch = batch.unsqueeze(0)
+    batch = batch.permute(0, 3, 1, 2).float()
+    if batch.shape[-2:] != (size, size):
+        batch = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return batch.sub_(127.5).div_(127.5)
+
+
+class ModelInputTransform:
+    """Per-sample transform for datasets: HWC uint8 -> CHW float in [-1, 1] at the model size.
+
+    It is deterministic on purpose: random augmentation (the flip) happens on the batch in
+    the trainer, from a generator the checkpoint saves, so resumed runs see the same flips.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        return to_model_input(image, self.size)[0]
+
+
+def random_horizontal_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip each image of an NCHW batch left-right with probability 1/2."""
+    flip = torch.rand(batch.shape[0], generator=generator) < 0.5
+    flip = flip.to(batch.device).view(-1, 1, 1, 1)
+    return torch.where(flip, batch.flip(-1), batch)

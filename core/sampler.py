@@ -1,0 +1,77 @@
+"""The one seam between the trainer and a softmax-sampling method (Partial FC, DCQ).
+
+The trainer's step is always::
+
+    selection = sampler.select(embeddings, labels, batch)   # which columns the softmax sees
+    loss = criterion(selection)                             # cosine logits -> margin -> CE
+    loss.backward()
+    sampler.collect(selection)                              # after every (micro-)batch backward
+    ...                                                     # every `accumulate` micro-batches:
+    optimizer.step(); sampler.step(lr)                      # method-specific state update
+
+so a method owns all of its state (centers and their optimizer, or a queue and a
+momentum encoder) and the trainer never needs to know which method it is running.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Selection:
+    """What the margin softmax of one (micro-)batch sees.
+
+    ``embeddings`` are the rows of the softmax (possibly gathered from all ranks) and
+    ``weights`` the class weights of the selected columns, both un-normalised: the loss
+    normalises them so gradients flow through the normalisation. ``targets[i]`` is the
+    column of row i's class, or -1 when that class is not among this rank's columns.
+    ``negative_mask[i, j]`` is True where column j must not act as a negative for row i
+    (DCQ's same-label queue entries and empty slots).
+    """
+
+    embeddings: torch.Tensor
+    weights: torch.Tensor
+    targets: torch.Tensor
+    negative_mask: Optional[torch.Tensor] = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class ClassSampler(nn.Module, ABC):
+    """A method that decides the softmax's columns and updates its own state.
+
+    Subclasses are ``nn.Module`` so that any network they own (DCQ's momentum encoder)
+    follows ``.to(device)``; their checkpoint state is ``state_dict``/``load_state_dict``.
+    """
+
+    @abstractmethod
+    def select(self, embeddings: torch.Tensor, labels: torch.Tensor, batch: dict[str, Any]) -> Selection:
+        """Build the selection for a batch; ``batch`` carries method inputs (e.g. key images)."""
+
+    def collect(self, selection: Selection) -> None:
+        """Called after each micro-batch's backward, before the optimizer step."""
+
+    @abstractmethod
+    def step(self, lr: float) -> None:
+        """Apply the method's own update after the backbone's optimizer step.
+
+        ``lr`` is the scheduled learning rate of this iteration, which Partial FC's
+        center optimizer follows.
+        """
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        """Parameters to be optimised together with the backbone (none for both methods)."""
+        return []
+
+    def evaluation_model(self, backbone: nn.Module) -> nn.Module:
+        """The network used for evaluation and export; DCQ returns its momentum encoder."""
+        return backbone
+
+    def class_statistics(self) -> dict[str, torch.Tensor]:
+        """Per-class counters (e.g. ``positive``/``negative`` update counts) for analysis."""
+        return {}

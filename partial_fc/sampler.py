@@ -1,0 +1,166 @@
+"""Partial FC (An et al. 2020/2022): keep every class center, let each step's softmax see
+the batch's positive classes plus a uniform random subset of the other centers, and
+update only the centers that were seen.
+
+The center store and its optimizer state live here, outside autograd and outside the
+backbone's optimizer. ``select`` copies the sampled rows into a fresh leaf tensor; after
+backward its gradient is exactly the sparse gradient of those rows, and ``step`` applies
+the row optimizer to them alone. ``sample_rate=1.0`` skips sampling and is exact full
+softmax. Classes are sharded in contiguous ranges so the same object serves one rank of
+a model-parallel run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from core.errors import ConfigError
+from core.sampler import ClassSampler, Selection
+from partial_fc.center_optimizer import build_center_optimizer
+
+# Centers are initialised in fixed chunks of rows, each from its own seed, so that a
+# row's initial value does not depend on how the classes are sharded.
+_INIT_CHUNK_ROWS = 1 << 16
+
+
+def class_shard(num_classes: int, rank: int, world_size: int) -> tuple[int, int]:
+    """``(start, count)`` of rank's contiguous class range; the first ``C % W`` ranks get one more."""
+    base, extra = divmod(num_classes, world_size)
+    return base * rank + min(rank, extra), base + (1 if rank < extra else 0)
+
+
+def init_centers(start: int, count: int, dim: int, seed: int, device: Optional[torch.device] = None,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """N(0, 0.01) rows ``start .. start+count`` of the logical ``[C, dim]`` center table."""
+    centers = torch.empty(count, dim, device=device, dtype=dtype)
+    first_chunk, last_chunk = start // _INIT_CHUNK_ROWS, (start + count - 1) // _INIT_CHUNK_ROWS
+    for chunk in range(first_chunk, last_chunk + 1):
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + chunk)
+        values = torch.randn(_INIT_CHUNK_ROWS, dim, generator=generator) * 0.01
+        chunk_start = chunk * _INIT_CHUNK_ROWS
+        lo, hi = max(start, chunk_start), min(start + count, chunk_start + _INIT_CHUNK_ROWS)
+        centers[lo - start:hi - start] = values[lo - chunk_start:hi - chunk_start].to(device, dtype)
+    return centers
+
+
+def sample_without(excluded: torch.Tensor, total: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` distinct values drawn uniformly from ``[0, total)`` minus sorted ``excluded``.
+
+    Draws in the compressed range ``[0, total - len(excluded))`` and shifts each value past
+    the excluded ones before it, so the cost grows with ``count``, not with ``total``.
+    """
+    free = total - excluded.numel()
+    device = excluded.device
+    if count >= free:
+        drawn = torch.arange(free, device=device)
+    else:
+        drawn = torch.empty(0, dtype=torch.int64, device=device)
+        while drawn.numel() < count:
+            need = count - drawn.numel()
+            # Oversample for the duplicates a draw with replacement produces.
+            extra = int(need * (1.0 + 2.0 * need / free)) + 16
+            fresh = torch.randint(free, (extra,), generator=generator, device=device)
+            drawn = torch.unique(torch.cat([drawn, fresh]))
+        if drawn.numel() > count:
+            keep = torch.randperm(drawn.numel(), generator=generator, device=device)[:count]
+            drawn = drawn[keep]
+    shifted_excluded = excluded - torch.arange(excluded.numel(), device=device)
+    return drawn + torch.searchsorted(shifted_excluded, drawn, right=True)
+
+
+class PartialFCSampler(ClassSampler):
+    """Class centers ``[C_local, D]`` with sparse, exact per-row optimisation."""
+
+    def __init__(self, num_classes: int, embedding_size: int, sample_rate: float = 0.1,
+                 optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4,
+                 seed: int = 0, rank: int = 0, world_size: int = 1,
+                 device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if not 0.0 < sample_rate <= 1.0:
+            raise ConfigError(f"--sample-rate must be in (0, 1], got {sample_rate}")
+        if num_classes < world_size:
+            raise ConfigError(f"{num_classes} classes cannot be sharded over {world_size} processes")
+        self.num_classes = num_classes
+        self.sample_rate = sample_rate
+        self.shard_start, self.shard_size = class_shard(num_classes, rank, world_size)
+        self.num_sample = int(sample_rate * self.shard_size)
+        self.register_buffer("centers", init_centers(self.shard_start, self.shard_size, embedding_size, seed,
+                                                     device, dtype))
+        self.center_optimizer = build_center_optimizer(optimizer, self.shard_size, embedding_size, momentum,
+                                                       weight_decay, device, dtype)
+        self.register_buffer("positive_updates", torch.zeros(self.shard_size, dtype=torch.int64, device=device))
+        self.register_buffer("negative_updates", torch.zeros(self.shard_size, dtype=torch.int64, device=device))
+        self.generator = torch.Generator(device=self.centers.device)
+        self.generator.manual_seed(seed * 7919 + rank)
+        self._pending: list[tuple[Optional[torch.Tensor], torch.Tensor]] = []
+
+    @property
+    def samples_everything(self) -> bool:
+        return self.num_sample >= self.shard_size
+
+    def select(self, embeddings: torch.Tensor, labels: torch.Tensor, batch: dict[str, Any]) -> Selection:
+        labels = labels.to(self.centers.device, torch.int64)
+        local = labels - self.shard_start
+        in_shard = (local >= 0) & (local < self.shard_size)
+        positives = torch.unique(local[in_shard])
+        if self.samples_everything:
+            index = None
+            # An alias of the store: its gradient is dense, and the store only changes in step().
+            weights = self.centers.detach().requires_grad_(True)
+            targets = torch.where(in_shard, local, -1)
+        else:
+            if positives.numel() >= self.num_sample:
+                index = positives
+            else:
+                negatives = sample_without(positives, self.shard_size, self.num_sample - positives.numel(),
+                                           self.generator)
+                index = torch.sort(torch.cat([positives, negatives])).values
+            weights = self.centers[index].clone().requires_grad_(True)
+            targets = torch.where(in_shard, torch.searchsorted(index, local.clamp(min=0)), -1)
+        return Selection(embeddings=embeddings, weights=weights, targets=targets,
+                         state={"index": index, "positives": positives})
+
+    def collect(self, selection: Selection) -> None:
+        index, positives = selection.state["index"], selection.state["positives"]
+        grad = selection.weights.grad
+        if grad is None:
+            raise RuntimeError("PartialFCSampler.collect needs the selection's weights to have a gradient")
+        self._pending.append((index, grad))
+        self.positive_updates[positives] += 1
+        if index is None:
+            self.negative_updates += 1
+        else:
+            self.negative_updates[index] += 1
+        self.negative_updates[positives] -= 1
+
+    def step(self, lr: float) -> None:
+        if not self._pending:
+            return
+        indices = [index for index, _ in self._pending]
+        if len(self._pending) == 1:
+            rows, grad = self._pending[0]
+        elif any(index is None for index in indices):
+            rows, grad = None, torch.zeros_like(self.centers)
+            for index, part in self._pending:
+                if index is None:
+                    grad += part
+                else:
+                    grad.index_add_(0, index, part)
+        else:
+            rows, inverse = torch.unique(torch.cat(indices), return_inverse=True)
+            grad = torch.zeros(rows.numel(), self.centers.shape[1], device=self.centers.device,
+                               dtype=self._pending[0][1].dtype)
+            grad.index_add_(0, inverse, torch.cat([part for _, part in self._pending]))
+        self._pending.clear()
+        self.center_optimizer.update(self.centers, rows, grad, lr)
+
+    def class_statistics(self) -> dict[str, torch.Tensor]:
+        return {"positive_updates": self.positive_updates, "negative_updates": self.negative_updates}
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])

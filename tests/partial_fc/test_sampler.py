@@ -1,0 +1,139 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.errors import ConfigError
+from core.loss import MarginSoftmaxLoss
+from core.margins import build_margin
+from partial_fc.sampler import PartialFCSampler, class_shard, init_centers, sample_without
+
+torch.set_default_dtype(torch.float64)
+
+
+def _run_step(sampler, embeddings, labels, margin, lr=0.1):
+    selection = sampler.select(embeddings, labels, {})
+    loss = MarginSoftmaxLoss(margin)(selection)
+    loss.backward()
+    sampler.collect(selection)
+    sampler.step(lr)
+    return loss, selection
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_rate_one_equals_full_softmax(optimizer):
+    torch.manual_seed(0)
+    num_classes, dim, batch = 11, 6, 8
+    margin = build_margin("arcface", scale=16.0)
+    sampler = PartialFCSampler(num_classes, dim, sample_rate=1.0, optimizer=optimizer, momentum=0.9,
+                               weight_decay=5e-4, dtype=torch.float64)
+    linear = torch.nn.Linear(dim, num_classes, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(sampler.centers)
+    reference_optimizer = (torch.optim.SGD(linear.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+                           if optimizer == "sgd" else
+                           torch.optim.AdamW(linear.parameters(), lr=0.1, weight_decay=5e-4))
+    for _ in range(3):
+        embeddings = torch.randn(batch, dim)
+        labels = torch.randint(num_classes, (batch,))
+        ours = embeddings.clone().requires_grad_(True)
+        theirs = embeddings.clone().requires_grad_(True)
+        loss, _ = _run_step(sampler, ours, labels, margin)
+        cosine = (F.normalize(theirs) @ F.normalize(linear.weight).t()).clamp(-1, 1)
+        reference_loss = F.cross_entropy(margin(cosine, labels), labels)
+        reference_optimizer.zero_grad()
+        reference_loss.backward()
+        reference_optimizer.step()
+        torch.testing.assert_close(loss, reference_loss, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(sampler.centers, linear.weight.detach(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_unsampled_centers_and_state_are_bit_identical(optimizer):
+    torch.manual_seed(1)
+    num_classes, dim = 200, 8
+    sampler = PartialFCSampler(num_classes, dim, sample_rate=0.1, optimizer=optimizer, dtype=torch.float64)
+    margin = build_margin("cosface", scale=32.0)
+    # A first step gives some rows non-zero optimizer state, so drift would show.
+    _run_step(sampler, torch.randn(4, dim, requires_grad=True), torch.randint(num_classes, (4,)), margin)
+    before = {k: v.clone() for k, v in sampler.state_dict().items() if isinstance(v, torch.Tensor)}
+    _, selection = _run_step(sampler, torch.randn(4, dim, requires_grad=True), torch.randint(num_classes, (4,)),
+                             margin)
+    touched = torch.zeros(num_classes, dtype=torch.bool)
+    touched[selection.state["index"]] = True
+    assert touched.sum() == sampler.num_sample == 20
+    after = sampler.state_dict()
+    for key, value in before.items():
+        if value.ndim >= 1 and value.shape[0] == num_classes and "updates" not in key:
+            assert torch.equal(after[key][~touched], value[~touched]), key
+            if key == "centers":
+                assert not torch.equal(after[key][touched], value[touched])
+
+
+def test_selection_keeps_positives_and_remaps_labels():
+    sampler = PartialFCSampler(100, 4, sample_rate=0.2, seed=3)
+    labels = torch.tensor([5, 99, 5, 0, 42])
+    selection = sampler.select(torch.randn(5, 4), labels, {})
+    index = selection.state["index"]
+    assert index.numel() == 20 and torch.equal(index, torch.sort(torch.unique(index)).values)
+    assert torch.equal(index[selection.targets], labels)
+
+
+def test_positives_only_when_they_exceed_the_sample():
+    sampler = PartialFCSampler(100, 4, sample_rate=0.03)
+    labels = torch.tensor([1, 2, 3, 4, 5, 1])
+    selection = sampler.select(torch.randn(6, 4), labels, {})
+    assert torch.equal(selection.state["index"], torch.tensor([1, 2, 3, 4, 5]))
+
+
+def test_sample_without_is_uniform_and_excludes():
+    generator = torch.Generator().manual_seed(0)
+    excluded = torch.tensor([0, 3, 4, 9])
+    counts = torch.zeros(10)
+    for _ in range(3000):
+        drawn = sample_without(excluded, 10, 3, generator)
+        assert drawn.unique().numel() == 3
+        counts[drawn] += 1
+    assert counts[excluded].sum() == 0
+    free = counts[[1, 2, 5, 6, 7, 8]]
+    # Each of the 6 free values is drawn with probability 1/2 per call: 1500 +- ~4 sigma.
+    assert (free - 1500).abs().max() < 160
+
+
+def test_counters_count_positive_and_passive_updates():
+    sampler = PartialFCSampler(10, 4, sample_rate=1.0, dtype=torch.float64)
+    margin = build_margin("cosface")
+    _run_step(sampler, torch.randn(3, 4, requires_grad=True), torch.tensor([1, 1, 2]), margin)
+    expected_negative = torch.ones(10, dtype=torch.int64)
+    expected_negative[[1, 2]] = 0
+    assert torch.equal(sampler.negative_updates, expected_negative)
+    assert sampler.positive_updates.tolist() == [0, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+
+
+def test_accumulated_micro_batches_equal_one_batch():
+    torch.manual_seed(2)
+    margin = build_margin("arcface", scale=8.0)
+    whole = PartialFCSampler(30, 5, sample_rate=1.0, dtype=torch.float64)
+    split = PartialFCSampler(30, 5, sample_rate=1.0, dtype=torch.float64)
+    embeddings, labels = torch.randn(8, 5), torch.randint(30, (8,))
+    _run_step(whole, embeddings.clone().requires_grad_(True), labels, margin)
+    for part in (slice(0, 4), slice(4, 8)):
+        selection = split.select(embeddings[part].clone().requires_grad_(True), labels[part], {})
+        (MarginSoftmaxLoss(margin)(selection) / 2).backward()
+        split.collect(selection)
+    split.step(0.1)
+    torch.testing.assert_close(split.centers, whole.centers, rtol=1e-12, atol=1e-14)
+
+
+def test_shards_cover_classes_and_init_is_shard_independent():
+    shards = [class_shard(10, r, 3) for r in range(3)]
+    assert shards == [(0, 4), (4, 3), (7, 3)]
+    whole = init_centers(0, 10, 4, seed=5)
+    parts = torch.cat([init_centers(start, count, 4, seed=5) for start, count in shards])
+    assert torch.equal(whole, parts)
+    assert abs(init_centers(0, 4000, 64, seed=0).std().item() - 0.01) < 5e-4
+
+
+def test_bad_sample_rate():
+    with pytest.raises(ConfigError, match="--sample-rate"):
+        PartialFCSampler(10, 4, sample_rate=0.0)
