@@ -164,3 +164,10 @@ class PartialFCSampler(ClassSampler):
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+
+
+def sampler_from_config(config, num_classes: int, backbone, device: torch.device, context) -> PartialFCSampler:
+    """The trainer's entry point (see core/build.py); the backbone is not needed here."""
+    return PartialFCSampler(num_classes, config.embedding_size, config.sample_rate, config.optimizer,
+                            config.momentum, config.weight_decay, config.seed, context.rank,
+                            context.world_size, device)

@@ -1,0 +1,186 @@
+"""facequeue command line: train | eval | data | bench.
+
+Entry points stay thin: each command parses options, calls into core/, partial_fc/,
+dcq/ or analysis/, and ends by saying what it produced and what to run next. Errors
+that are the user's to fix (bad files, bad options) print as one line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from core.errors import FaceQueueError
+
+
+class _Group(click.Group):
+    """Turns FaceQueueError into a one-line message and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FaceQueueError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Train face-recognition embeddings with Partial FC or Dynamic Class Queue, and analyse them."""
+
+
+# -- train ------------------------------------------------------------------------------------
+@main.command()
+@click.option("--method", type=click.Choice(["pfc", "dcq"]), help="Partial FC or Dynamic Class Queue.")
+@click.option("--data", help="'synthetic' (default), a .rec directory, a folder of identities or a list file.")
+@click.option("--val", multiple=True, help="Verification .bin file (repeatable); synthetic data ships val.bin.")
+@click.option("--backbone", help="tiny (CPU default), iresnet18/34/50/100, mobilefacenet.")
+@click.option("--embedding-size", type=int)
+@click.option("--input-size", type=int, help="Model input side; defaults to the backbone's.")
+@click.option("--sample-rate", type=float, help="Partial FC: fraction of classes in each softmax.")
+@click.option("--margin", type=click.Choice(["arcface", "cosface", "combined"]))
+@click.option("--margin-m", type=float, help="The margin of arcface (0.5) or cosface (0.4).")
+@click.option("--margin-combined", nargs=3, type=float, help="m1 m2 m3 of the combined margin.")
+@click.option("--scale", type=float, help="Logit scale s.")
+@click.option("--straight-through/--exact-gradient", default=None,
+              help="ArcFace gradient as insightface computes it (straight through) or exact (default).")
+@click.option("--interclass-threshold", type=float, help="Zero non-target cosines above this (duplicates).")
+@click.option("--epochs", type=int)
+@click.option("--max-steps", type=int, help="Stop after this many steps (the schedule still spans --epochs).")
+@click.option("--batch-size", type=int, help="Per-process batch size.")
+@click.option("--accumulate", type=int, help="Micro-batches per optimizer step.")
+@click.option("--lr", type=float)
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]))
+@click.option("--weight-decay", type=float)
+@click.option("--grad-clip", type=float, help="Max backbone gradient norm (0 disables).")
+@click.option("--amp", type=click.Choice(["auto", "bf16", "off"]))
+@click.option("--queue-size", type=float, help="DCQ: entries, or a fraction of the classes if < 1.")
+@click.option("--dcq-momentum", type=float, help="DCQ: momentum of the EMA encoder.")
+@click.option("--k-shot", type=int, help="DCQ: images per identity that generate a class weight.")
+@click.option("--identity-sampling", type=click.Choice(["image", "category"]),
+              help="DCQ: draw batch rows uniformly over images or over identities.")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/METHOD-TIME).")
+@click.option("--resume", type=click.Path(), help="Continue the run in this directory from its checkpoint.")
+@click.option("--config", "config_file", type=click.Path(), help="YAML config; flags override it.")
+@click.option("--device", help="auto, cpu or cuda.")
+@click.option("--seed", type=int)
+@click.option("--workers", type=int, help="DataLoader workers.")
+@click.option("--cache-images", type=click.Choice(["auto", "on", "off"]))
+@click.option("--checkpoint-every", type=int, help="Steps between checkpoints.")
+@click.option("--val-every", type=int, help="Steps between validations (0: every epoch).")
+@click.option("--identities", "synthetic_identities", type=int, help="Synthetic data: training identities.")
+@click.option("--flip-noise", type=float, help="Synthetic data: fraction of flipped labels.")
+@click.option("--split", type=float, help="Synthetic data: fraction of identities split in two labels.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def train(config_file: Optional[str], quiet: bool, **options: Any) -> None:
+    """Train with Partial FC (--method pfc) or DCQ (--method dcq); with no --data, on synthetic identities."""
+    import torch
+
+    from core.config import TrainConfig, load_config
+    from core.trainer import Trainer, find_checkpoint, metrics_summary
+
+    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
+    options = {k: v for k, v in options.items() if v is not None and v != []}
+    if "resume" in options:
+        saved = torch.load(find_checkpoint(options["resume"]), map_location="cpu", weights_only=False)["config"]
+        config = TrainConfig(**saved).replace(**options)
+        run_dir = Path(options["resume"])
+    else:
+        config = load_config(config_file, options)
+        run_dir = Path(config.out or f"runs/{config.method}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if (run_dir / "checkpoint.pt").exists():
+            raise FaceQueueError(f"--out {run_dir} already holds a run; use --resume {run_dir} or another --out")
+    started = time.perf_counter()
+    trainer = Trainer(config, run_dir, progress=not quiet)
+    if config.resume:
+        trainer.resume(config.resume)
+    metrics = trainer.fit()
+    if trainer.context.is_main:
+        minutes = (time.perf_counter() - started) / 60
+        click.echo(f"\nTrained {config.method} for {trainer.step} steps in {minutes:.1f} min "
+                   f"({trainer.num_classes} classes, {len(trainer.dataset)} images).")
+        click.echo("Held-out verification:\n  " + (metrics_summary(metrics).replace("\n", "\n  ") or "(no --val)"))
+        click.echo(f"Run directory: {run_dir} (checkpoint.pt, config.yaml, log.csv, loss.png, metrics.json)")
+        val = trainer.val_files[0] if trainer.val_files else "F.bin"
+        click.echo(f"Next: python cli.py eval {run_dir} --val {val}")
+
+
+# -- eval -------------------------------------------------------------------------------------
+@main.command(name="eval")
+@click.argument("run", type=click.Path(exists=True))
+@click.option("--val", multiple=True, required=True, help="Verification .bin file (repeatable).")
+@click.option("--online", is_flag=True, help="DCQ: evaluate the online encoder instead of the momentum one.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON line shaped like metrics.json.")
+def eval_command(run: str, val: tuple[str, ...], online: bool, device: str, batch_size: int, as_json: bool) -> None:
+    """Verification accuracy (10-fold) and TAR@FAR of a run directory or checkpoint."""
+    from core.distributed import resolve_device
+    from core.evaluation import evaluate_bin
+    from core.export import load_evaluation_backbone
+    from core.trainer import metrics_json, metrics_summary
+
+    torch_device = resolve_device(device)
+    model, input_size = load_evaluation_backbone(run, torch_device, online=online)
+    metrics = {Path(path).stem: evaluate_bin(model, path, input_size, torch_device, batch_size) for path in val}
+    click.echo(metrics_json(metrics) if as_json else metrics_summary(metrics))
+
+
+# -- data -------------------------------------------------------------------------------------
+@main.group()
+def data() -> None:
+    """Make and inspect datasets (.rec directories, folders, lists, .bin pair sets)."""
+
+
+@data.command(name="make-synthetic")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory to create.")
+@click.option("--identities", default=600, show_default=True, help="Training identities.")
+@click.option("--heldout", default=100, show_default=True, help="Held-out identities for val.bin.")
+@click.option("--flip-noise", default=0.0, show_default=True, help="Fraction of images given a wrong label.")
+@click.option("--split", default=0.0, show_default=True, help="Fraction of identities split under two labels.")
+@click.option("--min-images", default=2, show_default=True)
+@click.option("--max-images", default=80, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def make_synthetic(out: str, identities: int, heldout: int, flip_noise: float, split: float, min_images: int,
+                   max_images: int, seed: int) -> None:
+    """Render long-tailed synthetic identities with known noise as train.rec + val.bin + ground_truth.json."""
+    from core.data.synthetic import SyntheticConfig, make_synthetic_dataset
+
+    summary = make_synthetic_dataset(out, SyntheticConfig(
+        identities=identities, heldout_identities=heldout, flip_noise=flip_noise, split=split,
+        min_images=min_images, max_images=max_images, seed=seed))
+    click.echo(f"Wrote {summary['num_images']} images of {summary['num_classes']} classes to {out} "
+               f"({summary.get('num_flipped', 0)} flipped labels, {summary.get('num_split_pairs', 0)} split pairs).")
+    click.echo(f"Next: python cli.py data inspect {out} --plot {Path(out) / 'counts.png'}  |  "
+               f"python cli.py train --method pfc --data {out}")
+
+
+@data.command()
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="One JSON line.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Write the images-per-class histogram here.")
+def inspect(path: str, as_json: bool, plot: Optional[str]) -> None:
+    """Counts of a dataset (images, classes, images per class) or of a .bin (pairs, positives)."""
+    from core.data.inspect import inspect_path, plot_class_histogram
+
+    summary = inspect_path(path)
+    if plot and "counts" in summary:
+        plot_class_histogram(summary["counts"], plot, title=str(path))
+    public = {k: v for k, v in summary.items() if k != "counts"}
+    if as_json:
+        keys = ("num_pairs", "num_positive_pairs") if "num_pairs" in public else ("num_images", "num_classes")
+        click.echo(json.dumps({k: public[k] for k in keys}))
+        return
+    for key, value in public.items():
+        click.echo(f"{key}: {value}")
+    if plot and "counts" in summary:
+        click.echo(f"histogram: {plot}")
+
+
+if __name__ == "__main__":
+    main()

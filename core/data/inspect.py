@@ -1,0 +1,51 @@
+"""What ``data inspect`` reports: counts of a dataset or of a verification .bin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.io import atomic_path
+
+
+def inspect_path(path: str | Path) -> dict[str, Any]:
+    """Counts for a .bin (pairs) or any ``--data`` dataset (images, classes, per-class stats)."""
+    path = Path(path)
+    if path.suffix == ".bin":
+        from core.data.verification_bin import read_verification_bin
+        images, issame = read_verification_bin(path)
+        return {"num_pairs": int(len(issame)), "num_positive_pairs": int(np.sum(issame)),
+                "num_images": len(images)}
+    from core.data.loader import open_dataset
+    dataset = open_dataset(path)
+    counts = dataset.class_counts()
+    present = counts[counts > 0]
+    return {"num_images": len(dataset), "num_classes": int(dataset.num_classes),
+            "empty_classes": int((counts == 0).sum()),
+            "images_per_class_min": int(present.min()) if present.size else 0,
+            "images_per_class_median": float(np.median(present)) if present.size else 0.0,
+            "images_per_class_max": int(present.max()) if present.size else 0,
+            "counts": counts}
+
+
+def plot_class_histogram(counts: np.ndarray, out: str | Path, title: str = "") -> None:
+    """Histogram of images per class on log axes: the shape of the long tail at a glance."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = counts[counts > 0]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    bins = np.unique(np.logspace(0, np.log10(max(2, present.max() + 1)), 30).astype(int))
+    axis.hist(present, bins=bins, color="tab:blue", edgecolor="white")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("images per class")
+    axis.set_ylabel("classes")
+    axis.set_title(f"{title}\n{present.size} classes, {int(counts.sum())} images", fontsize=9)
+    figure.tight_layout()
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)

@@ -1,0 +1,166 @@
+"""From a ``--data`` argument to batches: format detection, the in-memory image cache,
+deterministic (resumable) batch order, and the identity-aware batch hook DCQ uses.
+
+Batch order depends only on (seed, epoch, rank), so a resumed run rebuilds exactly the
+batches the interrupted one would have drawn, whatever the number of loader workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from core.data.base import FaceDataset
+from core.data.transforms import ModelInputTransform, to_model_input
+from core.errors import ConfigError, DataError
+
+LIST_SUFFIXES = {".txt", ".lst", ".list", ".tsv"}
+# Decoded images are kept in memory when they fit in this many bytes (at the model size).
+CACHE_LIMIT_BYTES = 2 << 30
+
+
+def open_dataset(path: str | Path, transform=None) -> FaceDataset:
+    """A dataset from a .rec directory (or its train.rec), a folder of identities, or a list."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"--data {path}: no such file or directory")
+    if path.is_file() and path.suffix == ".rec":
+        path = path.parent
+    if path.is_dir() and (path / "train.rec").exists():
+        from core.data.recordio import RecordDataset
+        return RecordDataset(path, transform=transform)
+    if path.is_dir():
+        from core.data.folder import FolderDataset
+        return FolderDataset(path, transform=transform)
+    if path.suffix.lower() in LIST_SUFFIXES:
+        from core.data.folder import ListDataset
+        return ListDataset(path, transform=transform)
+    raise DataError(f"--data {path}: unknown format; expected a directory with train.rec/train.idx, "
+                    f"a folder with one sub-directory per identity, or a list file "
+                    f"({', '.join(sorted(LIST_SUFFIXES))}) of 'path label' lines")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FACEQUEUE_CACHE", Path.home() / ".cache" / "facequeue"))
+
+
+def synthetic_dataset_root(identities: int, flip_noise: float, split: float, seed: int = 0,
+                           progress: bool = True) -> Path:
+    """The embedded default dataset, generated once per parameter set and then reused."""
+    from core.data.synthetic import SyntheticConfig, make_synthetic_dataset
+    config = SyntheticConfig(identities=identities, flip_noise=flip_noise, split=split, seed=seed)
+    key = hashlib.sha1(json.dumps(vars(config), sort_keys=True).encode()).hexdigest()[:10]
+    root = cache_dir() / "synthetic" / f"ids{identities}-flip{flip_noise}-split{split}-seed{seed}-{key}"
+    if not (root / "train.rec").exists():
+        print(f"Generating the synthetic dataset once into {root} ...", flush=True)
+        make_synthetic_dataset(root, config, progress=progress)
+    return root
+
+
+class CachedImages(FaceDataset):
+    """A dataset's images decoded once and kept at the model's input size.
+
+    Small datasets (the synthetic default) otherwise spend most of a CPU step on JPEG
+    decoding; the cache makes a step cost what the network costs.
+    """
+
+    def __init__(self, dataset: FaceDataset, size: int, progress: bool = True) -> None:
+        self.dataset = dataset
+        self.size = size
+        self.labels = dataset.labels
+        self.num_classes = dataset.num_classes
+        self.images = np.empty((len(dataset), size, size, 3), dtype=np.uint8)
+        for index in tqdm(range(len(dataset)), desc="decoding images", disable=not progress, leave=False,
+                          mininterval=1.0):
+            image = dataset.load_image(index)
+            if image.shape[:2] != (size, size):
+                image = to_model_input(image, size)[0].mul(127.5).add(127.5).round().clamp(0, 255)
+                image = image.permute(1, 2, 0).to(torch.uint8).numpy()
+            self.images[index] = image
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+    def source_of(self, index: int) -> dict:
+        return self.dataset.source_of(index)
+
+    def __getitem__(self, index: int):
+        return to_model_input(self.images[index], self.size)[0], int(self.labels[index])
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        batch = to_model_input(self.images[np.asarray(indices)], self.size)
+        return list(zip(batch.unbind(0), self.labels[np.asarray(indices)].tolist()))
+
+
+def prepare_dataset(path: str | Path, size: int, cache: str = "auto", progress: bool = True) -> FaceDataset:
+    """Open ``path`` for training at ``size``, caching decoded images when that pays."""
+    dataset = open_dataset(path, transform=ModelInputTransform(size))
+    if len(dataset) == 0:
+        raise DataError(f"--data {path}: the dataset holds no images")
+    if cache not in ("auto", "on", "off"):
+        raise ConfigError(f"--cache-images must be auto, on or off; got {cache!r}")
+    fits = len(dataset) * size * size * 3 <= CACHE_LIMIT_BYTES
+    if cache == "on" or (cache == "auto" and fits):
+        return CachedImages(dataset, size, progress=progress)
+    return dataset
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Shuffled batches from a permutation seeded by (seed, epoch), split across ranks.
+
+    Each rank takes every ``world_size``-th sample of the permutation, so each sample is
+    seen once per epoch across ranks; incomplete last batches are dropped so that every
+    step has the same batch size on every rank. ``start_batch`` resumes mid-epoch.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if batch_size * world_size > num_samples:
+            raise DataError(f"--batch-size {batch_size} x {world_size} process(es) is larger than the "
+                            f"dataset ({num_samples} images)")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start_batch = 0
+
+    def set_position(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return self.num_samples // (self.batch_size * self.world_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.num_samples, generator=generator)[self.rank::self.world_size]
+        for batch in range(self.start_batch, len(self)):
+            yield order[batch * self.batch_size:(batch + 1) * self.batch_size].tolist()
+
+
+def make_loader(dataset: FaceDataset, batch_sampler: Sampler, workers: int, pin_memory: bool) -> DataLoader:
+    """A DataLoader; in-memory datasets are served in the main process (workers cost more).
+
+    It gets a generator of its own: by default each new loader iterator draws a worker
+    seed from torch's global RNG, which would make a resumed run drift from a straight one.
+    """
+    if isinstance(dataset, CachedImages):
+        workers = 0
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+                      generator=torch.Generator().manual_seed(0))
+
+
+def default_val_files(data_root: Optional[Path]) -> list[str]:
+    """The ``val.bin`` a synthetic dataset ships with, if any."""
+    if data_root is not None and (data_root / "val.bin").exists():
+        return [str(data_root / "val.bin")]
+    return []

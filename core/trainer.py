@@ -1,0 +1,395 @@
+"""The training loop shared by every method, which it sees only through ClassSampler.
+
+The Trainer owns all state that a resumed run needs (backbone, optimizer, schedule,
+the sampler's own state, every RNG and the position in the data), so ``state_dict``
+is the checkpoint and N straight steps equal N/2 + resume + N/2 bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import random
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from core.backbones import build_backbone, default_input_size
+from core.build import build_sampler
+from core.config import TrainConfig, save_config
+from core.data.loader import (EpochBatchSampler, default_val_files, make_loader, prepare_dataset,
+                              synthetic_dataset_root)
+from core.data.transforms import random_horizontal_flip
+from core.distributed import DistributedContext, init_distributed, resolve_device
+from core.errors import ConfigError, DataError, TrainingError
+from core.evaluation import embed_images, evaluate_pairs
+from core.io import atomic_torch_save, atomic_write_json
+from core.loss import MarginSoftmaxLoss
+from core.margins import build_margin
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def warmup_polynomial(total_steps: int, warmup_steps: int, power: float):
+    """LR factor per iteration: linear warmup from 1/(W+1), then polynomial decay to 0.
+
+    The first step runs at ``1/(W+1)`` of the base rate, never at the full rate.
+    """
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return max(0.0, 1.0 - progress) ** power
+
+    return factor
+
+
+def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    raise ConfigError(f"--optimizer must be sgd or adamw, got {config.optimizer!r}")
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the one inside a run directory; a clear error when there is none."""
+    path = Path(path)
+    candidate = path / CHECKPOINT_NAME if path.is_dir() else path
+    if not candidate.is_file():
+        raise ConfigError(f"{path}: no checkpoint found (expected {candidate})")
+    return candidate
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
+            "platform": platform.platform(), "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "threads": torch.get_num_threads(), "git_commit": commit, "argv": sys.argv}
+
+
+class Trainer:
+    """Trains ``config.method`` on ``config.data`` into ``run_dir``."""
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, progress: bool = True) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(config.device)
+        self.context: DistributedContext = init_distributed(self.device)
+        self.progress = progress and self.context.is_main
+        if config.accumulate < 1 or config.batch_size < 1 or config.epochs < 1:
+            raise ConfigError("--batch-size, --epochs and accumulate must be >= 1")
+        amp = "bf16" if config.amp == "auto" and self.device.type == "cuda" else config.amp
+        if amp not in ("auto", "bf16", "off"):
+            raise ConfigError(f"amp must be auto, bf16 or off; got {config.amp!r}")
+        self.amp_dtype = torch.bfloat16 if amp == "bf16" else None
+
+        self._seed_everything(config.seed + self.context.rank)
+        self.input_size = config.input_size or default_input_size(config.backbone)
+        self.data_root = self._data_root()
+        self.dataset = prepare_dataset(self.data_root or config.data, self.input_size, config.cache_images,
+                                       progress=self.progress)
+        self.num_classes = self.dataset.num_classes
+        self.val_files = list(config.val) or default_val_files(self.data_root)
+        self._val_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+        self.backbone = build_backbone(config.backbone, config.embedding_size, self.input_size).to(self.device)
+        self.sampler = build_sampler(config, self.num_classes, self.backbone, self.device, self.context)
+        self.criterion = MarginSoftmaxLoss(build_margin(
+            config.margin, config.scale, config.margin_m, tuple(config.margin_combined),
+            config.straight_through, config.interclass_threshold))
+        self.optimizer = build_optimizer(config, list(self.backbone.parameters()) + self.sampler.extra_parameters())
+
+        self.batch_sampler = EpochBatchSampler(len(self.dataset), config.batch_size, config.seed,
+                                               self.context.rank, self.context.world_size)
+        self.steps_per_epoch = len(self.batch_sampler) // config.accumulate
+        if self.steps_per_epoch == 0:
+            raise DataError(f"--data {config.data}: {len(self.dataset)} images make no full step of "
+                            f"{config.batch_size} x {config.accumulate} accumulated batches")
+        self.total_steps = self.steps_per_epoch * config.epochs
+        warmup = max(1, int(config.warmup_epochs * self.steps_per_epoch))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_polynomial(self.total_steps, warmup, config.lr_power))
+        self.flip_generator = torch.Generator().manual_seed(config.seed * 31 + self.context.rank)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.metrics: dict[str, Any] = {}
+
+    # -- state -----------------------------------------------------------------------------
+    def _data_root(self) -> Optional[Path]:
+        if self.config.data == "synthetic":
+            return synthetic_dataset_root(self.config.synthetic_identities, self.config.flip_noise,
+                                          self.config.split, progress=self.progress)
+        return None
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "num_classes": self.num_classes, "input_size": self.input_size,
+            "backbone": self.backbone.state_dict(),
+            "eval_backbone": self.sampler.evaluation_model(self.backbone).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "flip": self.flip_generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
+            "metrics": self.metrics,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["num_classes"] != self.num_classes:
+            raise DataError(f"the checkpoint was trained on {state['num_classes']} classes but the data has "
+                            f"{self.num_classes}")
+        self.backbone.load_state_dict(state["backbone"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.flip_generator.set_state(rng["flip"])
+        if rng["cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.metrics = state.get("metrics", {})
+
+    def resume(self, path: str | Path) -> None:
+        self.load_state_dict(torch.load(find_checkpoint(path), map_location=self.device, weights_only=False))
+
+    def save_checkpoint(self) -> Path:
+        """Write the checkpoint atomically, refusing to replace a good one with non-finite weights."""
+        path = self.run_dir / CHECKPOINT_NAME
+        tensors = list(self.backbone.state_dict().items()) + list(self.sampler.state_dict().items())
+        broken = [name for name, value in tensors
+                  if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+        if broken:
+            kept = f"the last good checkpoint is {path}" if path.exists() else "no checkpoint was written"
+            raise TrainingError(f"step {self.step}: non-finite weights in {', '.join(broken[:3])}; training "
+                                f"stopped and {kept}. Lower --lr or check the data.")
+        if self.context.is_main:
+            atomic_torch_save(self.state_dict(), path)
+        self.context.barrier()
+        return path
+
+    # -- data ------------------------------------------------------------------------------
+    def _micro_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches from the saved position on, across epochs; advances the position."""
+        pin = self.device.type == "cuda"
+        while self.epoch < self.config.epochs:
+            self.batch_sampler.set_position(self.epoch, self.batch_in_epoch)
+            usable = self.steps_per_epoch * self.config.accumulate
+            loader = make_loader(self.dataset, self.batch_sampler, self.config.workers, pin)
+            for images, labels in loader:
+                if self.batch_in_epoch >= usable:
+                    break
+                self.batch_in_epoch += 1
+                yield images, labels
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    # -- the loop --------------------------------------------------------------------------
+    def train_step(self, micro_batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """One optimizer step over ``accumulate`` micro-batches; returns the mean loss (on device)."""
+        self.backbone.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        for _ in range(self.config.accumulate):
+            images, labels = next(micro_batches)
+            images = random_horizontal_flip(images, self.flip_generator).to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                        else nullcontext())
+            with autocast:
+                embeddings = self.backbone(images)
+            selection = self.sampler.select(embeddings.float(), labels, {"images": images})
+            loss = self.criterion(selection) / self.config.accumulate
+            if not torch.isfinite(loss):
+                last = self.run_dir / CHECKPOINT_NAME
+                kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+                raise TrainingError(f"step {self.step + 1}: the loss is {loss.item()} (not finite); training "
+                                    f"stopped and {kept}. Lower --lr or check the data.")
+            loss.backward()
+            self.sampler.collect(selection)
+            total += loss.detach()
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.backbone.parameters(), self.config.grad_clip)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.sampler.step(lr)
+        self.scheduler.step()
+        self.step += 1
+        return total
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the end (or ``max_steps``), evaluating and checkpointing on the way."""
+        config = self.config
+        last_step = min(self.total_steps, config.max_steps or self.total_steps)
+        if self.context.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, self.run_dir / "config.yaml")
+            atomic_write_json(self.run_dir / "env.json", _environment(self.device))
+        log = _CsvLog(self.run_dir / "log.csv", self.context.is_main)
+        board = _tensorboard(self.run_dir) if self.context.is_main else None
+        micro_batches = self._micro_batches()
+        images_per_step = config.batch_size * config.accumulate * self.context.world_size
+        bar = tqdm(total=last_step, initial=self.step, disable=not self.progress, unit="step",
+                   dynamic_ncols=True, desc=f"train {config.method}")
+        window_loss, window_steps, window_start = torch.zeros((), device=self.device), 0, time.perf_counter()
+        try:
+            while self.step < last_step:
+                epoch_before = self.epoch
+                window_loss += self.train_step(micro_batches)
+                window_steps += 1
+                bar.update(1)
+                if self.step % config.log_every == 0 or self.step == last_step:
+                    elapsed = time.perf_counter() - window_start
+                    row = {"step": self.step, "epoch": epoch_before, "loss": (window_loss / window_steps).item(),
+                           "lr": self.scheduler.get_last_lr()[0],
+                           "img_per_s": window_steps * images_per_step / max(elapsed, 1e-9)}
+                    log.write(row)
+                    if board is not None:
+                        for key in ("loss", "lr", "img_per_s"):
+                            board.add_scalar(f"train/{key}", row[key], self.step)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{row['img_per_s']:.0f}")
+                    window_loss, window_steps, window_start = torch.zeros((), device=self.device), 0, time.perf_counter()
+                epoch_done = self.batch_in_epoch >= self.steps_per_epoch * config.accumulate
+                if self._should_validate(epoch_done, last_step):
+                    self.metrics = self.evaluate()
+                    self._report_metrics(bar, board)
+                if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            if board is not None:
+                board.close()
+        if not self.metrics or self.metrics.get("_step") != self.step:
+            self.metrics = self.evaluate()
+        self.save_checkpoint()
+        if self.context.is_main:
+            atomic_write_json(self.run_dir / "metrics.json",
+                              {k: v for k, v in self.metrics.items() if not k.startswith("_")})
+            _plot_log(self.run_dir)
+        return self.metrics
+
+    def _should_validate(self, epoch_done: bool, last_step: int) -> bool:
+        if not self.val_files or self.step == last_step:
+            return False
+        if self.config.val_every:
+            return self.step % self.config.val_every == 0
+        return epoch_done
+
+    def _report_metrics(self, bar: tqdm, board) -> None:
+        for name, result in self.metrics.items():
+            if name.startswith("_"):
+                continue
+            bar.write(f"step {self.step}: {name} accuracy {result['accuracy']:.4f} "
+                      f"± {result['accuracy_std']:.4f}")
+            if board is not None:
+                board.add_scalar(f"val/{name}/accuracy", result["accuracy"], self.step)
+
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, Any]:
+        """Verification on every ``--val`` file with the method's evaluation network."""
+        model = self.sampler.evaluation_model(self.backbone)
+        results: dict[str, Any] = {"_step": self.step}
+        for path in self.val_files:
+            if path not in self._val_pairs:
+                from core.data.verification_bin import load_verification_pairs
+                self._val_pairs[path] = load_verification_pairs(path)
+            images, issame = self._val_pairs[path]
+            embeddings = embed_images(model, images, self.input_size, device=self.device)
+            results[Path(path).stem] = evaluate_pairs(embeddings, issame)
+        return results
+
+
+class _CsvLog:
+    """Append-only CSV of training progress (step, epoch, loss, lr, img/s)."""
+
+    FIELDS = ["step", "epoch", "loss", "lr", "img_per_s"]
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+        if enabled and not path.exists():
+            with open(path, "w", newline="") as handle:
+                csv.DictWriter(handle, self.FIELDS).writeheader()
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a", newline="") as handle:
+                csv.DictWriter(handle, self.FIELDS).writerow(row)
+
+
+def _tensorboard(run_dir: Path):
+    """A SummaryWriter when TensorBoard is installed; training never requires it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _plot_log(run_dir: Path) -> None:
+    """loss.png: the training loss and learning rate against the step."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    log = pd.read_csv(run_dir / "log.csv")
+    if log.empty:
+        return
+    figure, loss_axis = plt.subplots(figsize=(7, 4))
+    loss_axis.plot(log["step"], log["loss"], color="tab:blue")
+    loss_axis.set_xlabel("step")
+    loss_axis.set_ylabel("loss", color="tab:blue")
+    lr_axis = loss_axis.twinx()
+    lr_axis.plot(log["step"], log["lr"], color="tab:orange")
+    lr_axis.set_ylabel("learning rate", color="tab:orange")
+    figure.tight_layout()
+    from core.io import atomic_path
+    with atomic_path(run_dir / "loss.png") as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+
+
+def metrics_summary(metrics: dict[str, Any]) -> str:
+    """Human-readable lines: accuracy ± std and TAR@FAR for every validation set."""
+    lines = []
+    for name, result in metrics.items():
+        if name.startswith("_"):
+            continue
+        tars = ", ".join(f"TAR@FAR={far}: {tar:.4f}" for far, tar in result["tar_at_far"].items())
+        lines.append(f"{name}: accuracy {result['accuracy']:.4f} ± {result['accuracy_std']:.4f}"
+                     + (f"; {tars}" if tars else "") + f"; AUC {result['auc']:.4f}")
+    return "\n".join(lines)
+
+
+def metrics_json(metrics: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in metrics.items() if not k.startswith("_")}, sort_keys=True)

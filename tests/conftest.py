@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny datasets written in the real formats, small enough for CI."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.data.base import encode_image
+
+
+def write_tiny_rec(root: Path, classes: int = 6, per_class: int = 8, size: int = 16, seed: int = 0,
+                   with_val: bool = True) -> Path:
+    """Class c is a colour pattern plus noise; val.bin pairs images of the same classes."""
+    from core.data.recordio import write_insightface_rec
+    from core.data.verification_bin import write_verification_bin
+
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(0, 256, size=(classes, 2, 3))
+
+    def image(label: int) -> bytes:
+        pixels = np.empty((size, size, 3), dtype=np.float64)
+        pixels[: size // 2] = palette[label, 0]
+        pixels[size // 2:] = palette[label, 1]
+        pixels += rng.normal(0, 20, pixels.shape)
+        return encode_image(np.clip(pixels, 0, 255).astype(np.uint8))
+
+    samples = [(label, image(label)) for label in range(classes) for _ in range(per_class)]
+    write_insightface_rec(root, samples, classes, image_size=(size, size))
+    if with_val:
+        pairs, issame = [], []
+        for i in range(20):
+            a = i % classes
+            b = a if i % 2 == 0 else (a + 1) % classes
+            pairs += [image(a), image(b)]
+            issame.append(a == b)
+        write_verification_bin(root / "val.bin", pairs, issame)
+    return root
+
+
+@pytest.fixture
+def tiny_rec(tmp_path: Path) -> Path:
+    return write_tiny_rec(tmp_path / "tiny")

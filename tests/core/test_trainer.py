@@ -1,0 +1,114 @@
+import math
+
+import pytest
+import torch
+
+from core.config import TrainConfig
+from core.errors import ConfigError, DataError, TrainingError
+from core.trainer import Trainer, warmup_polynomial
+
+
+def _config(root, **changes):
+    base = dict(data=str(root), val=[str(root / "val.bin")], backbone="tiny", input_size=16, embedding_size=16,
+                batch_size=8, epochs=2, lr=0.05, sample_rate=0.5, workers=0, checkpoint_every=0, log_every=1,
+                seed=3)
+    base.update(changes)
+    return TrainConfig().replace(**base)
+
+
+def _weights(trainer):
+    return {**{f"backbone.{k}": v.clone() for k, v in trainer.backbone.state_dict().items()},
+            **{f"sampler.{k}": v.clone() for k, v in trainer.sampler.state_dict().items()
+               if isinstance(v, torch.Tensor)}}
+
+
+def test_resumed_run_equals_straight_run(tiny_rec, tmp_path):
+    straight = Trainer(_config(tiny_rec), tmp_path / "straight", progress=False)
+    assert straight.total_steps == 12  # 48 images / 8 per batch x 2 epochs
+    straight.fit()
+    first = Trainer(_config(tiny_rec, max_steps=7), tmp_path / "resumed", progress=False)
+    first.fit()
+    second = Trainer(_config(tiny_rec), tmp_path / "resumed", progress=False)
+    second.resume(tmp_path / "resumed")
+    assert second.step == 7
+    second.fit()
+    a, b = _weights(straight), _weights(second)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert straight.metrics["val"]["accuracy"] == second.metrics["val"]["accuracy"]
+
+
+def test_run_directory_contents_and_metrics(tiny_rec, tmp_path):
+    trainer = Trainer(_config(tiny_rec, epochs=1), tmp_path / "run", progress=False)
+    metrics = trainer.fit()
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"checkpoint.pt", "config.yaml", "env.json", "log.csv", "metrics.json", "loss.png"} <= names
+    assert set(metrics["val"]) >= {"accuracy", "accuracy_std", "tar_at_far", "auc"}
+    lines = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert lines[0] == "step,epoch,loss,lr,img_per_s" and len(lines) == 1 + trainer.total_steps
+
+
+def test_learning_rate_schedule_warms_up_and_decays():
+    factor = warmup_polynomial(total_steps=10, warmup_steps=4, power=2.0)
+    values = [factor(step) for step in range(10)]
+    assert values[:4] == [0.2, 0.4, 0.6, 0.8]
+    assert values[4] == 1.0 and values[9] == pytest.approx((1 - 5 / 6) ** 2)
+    assert all(b < a for a, b in zip(values[4:], values[5:]))
+
+
+def test_first_step_is_not_at_full_lr(tiny_rec, tmp_path):
+    trainer = Trainer(_config(tiny_rec, warmup_epochs=0.0), tmp_path / "run", progress=False)
+    assert trainer.scheduler.get_last_lr()[0] < trainer.config.lr
+
+
+def test_gradient_accumulation_averages(tiny_rec, tmp_path):
+    # Same 16 images as one batch or as 2 accumulated batches of 8: same update.
+    # Eval-mode BatchNorm would differ, so compare the loss and sample-rate-1 centers after one step.
+    whole = Trainer(_config(tiny_rec, batch_size=16, sample_rate=1.0, max_steps=1, grad_clip=0.0),
+                    tmp_path / "a", progress=False)
+    split = Trainer(_config(tiny_rec, batch_size=8, accumulate=2, sample_rate=1.0, max_steps=1, grad_clip=0.0),
+                    tmp_path / "b", progress=False)
+    for trainer in (whole, split):
+        for module in trainer.backbone.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        trainer.backbone.train = lambda mode=True, model=trainer.backbone: model  # keep BN in eval
+    # Both draw the same 16-image permutation: batch_sampler order depends on seed and epoch only.
+    loss_whole = whole.train_step(whole._micro_batches())
+    loss_split = split.train_step(split._micro_batches())
+    torch.testing.assert_close(loss_whole, loss_split)
+    torch.testing.assert_close(whole.sampler.centers, split.sampler.centers)
+
+
+def test_non_finite_loss_stops_and_names_the_step(tiny_rec, tmp_path):
+    trainer = Trainer(_config(tiny_rec, lr=1e6, checkpoint_every=1, grad_clip=0.0), tmp_path / "run",
+                      progress=False)
+    with pytest.raises(TrainingError, match=r"step \d+: (the loss is (nan|inf)|non-finite weights)"):
+        trainer.fit()
+    # The kept checkpoint is a good one: its weights are finite.
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert all(torch.isfinite(v).all() for v in state["backbone"].values() if v.is_floating_point())
+
+
+def test_resume_without_checkpoint(tiny_rec, tmp_path):
+    trainer = Trainer(_config(tiny_rec), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        trainer.resume(tmp_path)
+
+
+def test_batch_larger_than_dataset(tiny_rec, tmp_path):
+    with pytest.raises(DataError, match="larger than the dataset"):
+        Trainer(_config(tiny_rec, batch_size=100), tmp_path / "run", progress=False)
+
+
+def test_unknown_data_format(tmp_path):
+    bogus = tmp_path / "data.xyz"
+    bogus.write_text("x")
+    with pytest.raises(DataError, match="unknown format"):
+        Trainer(_config(tmp_path, data=str(bogus), val=[]), tmp_path / "run", progress=False)
+
+
+def test_unknown_config_key():
+    with pytest.raises(ConfigError, match="unknown config key"):
+        TrainConfig().replace(sample_rat=0.1)
