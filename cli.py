@@ -182,5 +182,52 @@ def inspect(path: str, as_json: bool, plot: Optional[str]) -> None:
         click.echo(f"histogram: {plot}")
 
 
+# -- bench ------------------------------------------------------------------------------------
+@main.group()
+def bench() -> None:
+    """Benchmarks that print side-by-side ratios (and absolute figures with the device named)."""
+
+
+@bench.command(name="pfc")
+@click.option("--classes", multiple=True, type=int, default=(100_000, 1_000_000), show_default=True)
+@click.option("--sample-rate", "rates", multiple=True, type=float, default=(0.1,), show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--dim", default=512, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--repeats", default=5, show_default=True, help="Timed steps per configuration (median).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per configuration.")
+def bench_pfc(classes: tuple[int, ...], rates: tuple[float, ...], batch_size: int, dim: int, device: str,
+              repeats: int, as_json: bool) -> None:
+    """Partial FC head step time and peak memory: ours vs PartialFC_V2's dense-update semantics."""
+    from benchmarks.common import device_name, format_table, run_isolated
+    from benchmarks.pfc_head import check_fast_path
+    from core.distributed import resolve_device
+
+    torch_device = resolve_device(device)
+    click.echo(f"device: {device_name(torch_device)}; batch {batch_size}, D {dim}; "
+               f"check (rate 1.0 ours vs dense, max |diff| of centers): {check_fast_path(torch_device):.2e}")
+    rows = []
+    for num_classes in classes:
+        for rate in rates:
+            results = {}
+            for variant in ("ours", "dense"):
+                job = {"variant": variant, "classes": num_classes, "rate": rate, "batch": batch_size, "dim": dim,
+                       "device": str(torch_device), "warmup": 2, "repeats": repeats}
+                results[variant] = run_isolated("benchmarks.pfc_head", job)
+                if as_json:
+                    click.echo(json.dumps(results[variant]))
+            ours, dense = results["ours"], results["dense"]
+            if "error" in ours or "error" in dense:
+                rows.append([num_classes, rate, ours.get("error", ""), dense.get("error", ""), "", "", "", ""])
+                continue
+            rows.append([f"{num_classes:,}", rate, f"{ours['step_ms']:.1f}", f"{dense['step_ms']:.1f}",
+                         f"{dense['step_ms'] / ours['step_ms']:.2f}x", f"{ours['peak_gib']:.2f}",
+                         f"{dense['peak_gib']:.2f}", f"{dense['peak_gib'] / max(ours['peak_gib'], 1e-9):.2f}x"])
+    if not as_json:
+        click.echo(format_table(["classes", "rate", "ours ms", "dense ms", "speed-up", "ours peak GiB",
+                                 "dense peak GiB", "memory ratio"], rows))
+        click.echo("Record these in benchmarks/RESULTS.md.")
+
+
 if __name__ == "__main__":
     main()

@@ -28,10 +28,10 @@ class TrainConfig:
     input_size: Optional[int] = None  # None: the backbone's default
     # the softmax
     sample_rate: float = 0.1
-    margin: str = "arcface"
+    margin: Optional[str] = None  # None: the method's recipe (pfc: arcface s=64; dcq: cosface 0.3, s=50)
     margin_m: Optional[float] = None  # None: 0.5 for arcface, 0.4 for cosface
     margin_combined: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.2])
-    scale: float = 64.0
+    scale: Optional[float] = None
     straight_through: bool = False
     interclass_threshold: Optional[float] = None
     # optimisation

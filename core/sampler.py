@@ -47,7 +47,11 @@ class ClassSampler(nn.Module, ABC):
 
     Subclasses are ``nn.Module`` so that any network they own (DCQ's momentum encoder)
     follows ``.to(device)``; their checkpoint state is ``state_dict``/``load_state_dict``.
+    ``key_images_per_row`` > 0 asks the trainer for an identity-aware loader that adds
+    that many other images of each row's identity as ``batch["key_images"]``.
     """
+
+    key_images_per_row: int = 0
 
     @abstractmethod
     def select(self, embeddings: torch.Tensor, labels: torch.Tensor, batch: dict[str, Any]) -> Selection:

@@ -24,10 +24,10 @@ from torch import nn
 from tqdm import tqdm
 
 from core.backbones import build_backbone, default_input_size
-from core.build import build_sampler
+from core.build import build_sampler, resolve_method_defaults
 from core.config import TrainConfig, save_config
-from core.data.loader import (EpochBatchSampler, default_val_files, make_loader, prepare_dataset,
-                              synthetic_dataset_root)
+from core.data.loader import (EpochBatchSampler, IdentityBatchSampler, WithKeyImages, default_val_files,
+                              make_loader, prepare_dataset, synthetic_dataset_root)
 from core.data.transforms import random_horizontal_flip
 from core.distributed import DistributedContext, init_distributed, resolve_device
 from core.errors import ConfigError, DataError, TrainingError
@@ -88,6 +88,7 @@ class Trainer:
     """Trains ``config.method`` on ``config.data`` into ``run_dir``."""
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, progress: bool = True) -> None:
+        config = resolve_method_defaults(config)
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.device)
@@ -110,14 +111,14 @@ class Trainer:
         self._val_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
         self.backbone = build_backbone(config.backbone, config.embedding_size, self.input_size).to(self.device)
-        self.sampler = build_sampler(config, self.num_classes, self.backbone, self.device, self.context)
+        self.sampler = build_sampler(config, self.num_classes, self.backbone, self.device, self.context,
+                                     len(self.dataset))
         self.criterion = MarginSoftmaxLoss(build_margin(
             config.margin, config.scale, config.margin_m, tuple(config.margin_combined),
             config.straight_through, config.interclass_threshold))
         self.optimizer = build_optimizer(config, list(self.backbone.parameters()) + self.sampler.extra_parameters())
 
-        self.batch_sampler = EpochBatchSampler(len(self.dataset), config.batch_size, config.seed,
-                                               self.context.rank, self.context.world_size)
+        self.batch_sampler = self._batch_sampler()
         self.steps_per_epoch = len(self.batch_sampler) // config.accumulate
         if self.steps_per_epoch == 0:
             raise DataError(f"--data {config.data}: {len(self.dataset)} images make no full step of "
@@ -138,6 +139,16 @@ class Trainer:
             return synthetic_dataset_root(self.config.synthetic_identities, self.config.flip_noise,
                                           self.config.split, progress=self.progress)
         return None
+
+    def _batch_sampler(self) -> EpochBatchSampler:
+        """Plain shuffled batches, or identity-aware ones when the method asks for key images."""
+        config, context = self.config, self.context
+        if self.sampler.key_images_per_row > 0:
+            self.dataset = WithKeyImages(self.dataset)
+            return IdentityBatchSampler(self.dataset.labels, config.batch_size, self.sampler.key_images_per_row,
+                                        config.seed, config.identity_sampling, context.rank, context.world_size)
+        return EpochBatchSampler(len(self.dataset), config.batch_size, config.seed, context.rank,
+                                 context.world_size)
 
     @staticmethod
     def _seed_everything(seed: int) -> None:
@@ -198,36 +209,40 @@ class Trainer:
         return path
 
     # -- data ------------------------------------------------------------------------------
-    def _micro_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _micro_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         """Batches from the saved position on, across epochs; advances the position."""
         pin = self.device.type == "cuda"
         while self.epoch < self.config.epochs:
             self.batch_sampler.set_position(self.epoch, self.batch_in_epoch)
             usable = self.steps_per_epoch * self.config.accumulate
             loader = make_loader(self.dataset, self.batch_sampler, self.config.workers, pin)
-            for images, labels in loader:
+            for batch in loader:
                 if self.batch_in_epoch >= usable:
                     break
                 self.batch_in_epoch += 1
-                yield images, labels
+                yield batch
             self.epoch += 1
             self.batch_in_epoch = 0
 
     # -- the loop --------------------------------------------------------------------------
-    def train_step(self, micro_batches: Iterator[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    def train_step(self, micro_batches: Iterator[tuple[torch.Tensor, ...]]) -> torch.Tensor:
         """One optimizer step over ``accumulate`` micro-batches; returns the mean loss (on device)."""
         self.backbone.train()
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for _ in range(self.config.accumulate):
-            images, labels = next(micro_batches)
+            images, labels, *keys = next(micro_batches)
             images = random_horizontal_flip(images, self.flip_generator).to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
+            extras = {"images": images}
+            if keys:  # [B, k, 3, H, W], each key flipped independently of its query
+                flipped = random_horizontal_flip(keys[0].flatten(0, 1), self.flip_generator)
+                extras["key_images"] = flipped.view_as(keys[0]).to(self.device, non_blocking=True)
             autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                         else nullcontext())
             with autocast:
                 embeddings = self.backbone(images)
-            selection = self.sampler.select(embeddings.float(), labels, {"images": images})
+            selection = self.sampler.select(embeddings.float(), labels, extras)
             loss = self.criterion(selection) / self.config.accumulate
             if not torch.isfinite(loss):
                 last = self.run_dir / CHECKPOINT_NAME

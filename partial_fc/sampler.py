@@ -166,7 +166,8 @@ class PartialFCSampler(ClassSampler):
         self.generator.set_state(state["generator"])
 
 
-def sampler_from_config(config, num_classes: int, backbone, device: torch.device, context) -> PartialFCSampler:
+def sampler_from_config(config, num_classes: int, backbone, device: torch.device, context,
+                        num_images: Optional[int] = None) -> PartialFCSampler:
     """The trainer's entry point (see core/build.py); the backbone is not needed here."""
     return PartialFCSampler(num_classes, config.embedding_size, config.sample_rate, config.optimizer,
                             config.momentum, config.weight_decay, config.seed, context.rank,

@@ -146,13 +146,102 @@ class EpochBatchSampler(Sampler[list[int]]):
             yield order[batch * self.batch_size:(batch + 1) * self.batch_size].tolist()
 
 
+class IdentityBatchSampler(EpochBatchSampler):
+    """Batches whose items are ``(query, key_1, ..., key_k)``: k other images of the query's identity.
+
+    This is the identity-aware hook DCQ needs (its momentum encoder turns the keys into
+    the identity's class weight). ``mode="image"`` draws queries uniformly over images,
+    ``mode="category"`` uniformly over identities. An identity with fewer than k other
+    images repeats them; a single-image identity uses the image itself, whose key copy is
+    augmented independently by the trainer. ``strict=True`` makes those cases an error.
+    Only arrays of the labels are kept, so it scales to millions of images.
+    """
+
+    def __init__(self, labels: np.ndarray, batch_size: int, k: int, seed: int, mode: str = "image",
+                 rank: int = 0, world_size: int = 1, strict: bool = False) -> None:
+        super().__init__(len(labels), batch_size, seed, rank, world_size)
+        if k < 1:
+            raise ConfigError(f"--k-shot must be >= 1, got {k}")
+        if mode not in ("image", "category"):
+            raise ConfigError(f"--identity-sampling must be image or category, got {mode!r}")
+        self.k, self.mode = k, mode
+        self.by_class = np.argsort(labels, kind="stable")
+        counts = np.bincount(labels)
+        self.class_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self.class_count = counts
+        self.present = np.flatnonzero(counts)
+        self.labels = labels
+        if strict:
+            short = np.flatnonzero((counts > 0) & (counts - 1 < k))
+            if short.size:
+                raise DataError(f"--k-shot {k} (strict): identity {int(short[0])} has only "
+                                f"{int(counts[short[0]])} image(s), and {short.size} identities have fewer than "
+                                f"k + 1")
+
+    def _keys(self, query: int, rng: np.random.Generator) -> list[int]:
+        label = self.labels[query]
+        start, count = self.class_start[label], self.class_count[label]
+        members = self.by_class[start:start + count]
+        others = members[members != query]
+        if others.size == 0:
+            return [query] * self.k
+        chosen = rng.choice(others, size=self.k, replace=others.size < self.k)
+        return chosen.tolist()
+
+    def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
+        epoch_seed = self.seed * 100_003 + self.epoch
+        if self.mode == "image":
+            generator = torch.Generator().manual_seed(epoch_seed)
+            order = torch.randperm(self.num_samples, generator=generator).numpy()
+        else:
+            rng = np.random.default_rng([epoch_seed, 1])
+            classes = rng.choice(self.present, size=self.num_samples)
+            offsets = (rng.random(self.num_samples) * self.class_count[classes]).astype(np.int64)
+            order = self.by_class[self.class_start[classes] + offsets]
+        order = order[self.rank::self.world_size]
+        for batch in range(self.start_batch, len(self)):
+            rng = np.random.default_rng([epoch_seed, 2, self.rank, batch])
+            queries = order[batch * self.batch_size:(batch + 1) * self.batch_size].tolist()
+            yield [(query, *self._keys(query, rng)) for query in queries]
+
+
+class WithKeyImages(FaceDataset):
+    """Serves ``(query image, [k, 3, H, W] key images, label)`` for IdentityBatchSampler items."""
+
+    def __init__(self, dataset: FaceDataset) -> None:
+        self.dataset = dataset
+        self.labels = dataset.labels
+        self.num_classes = dataset.num_classes
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self.dataset.load_image(index)
+
+    def source_of(self, index: int) -> dict:
+        return self.dataset.source_of(index)
+
+    def __getitem__(self, item: tuple[int, ...]):
+        query, *keys = item
+        image, label = self.dataset[query]
+        return image, label, torch.stack([self.dataset[key][0] for key in keys])
+
+    def __getitems__(self, items: Sequence[tuple[int, ...]]) -> list:
+        fetch = getattr(self.dataset, "__getitems__", None)
+        if fetch is None:
+            return [self[item] for item in items]
+        k = len(items[0]) - 1
+        flat = fetch([index for item in items for index in item])
+        return [(flat[i * (k + 1)][0], flat[i * (k + 1)][1],
+                 torch.stack([image for image, _ in flat[i * (k + 1) + 1:(i + 1) * (k + 1)]]))
+                for i in range(len(items))]
+
+
 def make_loader(dataset: FaceDataset, batch_sampler: Sampler, workers: int, pin_memory: bool) -> DataLoader:
     """A DataLoader; in-memory datasets are served in the main process (workers cost more).
 
     It gets a generator of its own: by default each new loader iterator draws a worker
     seed from torch's global RNG, which would make a resumed run drift from a straight one.
     """
-    if isinstance(dataset, CachedImages):
+    if isinstance(getattr(dataset, "dataset", dataset), CachedImages) or isinstance(dataset, CachedImages):
         workers = 0
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if workers > 0 else None,

@@ -1,0 +1,101 @@
+"""Partial FC head: ours against PartialFC_V2's dense-update semantics, side by side.
+
+The baseline is written here, following insightface's partial_fc_v2.py: a full
+``nn.Parameter`` of centers, a random-score top-k selection, an autograd gather (so the
+gradient is dense with zero rows) and torch's SGD with momentum and weight decay over
+every center. Ours is ``PartialFCSampler``: the sampled rows are copied out, and only
+they and their momentum are updated. Both run the same margin softmax on the same
+embeddings; only the head is timed (forward, backward, center update).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import peak_bytes, reset_peak, time_steps
+from core.loss import MarginSoftmaxLoss
+from core.margins import build_margin
+from core.sampler import Selection
+from partial_fc.sampler import PartialFCSampler
+
+LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
+
+
+class DenseUpdateBaseline:
+    """PartialFC_V2's semantics: every center and its momentum move at every step."""
+
+    def __init__(self, num_classes: int, dim: int, sample_rate: float, device: torch.device) -> None:
+        self.weight = torch.nn.Parameter(torch.normal(0, 0.01, (num_classes, dim), device=device))
+        self.optimizer = torch.optim.SGD([self.weight], lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+        self.num_sample = int(sample_rate * num_classes)
+        self.num_classes = num_classes
+
+    def step(self, embeddings: torch.Tensor, labels: torch.Tensor, loss_fn: MarginSoftmaxLoss) -> None:
+        if self.num_sample < self.num_classes:
+            positives = torch.unique(labels)
+            scores = torch.rand(self.num_classes, device=labels.device)
+            scores[positives] = 2.0
+            index = torch.topk(scores, k=max(self.num_sample, positives.numel()))[1].sort()[0]
+            weights = self.weight[index]
+            targets = torch.searchsorted(index, labels)
+        else:
+            weights, targets = self.weight, labels
+        loss = loss_fn(Selection(embeddings, weights, targets))
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=False)
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    device = torch.device(job["device"])
+    torch.manual_seed(0)
+    classes, rate, batch, dim = job["classes"], job["rate"], job["batch"], job["dim"]
+    loss_fn = MarginSoftmaxLoss(build_margin("arcface"))
+    embeddings = F.normalize(torch.randn(batch, dim, device=device)).requires_grad_(True)
+    labels = torch.randint(classes, (batch,), device=device)
+    baseline = reset_peak(device)
+    if job["variant"] == "dense":
+        head = DenseUpdateBaseline(classes, dim, rate, device)
+
+        def step() -> None:
+            head.step(embeddings, labels, loss_fn)
+    else:
+        sampler = PartialFCSampler(classes, dim, rate, "sgd", MOMENTUM, WEIGHT_DECAY, device=device)
+
+        def step() -> None:
+            selection = sampler.select(embeddings, labels, {})
+            loss_fn(selection).backward()
+            sampler.collect(selection)
+            sampler.step(LR)
+    milliseconds = time_steps(step, device, job["warmup"], job["repeats"])
+    return {**job, "step_ms": milliseconds, "peak_gib": (peak_bytes(device) - baseline) / 2**30}
+
+
+def check_fast_path(device: torch.device, classes: int = 2000, dim: int = 64, batch: int = 32) -> float:
+    """Max |difference| of centers after 3 steps at rate 1.0: ours vs the dense baseline."""
+    torch.manual_seed(0)
+    loss_fn = MarginSoftmaxLoss(build_margin("arcface"))
+    ours = PartialFCSampler(classes, dim, 1.0, "sgd", MOMENTUM, WEIGHT_DECAY, device=device)
+    dense = DenseUpdateBaseline(classes, dim, 1.0, device)
+    with torch.no_grad():
+        dense.weight.copy_(ours.centers)
+    for _ in range(3):
+        embeddings = torch.randn(batch, dim, device=device)
+        labels = torch.randint(classes, (batch,), device=device)
+        dense.step(embeddings.clone().requires_grad_(True), labels, loss_fn)
+        selection = ours.select(embeddings.clone().requires_grad_(True), labels, {})
+        loss_fn(selection).backward()
+        ours.collect(selection)
+        ours.step(LR)
+    return (ours.centers - dense.weight.detach()).abs().max().item()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--job", required=True)
+    print(json.dumps(run_job(json.loads(parser.parse_args().job))))

@@ -1,0 +1,183 @@
+"""Dynamic Class Queue (Li et al., CVPR 2021): a softmax with no stored class weights.
+
+A momentum (EMA) copy of the backbone encodes k other images of each batch row's
+identity; their normalised mean is that identity's class weight for this step (k=1 is
+the official recipe). The softmax's columns are the batch's generated weights followed
+by a FIFO queue of weights generated in recent steps; columns that carry a row's own
+label (other than its target) and empty queue slots are masked. After the step the
+generated weights are enqueued and the momentum encoder is updated. Memory depends on
+the queue length, never on the number of classes.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from core.errors import ConfigError
+from core.sampler import ClassSampler, Selection
+
+
+def resolve_queue_size(queue_size: float, num_classes: int, num_images: Optional[int] = None) -> int:
+    """``--queue-size``: a count when >= 1, a fraction of the classes when < 1 (0.1 = 10 %)."""
+    if queue_size <= 0:
+        raise ConfigError(f"--queue-size must be > 0 (a count, or a fraction of the classes), got {queue_size}")
+    size = int(round(queue_size * num_classes)) if queue_size < 1 else int(queue_size)
+    if size < 1:
+        raise ConfigError(f"--queue-size {queue_size} of {num_classes} classes leaves an empty queue")
+    if num_images is not None and size > num_images:
+        raise ConfigError(f"--queue-size {size} is larger than the dataset ({num_images} images): most slots "
+                          f"would hold repeats of the same identities; use at most {num_images}")
+    return size
+
+
+def ema_decay(momentum: float, updates: int) -> float:
+    """Mean-teacher ramp: a plain running mean at first, the EMA momentum once it is reached.
+
+    With a fixed 0.999 a short run's encoder would still be mostly its random
+    initialisation; ``(1 + t) / (10 + t)`` passes 0.999 after about 9,000 updates, so
+    long runs (the paper's 220k iterations) follow the official recipe.
+    """
+    return min(momentum, (1.0 + updates) / (10.0 + updates))
+
+
+class DCQSampler(ClassSampler):
+    """Momentum encoder + class-weight generator + class queue."""
+
+    def __init__(self, backbone: nn.Module, embedding_size: int, num_classes: int, queue_size: int,
+                 momentum: float = 0.999, k_shot: int = 1, device: Optional[torch.device] = None) -> None:
+        super().__init__()
+        if not 0.0 <= momentum < 1.0:
+            raise ConfigError(f"--dcq-momentum must be in [0, 1), got {momentum}")
+        if k_shot < 1:
+            raise ConfigError(f"--k-shot must be >= 1, got {k_shot}")
+        self.momentum = momentum
+        self.key_images_per_row = k_shot
+        self.num_classes = num_classes
+        self.ema_updates = 0
+        encoder = copy.deepcopy(backbone)
+        for module in encoder.modules():
+            # Keys are encoded with batch statistics (train mode); the running statistics
+            # come only from the EMA of the online network's, never from key batches.
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = 0.0
+        self.momentum_encoder = AveragedModel(encoder, multi_avg_fn=self._ema_update, use_buffers=True)
+        self.momentum_encoder.requires_grad_(False)
+        self.momentum_encoder.update_parameters(backbone)  # n_averaged = 1: every later update is an EMA
+        # A plain list, so the online backbone is not registered (and saved) as a submodule.
+        self._online = [backbone]
+        self.register_buffer("queue", torch.zeros(queue_size, embedding_size, device=device))
+        self.register_buffer("queue_labels", torch.full((queue_size,), -1, dtype=torch.int64, device=device))
+        self.register_buffer("queue_enqueued_at", torch.zeros(queue_size, dtype=torch.int64, device=device))
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.int64, device=device))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64, device=device))
+        self.register_buffer("positive_updates", torch.zeros(num_classes, dtype=torch.int64, device=device))
+        self.register_buffer("queue_entries", torch.zeros(num_classes, dtype=torch.int64, device=device))
+        self.register_buffer("queue_steps", torch.zeros(num_classes, dtype=torch.int64, device=device))
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # -- the momentum encoder --------------------------------------------------------------
+    @torch.no_grad()
+    def _ema_update(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _: Any) -> None:
+        decay = ema_decay(self.momentum, self.ema_updates)
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        else:  # BatchNorm's num_batches_tracked
+            for mine, theirs in zip(averaged, current):
+                mine.copy_(theirs)
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.momentum_encoder.module
+
+    @torch.no_grad()
+    def generate_weights(self, key_images: torch.Tensor) -> torch.Tensor:
+        """``[B, k, 3, H, W]`` key images -> ``[B, D]`` unit class weights (mean of k unit features)."""
+        rows, k = key_images.shape[:2]
+        self.encoder.train()
+        features = self.encoder(key_images.flatten(0, 1)).float()
+        features = F.normalize(features, dim=1).view(rows, k, -1).mean(dim=1)
+        return F.normalize(features, dim=1)
+
+    # -- ClassSampler ----------------------------------------------------------------------
+    def select(self, embeddings: torch.Tensor, labels: torch.Tensor, batch: dict[str, Any]) -> Selection:
+        if "key_images" not in batch:
+            raise ConfigError("DCQ needs key images per batch row: train it with an identity-aware loader")
+        labels = labels.to(self.queue.device, torch.int64)
+        generated = self.generate_weights(batch["key_images"])
+        rows = labels.numel()
+        weights = torch.cat([generated, self.queue.to(generated.dtype)])
+        targets = torch.arange(rows, device=labels.device)
+        column_labels = torch.cat([labels, self.queue_labels])
+        mask = (column_labels.unsqueeze(0) == labels.unsqueeze(1)) | (column_labels < 0).unsqueeze(0)
+        mask[targets, targets] = False
+        return Selection(embeddings=embeddings, weights=weights, targets=targets, negative_mask=mask,
+                         state={"generated": generated, "labels": labels})
+
+    def collect(self, selection: Selection) -> None:
+        self._pending.append((selection.state["generated"], selection.state["labels"]))
+        self.positive_updates.index_add_(0, selection.state["labels"],
+                                         torch.ones_like(selection.state["labels"]))
+
+    def step(self, lr: float) -> None:
+        if not self._pending:
+            return
+        generated = torch.cat([weights for weights, _ in self._pending])
+        labels = torch.cat([labels for _, labels in self._pending])
+        self._pending.clear()
+        self.steps += 1
+        self.enqueue(generated, labels)
+        self.update_momentum_encoder(self._online[0])
+
+    @torch.no_grad()
+    def enqueue(self, weights: torch.Tensor, labels: torch.Tensor) -> None:
+        """FIFO write at the pointer, wrapping around; evicted entries update the residency counters."""
+        size = self.queue.shape[0]
+        if weights.shape[0] > size:  # only the newest entries fit
+            weights, labels = weights[-size:], labels[-size:]
+        slots = (self.pointer + torch.arange(weights.shape[0], device=weights.device)) % size
+        evicted = self.queue_labels[slots]
+        occupied = evicted >= 0
+        self.queue_steps.index_add_(0, evicted[occupied], self.steps - self.queue_enqueued_at[slots][occupied])
+        self.queue[slots] = weights.to(self.queue.dtype)
+        self.queue_labels[slots] = labels
+        self.queue_enqueued_at[slots] = self.steps
+        self.queue_entries.index_add_(0, labels, torch.ones_like(labels))
+        self.pointer.copy_((self.pointer + weights.shape[0]) % size)
+
+    def update_momentum_encoder(self, backbone: nn.Module) -> None:
+        self.momentum_encoder.update_parameters(backbone)
+        self.ema_updates += 1
+
+    def evaluation_model(self, backbone: nn.Module) -> nn.Module:
+        return self.encoder
+
+    def class_statistics(self) -> dict[str, torch.Tensor]:
+        """Positives per class, entries enqueued, and steps spent in the queue (evicted entries)."""
+        return {"positive_updates": self.positive_updates, "queue_entries": self.queue_entries,
+                "queue_steps": self.queue_steps}
+
+    def method_state_bytes(self) -> int:
+        """Bytes of the method's own state (queue + momentum encoder), not the per-class statistics."""
+        tensors = [self.queue, self.queue_labels, self.queue_enqueued_at, self.pointer]
+        tensors += list(self.momentum_encoder.parameters()) + list(self.momentum_encoder.buffers())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"ema_updates": self.ema_updates}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.ema_updates = state["ema_updates"]
+
+
+def sampler_from_config(config, num_classes: int, backbone: nn.Module, device: torch.device, context,
+                        num_images: Optional[int] = None) -> DCQSampler:
+    """The trainer's entry point (see core/build.py)."""
+    queue_size = resolve_queue_size(config.queue_size, num_classes, num_images)
+    return DCQSampler(backbone, config.embedding_size, num_classes, queue_size, config.dcq_momentum,
+                      config.k_shot, device)
