@@ -7,7 +7,14 @@ from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
 from partial_fc.sampler import PartialFCSampler, class_shard, init_centers, sample_without
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _run_step(sampler, embeddings, labels, margin, lr=0.1):
