@@ -229,5 +229,66 @@ def bench_pfc(classes: tuple[int, ...], rates: tuple[float, ...], batch_size: in
         click.echo("Record these in benchmarks/RESULTS.md.")
 
 
+@bench.command(name="dcq")
+@click.option("--classes", multiple=True, type=int, default=(10_000, 100_000, 1_000_000), show_default=True)
+@click.option("--queue-size", default=8192, show_default=True)
+@click.option("--sample-rate", default=0.1, show_default=True, help="Partial FC's rate, for comparison.")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--dim", default=512, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--repeats", default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per configuration.")
+def bench_dcq(classes: tuple[int, ...], queue_size: int, sample_rate: float, batch_size: int, dim: int,
+              device: str, repeats: int, as_json: bool) -> None:
+    """DCQ's state and step time stay flat in the number of classes; Partial FC's grow."""
+    from benchmarks.common import device_name, format_table, run_isolated
+    from core.distributed import resolve_device
+
+    torch_device = resolve_device(device)
+    click.echo(f"device: {device_name(torch_device)}; batch {batch_size}, D {dim}, DCQ queue {queue_size}, "
+               f"Partial FC rate {sample_rate}")
+    rows = []
+    for num_classes in classes:
+        results = {}
+        for method in ("dcq", "pfc"):
+            job = {"method": method, "classes": num_classes, "queue": queue_size, "rate": sample_rate,
+                   "batch": batch_size, "dim": dim, "device": str(torch_device), "warmup": 2, "repeats": repeats}
+            results[method] = run_isolated("benchmarks.dcq_head", job)
+            if as_json:
+                click.echo(json.dumps(results[method]))
+        dcq, pfc = results["dcq"], results["pfc"]
+        if "error" in dcq or "error" in pfc:
+            rows.append([num_classes, dcq.get("error", ""), "", "", pfc.get("error", ""), "", ""])
+            continue
+        rows.append([f"{num_classes:,}", f"{dcq['state_mib']:.1f}", f"{dcq['step_ms']:.1f}",
+                     f"{dcq['peak_gib']:.2f}", f"{pfc['state_mib']:.1f}", f"{pfc['step_ms']:.1f}",
+                     f"{pfc['peak_gib']:.2f}"])
+    if not as_json:
+        click.echo(format_table(["classes", "DCQ state MiB", "DCQ step ms", "DCQ peak GiB", "PFC state MiB",
+                                 "PFC step ms", "PFC peak GiB"], rows))
+
+
+@bench.command(name="data")
+@click.option("--data", "data_path", default="synthetic", show_default=True,
+              help="A dataset path, or 'synthetic' for the default set.")
+@click.option("--size", default=112, show_default=True, help="Model input size (112: no resize).")
+@click.option("--workers", multiple=True, type=int, default=(0, 2), show_default=True)
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--images", "max_images", default=4096, show_default=True, help="Images timed per setting.")
+def bench_data(data_path: str, size: int, workers: tuple[int, ...], batch_size: int, max_images: int) -> None:
+    """Decode + load images/s of the data pipeline with 0 and 2 workers."""
+    from benchmarks.common import format_table
+    from benchmarks.data_loading import images_per_second
+    from core.config import TrainConfig
+    from core.data.loader import synthetic_dataset_root
+
+    if data_path == "synthetic":
+        defaults = TrainConfig()
+        data_path = str(synthetic_dataset_root(defaults.synthetic_identities, defaults.flip_noise, defaults.split))
+    rows = [[count, f"{images_per_second(data_path, size, count, batch_size, max_images):.0f}"] for count in workers]
+    click.echo(f"data: {data_path}; input {size}x{size}; batch {batch_size}")
+    click.echo(format_table(["workers", "images/s"], rows))
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,82 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+
+TRAIN_FLAGS = ["--backbone", "tiny", "--input-size", "16", "--embedding-size", "16", "--batch-size", "8",
+               "--epochs", "1", "--workers", "0", "--quiet"]
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["data"], ["data", "make-synthetic"],
+                                     ["data", "inspect"], ["bench"], ["bench", "pfc"], ["bench", "dcq"],
+                                     ["bench", "data"]])
+def test_every_command_has_help(command):
+    result = _run(*command, "--help")
+    assert result.exit_code == 0
+    assert "Usage:" in result.output and "--help" in result.output
+
+
+def test_inspect_dataset_and_bin_json(tiny_rec):
+    dataset = json.loads(_run("data", "inspect", tiny_rec, "--json").output)
+    assert dataset == {"num_images": 48, "num_classes": 6}
+    pairs = json.loads(_run("data", "inspect", tiny_rec / "val.bin", "--json").output)
+    assert pairs == {"num_pairs": 20, "num_positive_pairs": 10}
+
+
+def test_inspect_plot_writes_png(tiny_rec, tmp_path):
+    result = _run("data", "inspect", tiny_rec, "--plot", tmp_path / "hist.png")
+    assert "images_per_class_median: 8.0" in result.output
+    assert (tmp_path / "hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_then_eval_reproduces_metrics(tiny_rec, tmp_path):
+    run = tmp_path / "run"
+    result = _run("train", "--method", "pfc", "--data", tiny_rec, "--val", tiny_rec / "val.bin", "--out", run,
+                  *TRAIN_FLAGS)
+    assert result.exit_code == 0, result.output
+    assert "val: accuracy" in result.output and f"python cli.py eval {run}" in result.output
+    saved = json.loads((run / "metrics.json").read_text())
+    evaluated = json.loads(_run("eval", run, "--val", tiny_rec / "val.bin", "--json").output)
+    assert evaluated["val"]["accuracy"] == pytest.approx(saved["val"]["accuracy"])
+    assert evaluated["val"]["tar_at_far"] == pytest.approx(saved["val"]["tar_at_far"])
+
+
+def test_config_file_and_flag_precedence(tiny_rec, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("sample_rate: 0.5\nlr: 0.01\n")
+    run = tmp_path / "run"
+    result = _run("train", "--config", config, "--lr", "0.02", "--data", tiny_rec, "--out", run, "--max-steps", 1,
+                  *TRAIN_FLAGS)
+    assert result.exit_code == 0, result.output
+    import yaml
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["sample_rate"] == 0.5 and resolved["lr"] == 0.02 and resolved["margin"] == "arcface"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "/nonexistent/data"], "no such file"),
+    (["--resume", "{tmp}"], "no checkpoint found"),
+    (["--config", "{tmp}/bad.yaml"], "unknown key(s) sample_rat"),
+    (["--data", "{tmp}/empty"], "no identity sub-folders"),
+])
+def test_bad_input_prints_one_clear_line(tmp_path, args, message):
+    (tmp_path / "bad.yaml").write_text("sample_rat: 0.1\n")
+    (tmp_path / "empty").mkdir()
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = CliRunner().invoke(main, ["train", *args, "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_refuses_to_overwrite_a_run(tiny_rec, tmp_path):
+    run = tmp_path / "run"
+    _run("train", "--data", tiny_rec, "--out", run, "--max-steps", 1, *TRAIN_FLAGS)
+    result = CliRunner().invoke(main, ["train", "--data", str(tiny_rec), "--out", str(run), *TRAIN_FLAGS])
+    assert result.exit_code == 2 and "already holds a run" in result.output
