@@ -55,3 +55,42 @@ def init_distributed(device: torch.device) -> DistributedContext:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+class _AllGather(torch.autograd.Function):
+    """Concatenate every rank's rows; the backward sums the gradient of each rank's slice.
+
+    The sum is multiplied by the world size because DDP then *averages* the backbone's
+    gradients over ranks: together they give the exact gradient of the global-mean loss.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        world_size, rank = dist.get_world_size(), dist.get_rank()
+        ctx.rank, ctx.rows, ctx.world_size = rank, tensor.shape[0], world_size
+        parts = [torch.empty_like(tensor) for _ in range(world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows] * ctx.world_size
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Rows of every rank, in rank order (equal row counts per rank); identity in one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    return _AllGather.apply(tensor)
+
+
+@torch.no_grad()
+def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Rows of every rank, in rank order, without gradient (labels, generated weights)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)

@@ -8,6 +8,7 @@ cross-entropy over rows is returned.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -21,6 +22,47 @@ def cosine_logits(embeddings: torch.Tensor, weights: torch.Tensor) -> torch.Tens
     emb = F.normalize(embeddings.to(dtype), dim=1)
     w = F.normalize(weights.to(dtype), dim=1)
     return (emb @ w.t()).clamp(-1.0, 1.0)
+
+
+class _ShardedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy when each rank holds a slice of the columns (model parallel).
+
+    Logits never leave their rank: row maxima are all-reduced with MAX, sums of
+    exponentials with SUM, and each row's target logit (present on exactly one rank,
+    ``-1`` elsewhere) with SUM. Every rank returns the same global loss, and the gradient
+    of its own columns, ``(softmax - onehot) / rows``.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        has_target = targets >= 0
+        row_max = logits.detach().max(dim=1).values
+        dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
+        exp = (logits.detach() - row_max.unsqueeze(1)).exp_()
+        total = exp.sum(dim=1)
+        dist.all_reduce(total)
+        target_logit = torch.where(has_target, logits.detach()[rows, targets.clamp(min=0)] - row_max,
+                                   torch.zeros_like(row_max))
+        dist.all_reduce(target_logit)
+        probabilities = exp.div_(total.unsqueeze(1))
+        ctx.save_for_backward(probabilities, targets)
+        return (total.log() - target_logit).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        probabilities, targets = ctx.saved_tensors
+        rows = torch.nonzero(targets >= 0, as_tuple=True)[0]
+        grad_logits = probabilities.clone()
+        grad_logits[rows, targets[rows]] -= 1.0
+        return grad_logits * (grad / probabilities.shape[0]), None
+
+
+def sharded_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over columns split across ranks; plain cross-entropy in one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return F.cross_entropy(logits, targets)
+    return _ShardedCrossEntropy.apply(logits, targets)
 
 
 class MarginSoftmaxLoss(nn.Module):
@@ -38,4 +80,6 @@ class MarginSoftmaxLoss(nn.Module):
         return logits
 
     def forward(self, selection: Selection) -> torch.Tensor:
+        if selection.sharded_columns:
+            return sharded_cross_entropy(self.logits(selection), selection.targets)
         return F.cross_entropy(self.logits(selection), selection.targets)

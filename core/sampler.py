@@ -32,13 +32,16 @@ class Selection:
     normalises them so gradients flow through the normalisation. ``targets[i]`` is the
     column of row i's class, or -1 when that class is not among this rank's columns.
     ``negative_mask[i, j]`` is True where column j must not act as a negative for row i
-    (DCQ's same-label queue entries and empty slots).
+    (DCQ's same-label queue entries and empty slots). ``sharded_columns`` says that the
+    columns are this rank's slice of a model-parallel softmax, so the loss must reduce
+    its max and sum over ranks.
     """
 
     embeddings: torch.Tensor
     weights: torch.Tensor
     targets: torch.Tensor
     negative_mask: Optional[torch.Tensor] = None
+    sharded_columns: bool = False
     state: dict[str, Any] = field(default_factory=dict)
 
 

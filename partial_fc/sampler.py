@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import torch
 
+from core.distributed import all_gather_no_grad, all_gather_with_grad
 from core.errors import ConfigError
 from core.sampler import ClassSampler, Selection
 from partial_fc.center_optimizer import build_center_optimizer
@@ -83,6 +84,7 @@ class PartialFCSampler(ClassSampler):
         if num_classes < world_size:
             raise ConfigError(f"{num_classes} classes cannot be sharded over {world_size} processes")
         self.num_classes = num_classes
+        self.world_size = world_size
         self.sample_rate = sample_rate
         self.shard_start, self.shard_size = class_shard(num_classes, rank, world_size)
         self.num_sample = int(sample_rate * self.shard_size)
@@ -101,6 +103,10 @@ class PartialFCSampler(ClassSampler):
         return self.num_sample >= self.shard_size
 
     def select(self, embeddings: torch.Tensor, labels: torch.Tensor, batch: dict[str, Any]) -> Selection:
+        """Every rank sees the whole global batch against its own slice of the classes."""
+        if self.world_size > 1:
+            embeddings = all_gather_with_grad(embeddings)
+            labels = all_gather_no_grad(labels.to(self.centers.device))
         labels = labels.to(self.centers.device, torch.int64)
         local = labels - self.shard_start
         in_shard = (local >= 0) & (local < self.shard_size)
@@ -111,16 +117,18 @@ class PartialFCSampler(ClassSampler):
             weights = self.centers.detach().requires_grad_(True)
             targets = torch.where(in_shard, local, -1)
         else:
-            if positives.numel() >= self.num_sample:
-                index = positives
-            else:
-                negatives = sample_without(positives, self.shard_size, self.num_sample - positives.numel(),
-                                           self.generator)
-                index = torch.sort(torch.cat([positives, negatives])).values
+            index = self.choose_columns(positives)
             weights = self.centers[index].clone().requires_grad_(True)
             targets = torch.where(in_shard, torch.searchsorted(index, local.clamp(min=0)), -1)
         return Selection(embeddings=embeddings, weights=weights, targets=targets,
-                         state={"index": index, "positives": positives})
+                         sharded_columns=self.world_size > 1, state={"index": index, "positives": positives})
+
+    def choose_columns(self, positives: torch.Tensor) -> torch.Tensor:
+        """Sorted local rows of this step: every positive plus uniform random negatives."""
+        if positives.numel() >= self.num_sample:
+            return positives
+        negatives = sample_without(positives, self.shard_size, self.num_sample - positives.numel(), self.generator)
+        return torch.sort(torch.cat([positives, negatives])).values
 
     def collect(self, selection: Selection) -> None:
         index, positives = selection.state["index"], selection.state["positives"]

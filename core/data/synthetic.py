@@ -23,22 +23,24 @@ identity (``numpy.random.default_rng([seed, stream, index])``), so changing one 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import pickle
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
-from core.data.base import encode_image
+from core.data.base import decode_image, encode_image
+from core.data.recordio import write_insightface_rec
+from core.data.verification_bin import write_verification_bin
 from core.errors import ConfigError, DataError
 
 __all__ = [
@@ -452,11 +454,12 @@ def _draw_front_hair(pt: _Painter, p: dict, g: dict, hair: tuple) -> None:
     ring = np.concatenate([left[np.argsort(-left[:, 1])], right[np.argsort(right[:, 1])], inner])
     pt.poly(ring, hair)
     if style == "curly":
-        rng = np.random.default_rng(int(p["hair_volume"] * 1000))
+        # curls along the top; their sizes follow from the params, so every render matches
         for a in np.linspace(np.pi * 1.05, np.pi * 1.95, 11):
             x = _CX + (p["face_w"] + grow) * np.cos(a)
             y = _CY + (p["face_h"] + grow * 0.7) * np.sin(a)
-            pt.ellipse(x, y, 5 + rng.uniform(0, 2), 5 + rng.uniform(0, 2), fill=hair)
+            r = 5 + 1 + math.sin(7 * a + p["hair_volume"])
+            pt.ellipse(x, y, r, r, fill=hair)
 
 
 def _draw_eyes(pt: _Painter, p: dict, g: dict, openness: float, brow_raise: float) -> None:
@@ -746,7 +749,7 @@ class _IdentityRenderer:
         brightness = rng.uniform(0.65, 1.25)
         contrast = rng.uniform(0.65, 1.2)
         cast = 1 + rng.normal(0, 0.07, 3)
-        scale_c = (brightness * contrast * cast / 255).astype(np.float32)[:, None, None]
+        scale_c = (brightness * contrast * cast).astype(np.float32)[:, None, None]
         shift_c = (255 * 0.5 * (1 - contrast) * cast + 0.5).astype(np.float32)[:, None, None]
         img *= gain * scale_c
         img += shift_c
@@ -958,8 +961,6 @@ def _identity_images_job(job: tuple) -> list[bytes]:
 
 def _render_all(jobs: list[tuple], workers: int, progress: bool, desc: str) -> list[list[bytes]]:
     """Run identity jobs in order, on ``workers`` processes when that pays off."""
-    from tqdm import tqdm
-
     results: list[list[bytes]] = []
     bar = tqdm(total=len(jobs), desc=desc, unit="id", disable=not progress)
     try:
@@ -1012,8 +1013,6 @@ def _install(tmp: Path, out_dir: Path) -> None:
 
 def _preview(images: list[list[bytes]], counts: np.ndarray, path: Path, rows: int = 6, cols: int = 8) -> None:
     """A grid of a few identities (rows) by several of their images (columns)."""
-    from core.data.base import decode_image
-
     chosen = [i for i in range(len(counts)) if counts[i] >= cols][:rows]
     if len(chosen) < rows:
         chosen = list(np.argsort(-counts, kind="stable")[:rows])
@@ -1065,10 +1064,6 @@ def make_synthetic_dataset(out_dir: str | Path, config: SyntheticConfig, progres
     the end, so an interrupted run never leaves something that looks complete. The
     output is byte-identical for a given config whatever ``workers`` is.
     """
-    from core.data.recordio import write_insightface_rec
-    from core.data.verification_bin import write_verification_bin
-    import time
-
     config.validate()
     out_dir = Path(out_dir)
     _check_destination(out_dir)
@@ -1084,6 +1079,10 @@ def make_synthetic_dataset(out_dir: str | Path, config: SyntheticConfig, progres
                                    _rng(seed, _S_HELDOUT_COUNTS))
     params = [draw_identity_params(_rng(seed, _S_TRAIN_PARAMS, i)) for i in range(n_id)]
     held_params = [draw_identity_params(_rng(seed, _S_HELDOUT_PARAMS, h)) for h in range(n_held)]
+    if n_held and not np.any(held_counts >= 2):
+        raise ConfigError(
+            f"synthetic: no held-out identity drew two images (min_images={config.min_images}, "
+            f"heldout_identities={n_held}), so val.bin could hold no positive pairs")
     lab = _assign_labels(counts, config.split, config.flip_noise, seed)
 
     jobs = [(params[i], seed, _S_TRAIN_PARAMS, _S_TRAIN_IMAGES, i, int(counts[i]), size, config.jpeg_quality)

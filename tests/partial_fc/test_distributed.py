@@ -1,0 +1,83 @@
+"""Model-parallel Partial FC on 2 gloo processes equals 1 process on the same global batch."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from core.loss import MarginSoftmaxLoss
+from core.margins import build_margin
+from partial_fc.sampler import PartialFCSampler
+
+CLASSES, DIM, IN, BATCH_PER_RANK = 400, 6, 5, 4
+
+
+def _problem():
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(2 * BATCH_PER_RANK, IN, generator=generator, dtype=torch.float64)
+    labels = torch.randint(CLASSES, (2 * BATCH_PER_RANK,), generator=generator)
+    model = nn.Linear(IN, DIM, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(DIM, IN, generator=generator, dtype=torch.float64))
+    return inputs, labels, model
+
+
+def _step(model, sampler, inputs, labels):
+    margin = build_margin("arcface", scale=16.0)
+    selection = sampler.select(model(inputs), labels, {})
+    loss = MarginSoftmaxLoss(margin)(selection)
+    loss.backward()
+    sampler.collect(selection)
+    sampler.step(0.1)
+    index = selection.state["index"]
+    return loss.detach(), (None if index is None else index + sampler.shard_start)
+
+
+def _worker(rank, world_size, init_file, rate, out):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        inputs, labels, model = _problem()
+        ddp = DistributedDataParallel(model)
+        sampler = PartialFCSampler(CLASSES, DIM, rate, rank=rank, world_size=world_size, dtype=torch.float64)
+        rows = slice(rank * BATCH_PER_RANK, (rank + 1) * BATCH_PER_RANK)
+        loss, index = _step(ddp, sampler, inputs[rows], labels[rows])
+        torch.save({"loss": loss, "grad": model.weight.grad, "centers": sampler.centers,
+                    "momentum": sampler.center_optimizer.momentum_buffer, "start": sampler.shard_start,
+                    "index": index}, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+class _ForcedColumns(PartialFCSampler):
+    """One process that selects exactly the union of what the ranks selected."""
+
+    def __init__(self, forced, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.forced = forced
+
+    def choose_columns(self, positives):
+        return self.forced
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.1])
+def test_two_processes_equal_one(tmp_path, rate):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), rate, str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    inputs, labels, model = _problem()
+    if rate == 1.0:
+        sampler = PartialFCSampler(CLASSES, DIM, rate, dtype=torch.float64)
+    else:
+        union = torch.sort(torch.cat([r["index"] for r in ranks])).values
+        assert union.numel() > torch.unique(labels).numel()  # negatives were sampled
+        sampler = _ForcedColumns(union, CLASSES, DIM, 0.5, dtype=torch.float64)
+    loss, _ = _step(model, sampler, inputs, labels)
+    for r in ranks:
+        torch.testing.assert_close(r["loss"], loss, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(r["grad"], model.weight.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.cat([r["centers"] for r in ranks]), sampler.centers, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(torch.cat([r["momentum"] for r in ranks]),
+                               sampler.center_optimizer.momentum_buffer, rtol=1e-10, atol=1e-14)
