@@ -82,7 +82,8 @@ def train(config_file: Optional[str], quiet: bool, **options: Any) -> None:
     import torch
 
     from core.config import TrainConfig, load_config
-    from core.trainer import Trainer, find_checkpoint, metrics_summary
+    from core.checkpoint import find_checkpoint
+    from core.trainer import Trainer, metrics_summary
 
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
     options = {k: v for k, v in options.items() if v is not None and v != []}

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from core.backbones import build_backbone
-from core.trainer import find_checkpoint
+from core.checkpoint import find_checkpoint
 
 
 def load_checkpoint(run: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:

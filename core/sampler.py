@@ -79,6 +79,18 @@ class ClassSampler(nn.Module, ABC):
         """The network used for evaluation and export; DCQ returns its momentum encoder."""
         return backbone
 
+    def sharded_state_names(self) -> list[str]:
+        """state_dict entries whose rows are this rank's slice of a per-class table.
+
+        Checkpoints save them as shards with a manifest, so that any world size can
+        reassemble its own rows (see core/checkpoint.py).
+        """
+        return []
+
+    def shard_range(self) -> tuple[int, int]:
+        """``(first class, number of classes)`` of this rank's slice of the sharded tables."""
+        return 0, 0
+
     def class_statistics(self) -> dict[str, torch.Tensor]:
         """Per-class counters (e.g. ``positive``/``negative`` update counts) for analysis."""
         return {}

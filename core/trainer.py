@@ -32,11 +32,10 @@ from core.data.transforms import random_horizontal_flip
 from core.distributed import DistributedContext, init_distributed, resolve_device
 from core.errors import ConfigError, DataError, TrainingError
 from core.evaluation import embed_images, evaluate_pairs
-from core.io import atomic_torch_save, atomic_write_json
+from core.checkpoint import CHECKPOINT_NAME, find_checkpoint, sampler_state_for, save_checkpoint
+from core.io import atomic_write_json
 from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
-
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def warmup_polynomial(total_steps: int, warmup_steps: int, power: float):
@@ -61,15 +60,6 @@ def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter]) -> torc
     if config.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     raise ConfigError(f"--optimizer must be sgd or adamw, got {config.optimizer!r}")
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or the one inside a run directory; a clear error when there is none."""
-    path = Path(path)
-    candidate = path / CHECKPOINT_NAME if path.is_dir() else path
-    if not candidate.is_file():
-        raise ConfigError(f"{path}: no checkpoint found (expected {candidate})")
-    return candidate
 
 
 def _environment(device: torch.device) -> dict[str, Any]:
@@ -165,21 +155,20 @@ class Trainer:
             "eval_backbone": self.sampler.evaluation_model(self.backbone).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "sampler": self.sampler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "flip": self.flip_generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
             "metrics": self.metrics,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], sampler_state: dict[str, Any]) -> None:
         if state["num_classes"] != self.num_classes:
             raise DataError(f"the checkpoint was trained on {state['num_classes']} classes but the data has "
                             f"{self.num_classes}")
         self.backbone.load_state_dict(state["backbone"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.sampler.load_state_dict(state["sampler"])
+        self.sampler.load_state_dict(sampler_state)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
@@ -191,7 +180,12 @@ class Trainer:
         self.metrics = state.get("metrics", {})
 
     def resume(self, path: str | Path) -> None:
-        self.load_state_dict(torch.load(find_checkpoint(path), map_location=self.device, weights_only=False))
+        """Continue from a checkpoint written by any number of processes."""
+        checkpoint = find_checkpoint(path)
+        state = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        sampler_state = sampler_state_for(checkpoint.parent, state, *self.sampler.shard_range())
+        self.load_state_dict(state, {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
+                                     for k, v in sampler_state.items()})
 
     def save_checkpoint(self) -> Path:
         """Write the checkpoint atomically, refusing to replace a good one with non-finite weights."""
@@ -203,9 +197,8 @@ class Trainer:
             kept = f"the last good checkpoint is {path}" if path.exists() else "no checkpoint was written"
             raise TrainingError(f"step {self.step}: non-finite weights in {', '.join(broken[:3])}; training "
                                 f"stopped and {kept}. Lower --lr or check the data.")
-        if self.context.is_main:
-            atomic_torch_save(self.state_dict(), path)
-        self.context.barrier()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(self.run_dir, self.state_dict(), self.sampler, self.step, self.context)
         return path
 
     # -- data ------------------------------------------------------------------------------

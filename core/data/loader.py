@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from core.data.base import FaceDataset
-from core.data.transforms import ModelInputTransform, to_model_input
+from core.data.transforms import ModelInputTransform, resize_images, to_model_input
 from core.errors import ConfigError, DataError
 
 LIST_SUFFIXES = {".txt", ".lst", ".list", ".tsv"}
@@ -80,11 +80,7 @@ class CachedImages(FaceDataset):
         self.images = np.empty((len(dataset), size, size, 3), dtype=np.uint8)
         for index in tqdm(range(len(dataset)), desc="decoding images", disable=not progress, leave=False,
                           mininterval=1.0):
-            image = dataset.load_image(index)
-            if image.shape[:2] != (size, size):
-                image = to_model_input(image, size)[0].mul(127.5).add(127.5).round().clamp(0, 255)
-                image = image.permute(1, 2, 0).to(torch.uint8).numpy()
-            self.images[index] = image
+            self.images[index] = resize_images(dataset.load_image(index)[None], size)[0]
 
     def load_image(self, index: int) -> np.ndarray:
         return self.images[index]

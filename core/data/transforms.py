@@ -8,18 +8,30 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``[N, H, W, 3]`` -> uint8 ``[N, size, size, 3]`` with PIL's antialiased bilinear.
+
+    PIL is used rather than torch's interpolate: per image it is an order of magnitude
+    cheaper, which matters when a whole dataset is decoded into the in-memory cache.
+    """
+    if images.shape[1:3] == (size, size):
+        return images
+    out = np.empty((images.shape[0], size, size, 3), dtype=np.uint8)
+    for index, image in enumerate(images):
+        out[index] = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    return out
 
 
 def to_model_input(images: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     """uint8 ``[N, H, W, 3]`` (or one ``[H, W, 3]``) -> float32 ``[N, 3, size, size]`` in [-1, 1]."""
-    batch = torch.as_tensor(images)
-    if batch.ndim == 3:
-        batch = batch.unsqueeze(0)
-    batch = batch.permute(0, 3, 1, 2).float()
-    if batch.shape[-2:] != (size, size):
-        batch = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return batch.sub_(127.5).div_(127.5)
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[None]
+    batch = torch.from_numpy(np.ascontiguousarray(resize_images(images, size)))
+    return batch.permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5)
 
 
 class ModelInputTransform:

@@ -1,0 +1,106 @@
+"""Checkpoints that do not depend on the number of processes that wrote them.
+
+A method's per-class tables (Partial FC's centers and their optimizer rows) are split
+over ranks by class. Each rank writes its rows to a shard file named after the step,
+then rank 0 writes ``checkpoint.pt`` with everything replicated plus a manifest of the
+shards and their row ranges. ``checkpoint.pt`` is the commit point: it is renamed into
+place last, so a reader never pairs it with half-written shards, and shards of older
+steps are deleted only after it. Loading reassembles any row range from the shards, so
+a run written by 2 processes resumes on 1, 2 or 3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.distributed import DistributedContext
+from core.errors import DataError
+from core.io import atomic_torch_save
+from core.sampler import ClassSampler
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def _shard_name(step: int, rank: int, world_size: int) -> str:
+    return f"sampler-step{step:09d}-rank{rank:03d}-of-{world_size:03d}.pt"
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the one inside a run directory; a clear error when there is none."""
+    from core.errors import ConfigError
+    path = Path(path)
+    candidate = path / CHECKPOINT_NAME if path.is_dir() else path
+    if not candidate.is_file():
+        raise ConfigError(f"{path}: no checkpoint found (expected {candidate})")
+    return candidate
+
+
+def save_checkpoint(run_dir: Path, state: dict[str, Any], sampler: ClassSampler, step: int,
+                    context: DistributedContext) -> Path:
+    """Write shards (every rank) then ``checkpoint.pt`` (rank 0); ``state`` lacks the sampler."""
+    sampler_state = sampler.state_dict()
+    sharded = {name: sampler_state.pop(name) for name in sampler.sharded_state_names()}
+    start, count = sampler.shard_range()
+    if sharded:
+        shard_file = _shard_name(step, context.rank, context.world_size)
+        atomic_torch_save({"start": start, "count": count, "tensors": sharded}, run_dir / shard_file)
+    ranges = _gather_ranges(start, count, context) if sharded else []
+    context.barrier()
+    path = run_dir / CHECKPOINT_NAME
+    if context.is_main:
+        manifest = {"names": sorted(sharded), "shards": [
+            {"file": _shard_name(step, rank, context.world_size), "start": s, "count": c}
+            for rank, (s, c) in enumerate(ranges)]}
+        atomic_torch_save({**state, "sampler": sampler_state, "sampler_shards": manifest}, path)
+        keep = {shard["file"] for shard in manifest["shards"]}
+        for old in run_dir.glob("sampler-step*-rank*-of-*.pt"):
+            if old.name not in keep:
+                old.unlink()
+    context.barrier()
+    return path
+
+
+def _gather_ranges(start: int, count: int, context: DistributedContext) -> list[tuple[int, int]]:
+    if not context.enabled:
+        return [(start, count)]
+    import torch.distributed as dist
+    ranges: list[Any] = [None] * context.world_size
+    dist.all_gather_object(ranges, (start, count))
+    return ranges
+
+
+def read_rows(run_dir: Path, state: dict[str, Any], name: str, start: int, count: int) -> torch.Tensor:
+    """Rows ``start .. start+count`` of the logical table ``name``, from whichever shards hold them."""
+    manifest = state["sampler_shards"]
+    parts = []
+    for shard in manifest["shards"]:
+        lo, hi = max(start, shard["start"]), min(start + count, shard["start"] + shard["count"])
+        if lo >= hi:
+            continue
+        path = run_dir / shard["file"]
+        if not path.is_file():
+            raise DataError(f"{run_dir / CHECKPOINT_NAME}: its shard {path} is missing")
+        tensors = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["tensors"]
+        parts.append(tensors[name][lo - shard["start"]:hi - shard["start"]].clone())
+    table = torch.cat(parts) if parts else torch.empty(0)
+    if table.shape[0] != count:
+        raise DataError(f"{run_dir / CHECKPOINT_NAME}: shards hold {table.shape[0]} of rows {start}..{start + count}"
+                        f" of {name}")
+    return table
+
+
+def sampler_state_for(run_dir: Path, state: dict[str, Any], start: int, count: int) -> dict[str, Any]:
+    """The sampler state_dict for a rank owning rows ``start .. start+count`` (any world size)."""
+    sampler_state = dict(state["sampler"])
+    for name in state["sampler_shards"]["names"]:
+        sampler_state[name] = read_rows(run_dir, state, name, start, count)
+    return sampler_state
+
+
+def full_sampler_state(run_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """The whole logical sampler state (all classes), e.g. for analysis in one process."""
+    total = sum(shard["count"] for shard in state["sampler_shards"]["shards"])
+    return sampler_state_for(run_dir, state, 0, total)
