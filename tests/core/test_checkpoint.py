@@ -1,0 +1,84 @@
+"""Checkpoints of sharded class tables do not depend on the number of processes."""
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from core.checkpoint import full_sampler_state, sampler_state_for, save_checkpoint
+from core.distributed import DistributedContext
+from core.errors import DataError
+from core.loss import MarginSoftmaxLoss
+from core.margins import build_margin
+from partial_fc.sampler import PartialFCSampler
+
+CLASSES, DIM = 23, 4
+
+
+def _trained_sampler(rank, world_size, optimizer):
+    sampler = PartialFCSampler(CLASSES, DIM, 0.5, optimizer=optimizer, rank=rank, world_size=world_size,
+                               seed=1, dtype=torch.float64)
+    for step in range(2):
+        generator = torch.Generator().manual_seed(step)
+        embeddings = torch.randn(6, DIM, generator=generator, dtype=torch.float64, requires_grad=True)
+        labels = torch.randint(CLASSES, (6,), generator=generator)
+        if world_size > 1:  # each rank sees the same global batch through the all-gather
+            embeddings = embeddings[rank * 3:(rank + 1) * 3].detach().requires_grad_(True)
+            labels = labels[rank * 3:(rank + 1) * 3]
+        selection = sampler.select(embeddings, labels, {})
+        MarginSoftmaxLoss(build_margin("cosface"))(selection).backward()
+        sampler.collect(selection)
+        sampler.step(0.1)
+    return sampler
+
+
+def _writer(rank, world_size, init_file, run_dir, optimizer):
+    if world_size > 1:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    sampler = _trained_sampler(rank, world_size, optimizer)
+    save_checkpoint(run_dir, {"step": 2}, sampler, 2, DistributedContext(rank, world_size))
+    torch.save({k: v for k, v in sampler.state_dict().items() if k in sampler.sharded_state_names()},
+               run_dir / f"own-rows-{rank}.pt")
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+def _write(tmp_path, world_size, optimizer):
+    run_dir = tmp_path / f"written-by-{world_size}"
+    run_dir.mkdir()
+    if world_size == 1:
+        _writer(0, 1, None, run_dir, optimizer)
+    else:
+        mp.spawn(_writer, args=(world_size, str(tmp_path / f"init{world_size}"), run_dir, optimizer),
+                 nprocs=world_size, join=True)
+    return run_dir, torch.load(run_dir / "checkpoint.pt", weights_only=False)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("written_by, read_by", [(2, 1), (1, 2), (2, 3)])
+def test_resume_with_another_world_size(tmp_path, written_by, read_by, optimizer):
+    run_dir, state = _write(tmp_path, written_by, optimizer)
+    logical = full_sampler_state(run_dir, state)
+    assert logical["centers"].shape == (CLASSES, DIM)
+    # Reading ranks each rebuild their slice; together they are the logical table again.
+    slices = []
+    for rank in range(read_by):
+        sampler = PartialFCSampler(CLASSES, DIM, 0.5, optimizer=optimizer, rank=rank, world_size=read_by,
+                                   dtype=torch.float64)
+        sampler.load_state_dict(sampler_state_for(run_dir, state, *sampler.shard_range()))
+        slices.append({k: v for k, v in sampler.state_dict().items() if k in state["sampler_shards"]["names"]})
+    for name in state["sampler_shards"]["names"]:
+        assert torch.equal(torch.cat([part[name] for part in slices]), logical[name]), name
+    # And the logical table is exactly what the writers held, however many they were.
+    own = [torch.load(run_dir / f"own-rows-{rank}.pt") for rank in range(written_by)]
+    for name in state["sampler_shards"]["names"]:
+        assert torch.equal(torch.cat([part[name] for part in own]), logical[name]), name
+    moment = "center_optimizer.momentum_buffer" if optimizer == "sgd" else "center_optimizer.exp_avg"
+    assert logical[moment].abs().sum() > 0  # the optimizer rows carry real state
+
+
+def test_missing_shard_is_a_clear_error(tmp_path):
+    run_dir, state = _write(tmp_path, 1, "sgd")
+    next(run_dir.glob("sampler-step*.pt")).unlink()
+    with pytest.raises(DataError, match="shard .* is missing"):
+        full_sampler_state(run_dir, state)
