@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from core.distributed import all_gather_no_grad
 from core.errors import ConfigError
 from core.sampler import ClassSampler, Selection
 
@@ -50,7 +51,8 @@ class DCQSampler(ClassSampler):
     """Momentum encoder + class-weight generator + class queue."""
 
     def __init__(self, backbone: nn.Module, embedding_size: int, num_classes: int, queue_size: int,
-                 momentum: float = 0.999, k_shot: int = 1, device: Optional[torch.device] = None) -> None:
+                 momentum: float = 0.999, k_shot: int = 1, device: Optional[torch.device] = None,
+                 rank: int = 0, world_size: int = 1) -> None:
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ConfigError(f"--dcq-momentum must be in [0, 1), got {momentum}")
@@ -59,6 +61,7 @@ class DCQSampler(ClassSampler):
         self.momentum = momentum
         self.key_images_per_row = k_shot
         self.num_classes = num_classes
+        self.rank, self.world_size = rank, world_size
         self.ema_updates = 0
         encoder = copy.deepcopy(backbone)
         for module in encoder.modules():
@@ -97,10 +100,26 @@ class DCQSampler(ClassSampler):
 
     @torch.no_grad()
     def generate_weights(self, key_images: torch.Tensor) -> torch.Tensor:
-        """``[B, k, 3, H, W]`` key images -> ``[B, D]`` unit class weights (mean of k unit features)."""
+        """``[B, k, 3, H, W]`` key images -> ``[B, D]`` unit class weights (mean of k unit features).
+
+        With several processes the result covers the *global* batch (every rank's rows, in
+        rank order), and the keys are encoded after a shuffle across ranks (the official
+        shuffle-BN), so that BatchNorm's batch statistics do not pair a row with its key.
+        """
         rows, k = key_images.shape[:2]
+        flat = key_images.flatten(0, 1)
         self.encoder.train()
-        features = self.encoder(key_images.flatten(0, 1)).float()
+        if self.world_size > 1:
+            flat = all_gather_no_grad(flat)
+            generator = torch.Generator().manual_seed(int(self.steps) * 1_000_003 + 17)
+            order = torch.randperm(flat.shape[0], generator=generator).to(flat.device)
+            chunk = flat.shape[0] // self.world_size
+            mine = self.encoder(flat[order[self.rank * chunk:(self.rank + 1) * chunk]]).float()
+            features = mine.new_empty(flat.shape[0], mine.shape[1])
+            features[order] = all_gather_no_grad(mine)
+            rows = rows * self.world_size
+        else:
+            features = self.encoder(flat).float()
         features = F.normalize(features, dim=1).view(rows, k, -1).mean(dim=1)
         return F.normalize(features, dim=1)
 
@@ -110,14 +129,15 @@ class DCQSampler(ClassSampler):
             raise ConfigError("DCQ needs key images per batch row: train it with an identity-aware loader")
         labels = labels.to(self.queue.device, torch.int64)
         generated = self.generate_weights(batch["key_images"])
+        all_labels = all_gather_no_grad(labels)
         rows = labels.numel()
         weights = torch.cat([generated, self.queue.to(generated.dtype)])
-        targets = torch.arange(rows, device=labels.device)
-        column_labels = torch.cat([labels, self.queue_labels])
+        targets = torch.arange(rows, device=labels.device) + self.rank * rows
+        column_labels = torch.cat([all_labels, self.queue_labels])
         mask = (column_labels.unsqueeze(0) == labels.unsqueeze(1)) | (column_labels < 0).unsqueeze(0)
-        mask[targets, targets] = False
+        mask[torch.arange(rows, device=labels.device), targets] = False
         return Selection(embeddings=embeddings, weights=weights, targets=targets, negative_mask=mask,
-                         state={"generated": generated, "labels": labels})
+                         state={"generated": generated, "labels": all_labels})
 
     def collect(self, selection: Selection) -> None:
         self._pending.append((selection.state["generated"], selection.state["labels"]))
@@ -180,4 +200,4 @@ def sampler_from_config(config, num_classes: int, backbone: nn.Module, device: t
     """The trainer's entry point (see core/build.py)."""
     queue_size = resolve_queue_size(config.queue_size, num_classes, num_images)
     return DCQSampler(backbone, config.embedding_size, num_classes, queue_size, config.dcq_momentum,
-                      config.k_shot, device)
+                      config.k_shot, device, context.rank, context.world_size)
