@@ -101,6 +101,11 @@ class Trainer:
         self._val_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
         self.backbone = build_backbone(config.backbone, config.embedding_size, self.input_size).to(self.device)
+        self.model = self.backbone
+        if self.context.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+            self.model = DistributedDataParallel(
+                self.backbone, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.sampler = build_sampler(config, self.num_classes, self.backbone, self.device, self.context,
                                      len(self.dataset))
         self.criterion = MarginSoftmaxLoss(build_margin(
@@ -125,10 +130,17 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------------
     def _data_root(self) -> Optional[Path]:
-        if self.config.data == "synthetic":
+        """The synthetic default's directory (rank 0 generates it once, the others wait)."""
+        if self.config.data != "synthetic":
+            return None
+        def root() -> Path:
             return synthetic_dataset_root(self.config.synthetic_identities, self.config.flip_noise,
                                           self.config.split, progress=self.progress)
-        return None
+
+        if self.context.is_main:
+            root()
+        self.context.barrier()
+        return root()
 
     def _batch_sampler(self) -> EpochBatchSampler:
         """Plain shuffled batches, or identity-aware ones when the method asks for key images."""
@@ -223,7 +235,7 @@ class Trainer:
         self.backbone.train()
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
-        for _ in range(self.config.accumulate):
+        for micro in range(self.config.accumulate):
             images, labels, *keys = next(micro_batches)
             images = random_horizontal_flip(images, self.flip_generator).to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
@@ -233,16 +245,20 @@ class Trainer:
                 extras["key_images"] = flipped.view_as(keys[0]).to(self.device, non_blocking=True)
             autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                         else nullcontext())
-            with autocast:
-                embeddings = self.backbone(images)
-            selection = self.sampler.select(embeddings.float(), labels, extras)
-            loss = self.criterion(selection) / self.config.accumulate
-            if not torch.isfinite(loss):
-                last = self.run_dir / CHECKPOINT_NAME
-                kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-                raise TrainingError(f"step {self.step + 1}: the loss is {loss.item()} (not finite); training "
-                                    f"stopped and {kept}. Lower --lr or check the data.")
-            loss.backward()
+            # DDP reduces gradients only on the last micro-batch of an accumulated step.
+            last_micro = micro == self.config.accumulate - 1
+            sync = nullcontext() if last_micro or self.model is self.backbone else self.model.no_sync()
+            with sync:
+                with autocast:
+                    embeddings = self.model(images)
+                selection = self.sampler.select(embeddings.float(), labels, extras)
+                loss = self.criterion(selection) / self.config.accumulate
+                if not torch.isfinite(loss):
+                    last = self.run_dir / CHECKPOINT_NAME
+                    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+                    raise TrainingError(f"step {self.step + 1}: the loss is {loss.item()} (not finite); training "
+                                        f"stopped and {kept}. Lower --lr or check the data.")
+                loss.backward()
             self.sampler.collect(selection)
             total += loss.detach()
         if self.config.grad_clip > 0:
@@ -290,6 +306,7 @@ class Trainer:
                 if self._should_validate(epoch_done, last_step):
                     self.metrics = self.evaluate()
                     self._report_metrics(bar, board)
+                    self.context.barrier()
                 if config.checkpoint_every and self.step % config.checkpoint_every == 0:
                     self.save_checkpoint()
         finally:
@@ -323,9 +340,11 @@ class Trainer:
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:
-        """Verification on every ``--val`` file with the method's evaluation network."""
+        """Verification on every ``--val`` file with the method's evaluation network (rank 0 only)."""
         model = self.sampler.evaluation_model(self.backbone)
         results: dict[str, Any] = {"_step": self.step}
+        if not self.context.is_main:
+            return results
         for path in self.val_files:
             if path not in self._val_pairs:
                 from core.data.verification_bin import load_verification_pairs

@@ -94,9 +94,11 @@ def _rng(seed: int, *stream: int) -> np.random.Generator:
 class SyntheticConfig:
     """Options of the rendered dataset; saved verbatim in ``ground_truth.json``.
 
-    The defaults give the CPU demo set: 600 training identities (~9k images, mean ~15
-    images per identity, Zipf-like between 2 and 80) and 100 held-out identities for
-    1,000 verification pairs.
+    The defaults give the CPU demo set: 600 training identities (8,407 images at seed 0,
+    mean ~14 per identity, Zipf-like between 2 and 80) and 100 held-out identities for
+    1,000 verification pairs; ``val_tail.bin`` is written when at least
+    ``tail_min_identities`` held-out identities have ``<= tail_max_images`` images.
+    ``image_size`` is the stored side; ``jpeg_quality`` the quality of the stored JPEGs.
     """
 
     identities: int = 600
@@ -896,7 +898,7 @@ def _assign_labels(counts: np.ndarray, split: float, flip_noise: float, seed: in
     return _Labelling(identity, within, true_label, label, flipped, split_pairs, num_classes)
 
 
-def _label_identity(lab: _Labelling, n_id: int) -> np.ndarray:
+def _label_identity(lab: _Labelling) -> np.ndarray:
     """True identity behind every label (extra labels point at the split person)."""
     out = np.arange(lab.num_classes, dtype=np.int64)
     if len(lab.split_pairs):
@@ -957,24 +959,29 @@ def _identity_images_job(job: tuple) -> list[bytes]:
 
 
 def _render_all(jobs: list[tuple], workers: int, progress: bool, desc: str) -> list[list[bytes]]:
-    """Run identity jobs in order, on ``workers`` processes when that pays off."""
+    """Run identity jobs in order, on ``workers`` processes when that pays off.
+
+    Rendering holds the GIL too much for threads to help, so it uses processes. They are
+    forked where the platform allows (a spawned worker would spend seconds importing
+    torch through ``core.data``) and before the progress bar starts its monitor thread;
+    workers touch only numpy and PIL, never torch or OpenMP. Results come back in job
+    order, so the output does not depend on the number of workers.
+    """
     results: list[list[bytes]] = []
-    bar = tqdm(total=len(jobs), desc=desc, unit="id", disable=not progress)
-    try:
-        if workers <= 1 or len(jobs) < 8:
+    if workers <= 1 or len(jobs) < 8:
+        with tqdm(total=len(jobs), desc=desc, unit="id", disable=not progress) as bar:
             for job in jobs:
                 results.append(_identity_images_job(job))
                 bar.update(1)
-        else:
-            import multiprocessing as mp
+        return results
+    import multiprocessing as mp
 
-            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-            with mp.get_context(method).Pool(workers) as pool:
-                for images in pool.imap(_identity_images_job, jobs, chunksize=4):
-                    results.append(images)
-                    bar.update(1)
-    finally:
-        bar.close()
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    with mp.get_context(method).Pool(min(workers, len(jobs))) as pool:
+        with tqdm(total=len(jobs), desc=desc, unit="id", disable=not progress) as bar:
+            for images in pool.imap(_identity_images_job, jobs, chunksize=4):
+                results.append(images)
+                bar.update(1)
     return results
 
 
@@ -997,15 +1004,24 @@ def _check_destination(out_dir: Path) -> None:
 
 
 def _install(tmp: Path, out_dir: Path) -> None:
-    """Swap the finished temporary folder into place, so readers never see half a dataset."""
+    """Swap the finished temporary folder into place, so readers never see half a dataset.
+
+    Two runs may generate the same default set at once; if another one has installed a
+    complete dataset meanwhile, ours is dropped instead of failing (same config, same bytes).
+    """
     if out_dir.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
         old.rmdir()
         os.rename(out_dir, old)
         os.rename(tmp, out_dir)
         shutil.rmtree(old, ignore_errors=True)
-    else:
+        return
+    try:
         os.rename(tmp, out_dir)
+    except OSError:
+        if not (out_dir / GROUND_TRUTH_FILE).is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _preview(images: list[list[bytes]], counts: np.ndarray, path: Path, rows: int = 6, cols: int = 8) -> None:
@@ -1121,7 +1137,7 @@ def make_synthetic_dataset(out_dir: str | Path, config: SyntheticConfig, progres
                                  "identities": (tail_ids + n_id).tolist(), **_pairs_record(tpairs, tsame, n_id)}
 
         _preview(train_images, counts, tmp / PREVIEW_FILE)
-        label_identity = _label_identity(lab, n_id)
+        label_identity = _label_identity(lab)
         per_label = np.bincount(lab.label, minlength=lab.num_classes)
         ground_truth = {
             "format": _FORMAT,
@@ -1197,7 +1213,21 @@ def load_ground_truth(root: str | Path) -> Optional[dict]:
     """The ground truth saved beside a synthetic dataset, or None for real data.
 
     Analysis code calls this on any dataset root to decide whether precision/recall
-    against known flips and splits can be reported.
+    against known flips and splits can be reported. Layout (labels are 0-based, record
+    keys 1-based as in train.rec):
+
+    * ``config``, ``seed``: how to regenerate the data exactly;
+    * ``counts``: num_images, num_classes, num_identities, num_flipped, num_split_pairs,
+      num_heldout_identities, images_per_identity, images_per_label;
+    * ``label_identity[label]``: the person behind each label;
+    * ``split_pairs``: ``[original_label, extra_label]`` pairs that are one person;
+    * ``flipped``: columns ``key``, ``label`` (given), ``true_label``, ``identity``;
+    * ``samples``: columns ``identity``, ``true_label``, ``image_index`` per record
+      (row ``key - 1``);
+    * ``identities``: id, role (train/heldout), num_images and appearance params;
+    * ``heldout``: held-out identity ids, their image counts and the tail subset;
+    * ``val`` / ``val_tail``: the pairs of ``val.bin`` / ``val_tail.bin`` (identity and
+      image index of both sides, issame), or None when not written.
     """
     path = Path(root) / GROUND_TRUTH_FILE
     if not path.is_file():
@@ -1338,7 +1368,9 @@ def make_synthetic_embeddings(config: SyntheticEmbeddingConfig) -> tuple[np.ndar
     For analysis tests and head-only experiments of small to medium size (everything is
     held in memory). Rows are in identity order (identity, then sample index), so the
     samples stay the same when only ``flip_noise`` or ``split`` change. The ground truth
-    has the same layout as the image dataset's, with ``index`` (row) in place of ``key``.
+    has the same layout as the image dataset's (see ``load_ground_truth``), with ``index``
+    (row) in place of ``key``; per-sample and per-class columns are numpy arrays rather
+    than lists, ``identity_cluster`` gives each identity's cluster (None without clusters).
     """
     config.validate()
     seed, dim = config.seed, config.dim
@@ -1373,8 +1405,8 @@ def make_synthetic_embeddings(config: SyntheticEmbeddingConfig) -> tuple[np.ndar
             "images_per_identity": counts,
             "images_per_label": np.bincount(lab.label, minlength=lab.num_classes),
         },
-        "label_identity": _label_identity(lab, config.num_classes),
-        "split_pairs": lab.split_pairs,
+        "label_identity": _label_identity(lab),
+        "split_pairs": lab.split_pairs.tolist(),
         "flipped": {
             "index": lab.flipped,
             "label": lab.label[lab.flipped],

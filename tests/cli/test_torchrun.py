@@ -1,0 +1,56 @@
+"""The same commands under torchrun: 2 CPU processes with gloo."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from core.data.base import encode_image
+from core.data.recordio import write_insightface_rec
+
+ROOT = Path(__file__).resolve().parents[2]
+FLAGS = ["--backbone", "tiny", "--input-size", "16", "--embedding-size", "16", "--batch-size", "4",
+         "--workers", "0", "--quiet", "--device", "cpu"]
+
+
+def _torchrun(*args, timeout=240):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "cli.py", *map(str, args)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240)
+
+
+def test_two_process_run_resumes_and_evaluates_in_one(tiny_rec, tmp_path):
+    run = tmp_path / "run"
+    first = _torchrun("train", "--data", tiny_rec, "--val", tiny_rec / "val.bin", "--epochs", "2", "--max-steps",
+                      "5", "--out", run, *FLAGS)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert len(list(run.glob("sampler-step000000005-rank*-of-002.pt"))) == 2
+    second = _cli("train", "--resume", run, "--max-steps", "12")  # 1 process takes over the 2-process run
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert len(list(run.glob("sampler-step000000012-rank000-of-001.pt"))) == 1
+    saved = json.loads((run / "metrics.json").read_text())
+    evaluated = json.loads(_cli("eval", run, "--val", tiny_rec / "val.bin", "--json").stdout)
+    assert evaluated["val"]["accuracy"] == saved["val"]["accuracy"]
+    lines = (run / "log.csv").read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in lines[1:]][-1] == 12
+
+
+def test_a_failing_rank_ends_every_rank_with_its_message(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = []
+    for label in range(4):
+        for index in range(6):
+            image = encode_image(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+            samples.append((label, b"this is not an image" if (label, index) == (2, 3) else image))
+    write_insightface_rec(tmp_path / "broken", samples, 4, image_size=(16, 16))
+    result = _torchrun("train", "--data", tmp_path / "broken", "--epochs", "1", "--cache-images", "off",
+                       "--out", tmp_path / "run", *FLAGS, timeout=120)
+    assert result.returncode != 0
+    assert "record 16: cannot decode image" in result.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -1,0 +1,342 @@
+"""The synthetic identities: determinism, recorded ground truth, long tail, pairs, embeddings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.data import synthetic
+from core.data.recordio import RecordDataset, unpack_record
+from core.data.synthetic import (
+    SyntheticConfig,
+    SyntheticEmbeddingConfig,
+    class_centers,
+    draw_identity_params,
+    embedding_batches,
+    load_ground_truth,
+    long_tail_counts,
+    make_synthetic_dataset,
+    make_synthetic_embeddings,
+    render_identity_images,
+)
+from core.data.verification_bin import load_verification_pairs, read_verification_bin
+from core.errors import ConfigError, DataError
+
+TINY = SyntheticConfig(identities=12, heldout_identities=8, min_images=2, max_images=8, flip_noise=0.1,
+                       split=0.25, val_pairs=24, tail_max_images=4, tail_min_identities=2, seed=3)
+FILES = ["train.rec", "train.idx", "property", "val.bin", "val_tail.bin", "ground_truth.json", "preview.png"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("synthetic") / "tiny"
+    summary = make_synthetic_dataset(root, TINY, progress=False, workers=1)
+    return root, summary
+
+
+def _bytes(root: Path, name: str) -> bytes:
+    return (root / name).read_bytes()
+
+
+def test_writes_every_file_and_a_consistent_summary(tiny):
+    root, summary = tiny
+    for name in FILES:
+        assert (root / name).is_file(), name
+    assert summary["num_classes"] == TINY.identities + round(TINY.split * TINY.identities)
+    assert summary["num_split_pairs"] == round(TINY.split * TINY.identities)
+    assert summary["num_flipped"] == round(TINY.flip_noise * summary["num_images"])
+    assert summary["val_pairs"] == TINY.val_pairs
+    leftovers = [p.name for p in root.parent.iterdir() if p.name != root.name]
+    assert leftovers == [], "temporary folders must not outlive the generation"
+
+
+def test_same_seed_is_byte_identical_whatever_the_workers(tiny, tmp_path):
+    root, _ = tiny
+    again = tmp_path / "again"
+    make_synthetic_dataset(again, TINY, progress=False, workers=2)
+    for name in FILES:
+        assert _bytes(root, name) == _bytes(again, name), name
+
+
+def test_different_seed_gives_different_data(tiny, tmp_path):
+    root, _ = tiny
+    other = tmp_path / "other"
+    make_synthetic_dataset(other, replace(TINY, seed=TINY.seed + 1), progress=False, workers=1)
+    assert _bytes(root, "train.rec") != _bytes(other, "train.rec")
+    assert _bytes(root, "val.bin") != _bytes(other, "val.bin")
+
+
+def test_label_noise_options_do_not_change_identities_or_images(tiny, tmp_path):
+    root, _ = tiny
+    clean = tmp_path / "clean"
+    make_synthetic_dataset(clean, replace(TINY, flip_noise=0.0, split=0.0), progress=False, workers=1)
+    noisy_gt, clean_gt = load_ground_truth(root), load_ground_truth(clean)
+    assert noisy_gt["identities"] == clean_gt["identities"]
+    assert _bytes(root, "val.bin") == _bytes(clean, "val.bin")
+    # the same person's images are the same bytes, only their labels/order differ
+    noisy, plain = RecordDataset(root), RecordDataset(clean)
+    payload = {}
+    for ds, gt in ((noisy, noisy_gt), (plain, clean_gt)):
+        images = {}
+        for i, key in enumerate(ds.image_keys):
+            ident = gt["samples"]["identity"][i]
+            index = gt["samples"]["image_index"][i]
+            images[(ident, index)] = unpack_record(ds.reader.read(int(key)))[1]
+        payload[id(ds)] = images
+    assert payload[id(noisy)] == payload[id(plain)]
+
+
+def test_ground_truth_matches_the_records(tiny):
+    root, summary = tiny
+    gt = load_ground_truth(root)
+    ds = RecordDataset(root)
+    n = len(ds)
+    counts = gt["counts"]
+    assert counts["num_images"] == n == summary["num_images"]
+    assert counts["num_classes"] == ds.num_classes
+    assert counts["images_per_label"] == np.bincount(ds.labels, minlength=ds.num_classes).tolist()
+    assert sum(counts["images_per_identity"]) == n
+    assert list(ds.image_keys) == list(range(1, n + 1))
+    label_identity = np.asarray(gt["label_identity"])
+    true_label = np.asarray(gt["samples"]["true_label"])
+    identity = np.asarray(gt["samples"]["identity"])
+    assert np.array_equal(label_identity[true_label], identity)
+
+    flipped = gt["flipped"]
+    assert len(flipped["key"]) == counts["num_flipped"] > 0
+    keys = np.asarray(flipped["key"])
+    rows = keys - 1
+    assert np.array_equal(ds.labels[rows], flipped["label"]), "flipped keys carry the given label in the rec"
+    assert np.all(np.asarray(flipped["true_label"]) != np.asarray(flipped["label"]))
+    assert np.array_equal(true_label[rows], flipped["true_label"])
+    assert np.array_equal(identity[rows], flipped["identity"])
+    assert np.all(label_identity[np.asarray(flipped["label"])] != np.asarray(flipped["identity"])), \
+        "a flip never lands on another label of the same person"
+    clean = np.ones(n, dtype=bool)
+    clean[rows] = False
+    assert np.array_equal(ds.labels[clean], true_label[clean]), "only the recorded images are mislabelled"
+
+
+def test_split_pairs_are_one_person_under_two_labels(tiny):
+    root, _ = tiny
+    gt = load_ground_truth(root)
+    ds = RecordDataset(root)
+    pairs = gt["split_pairs"]
+    assert len(pairs) == gt["counts"]["num_split_pairs"] == round(TINY.split * TINY.identities)
+    identity = np.asarray(gt["samples"]["identity"])
+    true_label = np.asarray(gt["samples"]["true_label"])
+    params = {entry["id"]: entry["params"] for entry in gt["identities"]}
+    for original, extra in pairs:
+        assert original < TINY.identities <= extra < ds.num_classes
+        assert gt["label_identity"][extra] == original
+        for label in (original, extra):
+            correct = true_label == label
+            assert correct.any(), f"label {label} has correctly labelled images"
+            assert set(identity[correct]) == {original}, "both labels hold images of the same person"
+        assert params[original]["hair_style"], "the person's appearance is recorded once, for both labels"
+
+
+def test_long_tail_counts():
+    rng = np.random.default_rng(0)
+    counts = long_tail_counts(20_000, 2, 80, 1.25, rng)
+    assert counts.dtype == np.int64 and counts.min() >= 2 and counts.max() <= 80
+    hist = np.bincount(counts, minlength=81)
+    assert hist[2] > 10 * hist[40] > 0, "rare identities dominate, frequent ones exist"
+    assert 12 <= counts.mean() <= 17
+    # drawing more identities keeps the first ones' counts
+    assert np.array_equal(long_tail_counts(50, 2, 80, 1.25, np.random.default_rng(5)),
+                          long_tail_counts(80, 2, 80, 1.25, np.random.default_rng(5))[:50])
+
+
+def test_dataset_counts_are_long_tailed(tiny):
+    root, _ = tiny
+    counts = np.asarray(load_ground_truth(root)["counts"]["images_per_identity"])
+    assert counts.min() >= TINY.min_images and counts.max() <= TINY.max_images
+    assert len(set(counts.tolist())) > 1
+
+
+def test_val_pairs_are_balanced_and_held_out(tiny):
+    root, _ = tiny
+    gt = load_ground_truth(root)
+    images, issame = load_verification_pairs(root / "val.bin")
+    assert images.shape == (2 * TINY.val_pairs, TINY.image_size, TINY.image_size, 3)
+    assert issame.sum() == len(issame) // 2 == TINY.val_pairs // 2
+    heldout = set(gt["heldout"]["identities"])
+    training = set(gt["label_identity"])
+    assert heldout and not heldout & training
+    for name in ("val", "val_tail"):
+        info = gt[name]
+        a, b = np.asarray(info["identity_a"]), np.asarray(info["identity_b"])
+        same = np.asarray(info["issame"])
+        assert set(a) | set(b) <= heldout
+        assert np.array_equal(a == b, same)
+        pairs = set(zip(info["identity_a"], info["image_a"], info["identity_b"], info["image_b"]))
+        assert len(pairs) == len(same) == info["pairs"], "pairs are distinct"
+    tail_ids = set(gt["val_tail"]["identities"])
+    per_identity = dict(zip(gt["heldout"]["identities"], gt["heldout"]["images_per_identity"]))
+    assert all(per_identity[i] <= TINY.tail_max_images for i in tail_ids)
+    assert set(gt["val_tail"]["identity_a"]) | set(gt["val_tail"]["identity_b"]) <= tail_ids
+    _, tail_same = read_verification_bin(root / "val_tail.bin")
+    assert tail_same.sum() * 2 == len(tail_same) == gt["val_tail"]["pairs"]
+    # no held-out image appears in training
+    ds = RecordDataset(root)
+    train_bytes = {unpack_record(ds.reader.read(int(k)))[1] for k in ds.image_keys}
+    val_bytes, _ = read_verification_bin(root / "val.bin")
+    assert not train_bytes & set(val_bytes)
+
+
+def test_preview_and_images_look_right(tiny):
+    root, _ = tiny
+    from PIL import Image
+
+    with Image.open(root / "preview.png") as preview:
+        assert preview.width > 4 * TINY.image_size and preview.height >= TINY.image_size
+    image = RecordDataset(root).load_image(0)
+    assert image.shape == (112, 112, 3) and image.dtype == np.uint8
+    assert image.std() > 10, "a rendered face, not a blank"
+
+
+def test_refuses_to_replace_foreign_data_and_replaces_its_own(tiny, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="refusing"):
+        make_synthetic_dataset(foreign, TINY, progress=False, workers=1)
+    assert (foreign / "notes.txt").read_text() == "mine"
+    small = replace(TINY, identities=4, heldout_identities=2, val_pairs=4, split=0.0, flip_noise=0.0)
+    target = tmp_path / "own"
+    make_synthetic_dataset(target, small, progress=False, workers=1)
+    make_synthetic_dataset(target, replace(small, seed=9), progress=False, workers=1)
+    assert load_ground_truth(target)["seed"] == 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign", "own"]
+
+
+def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(synthetic, "write_verification_bin", fail)
+    small = replace(TINY, identities=4, heldout_identities=2, val_pairs=4, split=0.0, flip_noise=0.0)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        make_synthetic_dataset(tmp_path / "broken", small, progress=False, workers=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_options_fail_early_with_the_option_name(tmp_path):
+    for bad, name in [(replace(TINY, flip_noise=1.5), "flip_noise"), (replace(TINY, split=-0.1), "split"),
+                      (replace(TINY, min_images=5, max_images=3), "min_images"),
+                      (replace(TINY, identities=1), "identities")]:
+        with pytest.raises(ConfigError, match=name):
+            make_synthetic_dataset(tmp_path / "x", bad, progress=False, workers=1)
+    with pytest.raises(ConfigError, match="flip_noise"):
+        make_synthetic_dataset(tmp_path / "x", replace(TINY, min_images=2, max_images=2, flip_noise=0.9),
+                               progress=False, workers=1)
+    assert not (tmp_path / "x").exists()
+
+
+def test_load_ground_truth(tmp_path):
+    assert load_ground_truth(tmp_path) is None
+    (tmp_path / "ground_truth.json").write_text("{not json")
+    with pytest.raises(DataError, match="ground_truth.json"):
+        load_ground_truth(tmp_path)
+    (tmp_path / "ground_truth.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(DataError, match="format"):
+        load_ground_truth(tmp_path)
+
+
+def test_render_identity_images_is_deterministic_and_appends():
+    params = draw_identity_params(np.random.default_rng(1))
+    three = render_identity_images(params, np.random.default_rng(2), 3, size=112)
+    five = render_identity_images(params, np.random.default_rng(2), 5, size=112)
+    assert three.shape == (3, 112, 112, 3) and three.dtype == np.uint8
+    assert np.array_equal(three, five[:3])
+    assert not np.array_equal(five[3], five[4]), "every image has its own nuisance"
+    small = render_identity_images(params, np.random.default_rng(2), 1, size=48)
+    assert small.shape == (1, 48, 48, 3)
+
+
+def test_label_assignment_invariants():
+    counts = long_tail_counts(300, 2, 30, 1.25, np.random.default_rng(4))
+    low = synthetic._assign_labels(counts, 0.1, 0.05, seed=7)
+    high = synthetic._assign_labels(counts, 0.1, 0.2, seed=7)
+    assert set(low.flipped) <= set(high.flipped), "raising flip_noise only adds flips"
+    for lab in (low, high):
+        assert np.bincount(lab.label, minlength=lab.num_classes).min() >= 1, "no empty class"
+        person = synthetic._label_identity(lab)
+        assert np.all(person[lab.label[lab.flipped]] != lab.identity[lab.flipped])
+        assert np.all(np.diff(lab.label[lab.record_order()]) >= 0)
+
+
+# --- embeddings -----------------------------------------------------------------------
+
+
+def test_class_centers_fast_path_properties():
+    centers = class_centers(20_000, 64, seed=3)
+    assert centers.shape == (20_000, 64) and centers.dtype == np.float32
+    assert np.allclose(np.linalg.norm(centers, axis=1), 1, atol=1e-5)
+    assert np.array_equal(centers, class_centers(20_000, 64, seed=3))
+    assert np.array_equal(centers[:5000], class_centers(5000, 64, seed=3)), "prefix-stable"
+    assert not np.array_equal(centers, class_centers(20_000, 64, seed=4))
+    half = class_centers(100, 64, seed=3, dtype=np.float16)
+    assert half.dtype == np.float16 and np.allclose(half, centers[:100], atol=2e-3)
+    clustered = class_centers(2000, 64, seed=3, clusters=5, cluster_sigma=0.3)
+    def close(c: np.ndarray) -> float:  # fraction of center pairs with cosine above 0.5
+        return float(((c @ c.T) > 0.5).mean())
+
+    assert close(clustered) > 0.1 > 0.01 > close(centers[:2000]), "clusters pull centers together"
+
+
+def test_make_synthetic_embeddings():
+    config = SyntheticEmbeddingConfig(num_classes=300, dim=32, flip_noise=0.1, split=0.1, noise_sigma=0.5,
+                                      clusters=4, seed=1)
+    emb, labels, gt = make_synthetic_embeddings(config)
+    n = gt["counts"]["num_images"]
+    assert emb.shape == (n, 32) and emb.dtype == np.float32
+    assert labels.shape == (n,) and labels.dtype == np.int64
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    assert gt["counts"]["num_classes"] == 300 + 30 == labels.max() + 1
+    assert gt["counts"]["num_flipped"] == round(0.1 * n) == len(gt["flipped"]["index"])
+    rows = np.asarray(gt["flipped"]["index"])
+    assert np.array_equal(labels[rows], gt["flipped"]["label"])
+    assert np.all(np.asarray(gt["flipped"]["true_label"]) != np.asarray(gt["flipped"]["label"]))
+    clean = np.ones(n, dtype=bool)
+    clean[rows] = False
+    assert np.array_equal(labels[clean], np.asarray(gt["samples"]["true_label"])[clean])
+    person = np.asarray(gt["label_identity"])
+    for original, extra in gt["split_pairs"]:
+        assert person[extra] == original and (labels == extra).any() and (labels == original).any()
+    assert gt["identity_cluster"].shape == (300,)
+    # samples sit around their person's center at the configured spread
+    centers = class_centers(300, 32, seed=1, clusters=4)
+    cos = (emb * centers[np.asarray(gt["samples"]["identity"])]).sum(1)
+    assert abs(cos.mean() - 1 / np.sqrt(1 + 0.5 ** 2)) < 0.05
+    emb2, labels2, _ = make_synthetic_embeddings(config)
+    assert np.array_equal(emb, emb2) and np.array_equal(labels, labels2)
+    emb3, _, _ = make_synthetic_embeddings(replace(config, seed=2))
+    assert emb3.shape != emb.shape or not np.array_equal(emb, emb3)
+    same_samples, _, _ = make_synthetic_embeddings(replace(config, flip_noise=0.0, split=0.0))
+    assert np.array_equal(same_samples, emb), "label noise never changes the samples"
+    with pytest.raises(ConfigError, match="noise_sigma"):
+        make_synthetic_embeddings(replace(config, noise_sigma=-1.0))
+
+
+def test_embedding_batches_stream():
+    stream = embedding_batches(1000, 16, batch_size=64, seed=0, split=0.1, flip_noise=0.2, steps=3)
+    batches = list(stream)
+    assert len(batches) == 3
+    for emb, labels in batches:
+        assert emb.shape == (64, 16) and emb.dtype == torch.float32 and labels.dtype == torch.int64
+        assert torch.allclose(emb.norm(dim=1), torch.ones(64), atol=1e-5)
+        assert int(labels.min()) >= 0 and int(labels.max()) < 1000 + 100
+    again = next(embedding_batches(1000, 16, batch_size=64, seed=0, split=0.1, flip_noise=0.2))
+    assert torch.equal(again[0], batches[0][0]) and torch.equal(again[1], batches[0][1])
+    clean = next(embedding_batches(1000, 16, batch_size=4096, seed=0, noise_sigma=0.0))
+    centers = torch.from_numpy(class_centers(1000, 16, seed=0))
+    assert torch.allclose(clean[0], centers[clean[1]], atol=1e-5), "labels index the centers they came from"
+    head = torch.bincount(clean[1], minlength=1000).float()
+    assert head.max() > 5 * head.median(), "class frequencies are long-tailed"
