@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from cli import main
 
 TRAIN_FLAGS = ["--backbone", "tiny", "--input-size", "16", "--embedding-size", "16", "--batch-size", "8",
-               "--epochs", "1", "--workers", "0", "--quiet"]
+               "--epochs", "1", "--workers", "0", "--quiet", "--device", "cpu"]
 
 
 def _run(*args):

@@ -11,7 +11,7 @@ from core.trainer import Trainer, warmup_polynomial
 def _config(root, **changes):
     base = dict(data=str(root), val=[str(root / "val.bin")], backbone="tiny", input_size=16, embedding_size=16,
                 batch_size=8, epochs=2, lr=0.05, sample_rate=0.5, workers=0, checkpoint_every=0, log_every=1,
-                seed=3)
+                seed=3, device="cpu")
     base.update(changes)
     return TrainConfig().replace(**base)
 

@@ -8,7 +8,7 @@ from core.trainer import Trainer
 def _config(root, **changes):
     base = dict(method="dcq", data=str(root), val=[str(root / "val.bin")], backbone="tiny", input_size=16,
                 embedding_size=16, batch_size=8, epochs=2, lr=0.05, queue_size=20, workers=0,
-                checkpoint_every=0, log_every=1, seed=5)
+                checkpoint_every=0, log_every=1, seed=5, device="cpu")
     base.update(changes)
     return TrainConfig().replace(**base)
 
