@@ -66,8 +66,7 @@ def embed_images(
             starts = tqdm(starts, desc="embedding", unit="batch", leave=False)
         chunks = []
         for start in starts:
-            raw = torch.as_tensor(images[start : start + batch_size]).to(device)
-            x = to_model_input(raw, input_size)
+            x = to_model_input(images[start : start + batch_size], input_size).to(device)
             feature = model(x) + model(torch.flip(x, dims=[-1]))
             chunks.append(F.normalize(feature.float(), dim=1).cpu())
         return torch.cat(chunks).numpy().astype(np.float32, copy=False)
