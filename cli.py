@@ -291,5 +291,27 @@ def bench_data(data_path: str, size: int, workers: tuple[int, ...], batch_size: 
     click.echo(format_table(["workers", "images/s"], rows))
 
 
+@bench.command(name="train")
+@click.option("--method", type=click.Choice(["pfc", "dcq"]), default="pfc", show_default=True)
+@click.option("--processes", multiple=True, type=int, default=(1, 2), show_default=True,
+              help="Process counts to compare (torchrun for > 1).")
+@click.option("--steps", default=40, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, help="Per-process batch size.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--data", "data_path", default="synthetic", show_default=True)
+def bench_train(method: str, processes: tuple[int, ...], steps: int, batch_size: int, device: str,
+                data_path: str) -> None:
+    """Training throughput (images/s) of N processes against 1, through the real trainer."""
+    from benchmarks.common import format_table
+    from benchmarks.train_throughput import measure
+
+    extra = ["--device", device, "--batch-size", str(batch_size), "--data", data_path, "--workers", "0"]
+    figures = {count: measure(count, method, steps, extra) for count in processes}
+    base = figures[processes[0]]
+    rows = [[count, f"{value:.0f}", f"{value / base:.2f}x"] for count, value in figures.items()]
+    click.echo(f"{method}, {device}, per-process batch {batch_size}, {steps} steps per setting")
+    click.echo(format_table(["processes", "images/s (global)", f"vs {processes[0]}"], rows))
+
+
 if __name__ == "__main__":
     main()

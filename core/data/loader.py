@@ -237,7 +237,7 @@ def make_loader(dataset: FaceDataset, batch_sampler: Sampler, workers: int, pin_
     It gets a generator of its own: by default each new loader iterator draws a worker
     seed from torch's global RNG, which would make a resumed run drift from a straight one.
     """
-    if isinstance(getattr(dataset, "dataset", dataset), CachedImages) or isinstance(dataset, CachedImages):
+    if isinstance(dataset, CachedImages) or isinstance(getattr(dataset, "dataset", None), CachedImages):
         workers = 0
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, pin_memory=pin_memory,
                       persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
