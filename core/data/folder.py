@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import operator
 import os
-import uuid
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -21,6 +20,7 @@ import torch
 
 from core.data.base import FaceDataset, decode_image
 from core.errors import DataError
+from core.io import atomic_write_text
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 
@@ -181,17 +181,4 @@ def write_list(path: str | Path, paths: Sequence[str], labels: Sequence[int]) ->
             raise DataError(f"write_list {target}: entry {position} has a non-integer label {label!r}") from exc
         lines.append(f"{text} {value}\n")
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Created with open(..., "x") rather than mkstemp so the list gets the umask's usual
-    # permissions instead of mkstemp's owner-only 0600.
-    temp_name = str(target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temp_name, "x", encoding="utf-8") as out:
-            out.writelines(lines)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
+    atomic_write_text(target, "".join(lines))

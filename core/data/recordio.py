@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from core.data.base import FaceDataset, decode_image
 from core.errors import DataError
+from core.io import atomic_write_text
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -144,19 +145,6 @@ def _open_temp_sibling(path: Path, mode: str) -> tuple[Path, IO]:
             return tmp, open(tmp, mode.replace("w", "x"), **({} if "b" in mode else {"newline": "\n"}))
         except FileExistsError:
             continue
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp, handle = _open_temp_sibling(path, "w")
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class RecordIOWriter:
@@ -632,7 +620,7 @@ def write_insightface_rec(
             0, pack_record(IRHeader(2, np.array([first_identity, first_identity + num_classes], np.float32)))
         )
     # After the .rec/.idx are final: a property never describes a pack that did not land.
-    _atomic_write_text(out / "property", f"{num_classes},{height},{width}\n")
+    atomic_write_text(out / "property", f"{num_classes},{height},{width}\n")
     return count
 
 

@@ -14,9 +14,7 @@ before it can be called.
 
 from __future__ import annotations
 
-import os
 import pickle
-import secrets
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +22,7 @@ import numpy as np
 
 from core.data.base import decode_image
 from core.errors import DataError
+from core.io import atomic_path
 
 # numpy moved these between numpy.core and numpy._core; asking an object for its reducer
 # finds them wherever this numpy keeps them without importing a deprecated module path.
@@ -185,16 +184,8 @@ def write_verification_bin(path: str | Path, images: Sequence[bytes], issame: Se
             f"write_verification_bin({path}): {len(payload)} images but {len(flags)} pair flags; "
             f"expected 2 images per pair ({2 * len(flags)} images)"
         )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            pickle.dump((payload, flags), handle, protocol=4)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        pickle.dump((payload, flags), handle, protocol=4)
 
 
 def load_verification_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
