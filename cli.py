@@ -132,6 +132,12 @@ def eval_command(run: str, val: tuple[str, ...], online: bool, device: str, batc
     click.echo(metrics_json(metrics) if as_json else metrics_summary(metrics))
 
 
+# -- analyze ----------------------------------------------------------------------------------
+from analysis.commands import analyze  # noqa: E402  (click only; faiss is imported when a command runs)
+
+main.add_command(analyze)
+
+
 # -- data -------------------------------------------------------------------------------------
 @main.group()
 def data() -> None:
@@ -311,6 +317,26 @@ def bench_train(method: str, processes: tuple[int, ...], steps: int, batch_size:
     rows = [[count, f"{value:.0f}", f"{value / base:.2f}x"] for count, value in figures.items()]
     click.echo(f"{method}, {device}, per-process batch {batch_size}, {steps} steps per setting")
     click.echo(format_table(["processes", "images/s (global)", f"vs {processes[0]}"], rows))
+
+
+@bench.command(name="analysis")
+@click.option("--classes", multiple=True, type=int, default=(100_000,), show_default=True)
+@click.option("--dim", default=512, show_default=True)
+@click.option("--k", default=5, show_default=True)
+@click.option("--approximate/--exact", default=False, help="Force IVF (tuned to recall >= 0.95) or exact search.")
+def bench_analysis(classes: tuple[int, ...], dim: int, k: int, approximate: bool) -> None:
+    """Time the conflict analysis (k nearest other centers of every class) on clustered centers."""
+    from analysis.benchmark import run_analysis_benchmark
+    from benchmarks.common import format_table
+
+    rows = []
+    for count in classes:
+        result = run_analysis_benchmark(count, dim, k, approximate, progress=True)
+        recall = result.get("verified_recall", 1.0 if result["method"] == "exact" else float("nan"))
+        rows.append([f"{count:,}", result["method"], f"{result['analysis_s']:.1f}", f"{recall:.3f}",
+                     f"{result['peak_rss_gib']:.2f}"])
+        click.echo(json.dumps(result))
+    click.echo(format_table(["classes", "index", "analysis s", "recall@k vs exact", "peak GiB"], rows))
 
 
 if __name__ == "__main__":

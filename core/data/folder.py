@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import operator
 import os
+import re
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -36,16 +37,35 @@ def _read_image_file(path: str) -> np.ndarray:
     return decode_image(encoded, path)
 
 
+# A list entry naming one record of a RecordIO file, as cleaned .rec data is written:
+# cleaning rewrites an index of references, never the images (TFace's convention).
+_RECORD_REFERENCE = re.compile(r"^(?P<rec>.+\.rec)#(?P<key>\d+)$")
+
+
 class _PathDataset(FaceDataset):
-    """Shared storage for datasets whose samples are image files on disk."""
+    """Shared storage for datasets whose samples are image files (or ``file.rec#KEY`` records)."""
 
     paths: list[str]
     class_names: list[str]
 
     def load_image(self, index: int) -> np.ndarray:
-        return _read_image_file(self.paths[index])
+        path = self.paths[index]
+        reference = _RECORD_REFERENCE.match(path)
+        if reference is None:
+            return _read_image_file(path)
+        from core.data.recordio import RecordIOReader, unpack_record
+        readers = self.__dict__.setdefault("_readers", {})
+        rec = reference["rec"]
+        if rec not in readers:
+            readers[rec] = RecordIOReader(rec, str(Path(rec).with_suffix(".idx")))
+        where = f"{rec} record {reference['key']}"
+        _, payload = unpack_record(readers[rec].read(int(reference["key"])), where)
+        return decode_image(payload, where)
 
     def source_of(self, index: int) -> dict:
+        reference = _RECORD_REFERENCE.match(self.paths[index])
+        if reference is not None:
+            return {"record": int(reference["key"]), "path": self.paths[index]}
         return {"path": self.paths[index]}
 
 

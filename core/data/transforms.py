@@ -30,7 +30,10 @@ def to_model_input(images: np.ndarray | torch.Tensor, size: int) -> torch.Tensor
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[None]
-    batch = torch.from_numpy(np.ascontiguousarray(resize_images(images, size)))
+    pixels = np.ascontiguousarray(resize_images(images, size))
+    if not pixels.flags.writeable:  # decoded PIL images are read-only views
+        pixels = pixels.copy()
+    batch = torch.from_numpy(pixels)
     return batch.permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5)
 
 

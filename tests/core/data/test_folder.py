@@ -207,3 +207,17 @@ def test_write_list_rejects_what_cannot_be_read_back(tmp_path: Path, paths, labe
         write_list(out, paths, labels)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_list_of_record_references_reads_the_records(tiny_rec, tmp_path):
+    from core.data.loader import open_dataset
+    from core.data.recordio import RecordDataset
+
+    records = RecordDataset(tiny_rec)
+    keep = [0, 5, 17, 40]
+    write_list(tmp_path / "clean.txt", [f"{tiny_rec / 'train.rec'}#{records.image_keys[i]}" for i in keep],
+               [int(records.labels[i]) for i in keep])
+    cleaned = open_dataset(tmp_path / "clean.txt")
+    for position, index in enumerate(keep):
+        assert np.array_equal(cleaned.load_image(position), records.load_image(index))
+        assert cleaned.source_of(position)["record"] == records.image_keys[index]

@@ -1,0 +1,165 @@
+"""``python cli.py analyze ...``: conflict, noise, longtail and the combined report.
+
+Each command reads a run and a dataset (by default the one the run trained on), writes
+its CSV, PNG plots and ``report.html`` / ``report.md`` into ``--out``, and ends by
+printing what it wrote and the next command worth running. FaceQueueError propagates
+so that the main CLI prints it as one line.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import click
+
+from analysis.centers import CENTER_SOURCES
+from analysis.conflict import DEFAULT_K
+from analysis.index import METHODS
+from analysis.noise import DEFAULT_NOISE_THRESHOLD
+from core.errors import ConfigError
+
+
+def _common(function: Callable) -> Callable:
+    """RUN and the options every analyze command shares."""
+    decorators = [
+        click.argument("run", type=click.Path()),
+        click.option("--data", default=None,
+                     help="Dataset to analyse (.rec directory, folder, list, or 'synthetic'); default: the run's "
+                          "own training data."),
+        click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory."),
+        click.option("--device", default="auto", show_default=True, help="Device that embeds the data."),
+        click.option("--batch-size", default=256, show_default=True, type=int, help="Images per embedding batch."),
+        click.option("--workers", default=2, show_default=True, type=int, help="Image decoding workers."),
+        click.option("--centers", type=click.Choice(CENTER_SOURCES), default="auto", show_default=True,
+                     help="auto: class means of the data's embeddings for conflict / noise, the Partial FC "
+                          "center store for the long tail (DCQ: class means); store / means: that source for all."),
+        click.option("--index", "index_method", type=click.Choice(METHODS), default="auto", show_default=True,
+                     help="Nearest-neighbour search: exact, or IVF / HNSW tuned to recall >= 0.95 (auto: "
+                          "approximate above 100k classes)."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for decorator in reversed(decorators):
+        function = decorator(function)
+    return function
+
+
+def _run(which: tuple[str, ...], run: str, data: Optional[str], out: str, device: str, batch_size: int,
+         workers: int, centers: str, index_method: str, quiet: bool, **options: Any):
+    from analysis.inputs import load_analysis_input
+    from analysis.runner import AnalysisOptions, run_analyses
+
+    out_dir = Path(out)
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {workers}")
+    if options.get("k", 1) < 1:
+        raise ConfigError(f"--k must be >= 1, got {options['k']}")
+    if options.get("relabel") and not options.get("write_clean"):
+        raise ConfigError("--relabel changes what --write-clean writes; give --write-clean FILE too")
+    inputs = load_analysis_input(run, data, device=device, batch_size=batch_size, workers=workers,
+                                 progress=not quiet)
+    analysis_options = AnalysisOptions(index_method=index_method, centers=centers, progress=not quiet,
+                                       **{k: v for k, v in options.items() if v is not None})
+    return run_analyses(inputs, out_dir, which, analysis_options)
+
+
+def _echo_written(analysis) -> None:
+    for path in analysis.written:
+        click.echo(f"  {path}")
+
+
+def _data_flag(data: Optional[str]) -> str:
+    return f" --data {shlex.quote(data)}" if data else ""
+
+
+@click.group(name="analyze")
+def analyze() -> None:
+    """Find conflicting labels, noisy labels and long-tail effects in a trained run."""
+
+
+@analyze.command()
+@_common
+@click.option("--k", default=DEFAULT_K, show_default=True, type=int, help="Nearest other centers per class.")
+@click.option("--threshold", default=None, type=float,
+              help="Cosine above which a pair is flagged as a probable conflict (default: max(0.4, median + "
+                   "2.5 robust sd of the classes' nearest-other-center cosines); the report explains it).")
+def conflict(k: int, threshold: Optional[float], **common: Any) -> None:
+    """Class pairs whose centers are closest (probably one person under two labels) -> conflict.csv."""
+    analysis = _run(("conflict",), conflict_threshold=threshold, k=k, **common)
+    summary = analysis.summary["conflict"]
+    click.echo(f"Wrote {summary['pairs']:,} candidate pairs, {summary['flagged']:,} flagged "
+               f"(cosine > {summary['threshold']}):")
+    _echo_written(analysis)
+    click.echo(f"Next: python cli.py analyze noise {shlex.quote(common['run'])}{_data_flag(common['data'])} "
+               f"--out {shlex.quote(common['out'])}")
+
+
+@analyze.command()
+@_common
+@click.option("--threshold", default=DEFAULT_NOISE_THRESHOLD, show_default=True, type=float,
+              help="Flag samples whose nearest other center beats their own by more than this cosine.")
+@click.option("--outlier-threshold", type=float, default=None,
+              help="Also flag samples whose own-center cosine is below this (default: median - 4 robust sd).")
+@click.option("--write-clean", type=click.Path(dir_okay=False), default=None,
+              help="Write a 'path label' list without the flagged samples, usable as --data.")
+@click.option("--relabel", is_flag=True, help="With --write-clean: move flagged samples to their nearest class "
+                                              "instead of dropping them.")
+def noise(threshold: float, outlier_threshold: Optional[float], write_clean: Optional[str], relabel: bool,
+          **common: Any) -> None:
+    """Per-sample label-noise scores (nearer another class than its own, or an outlier) -> noise.csv."""
+    analysis = _run(("noise",), noise_threshold=threshold, outlier_similarity=outlier_threshold,
+                    write_clean=Path(write_clean) if write_clean else None, relabel=relabel, **common)
+    summary = analysis.summary["noise"]
+    click.echo(f"Scored {summary['samples']:,} samples, {summary['flagged']:,} flagged:")
+    _echo_written(analysis)
+    if write_clean:
+        click.echo(f"Next: python cli.py train --method {analysis.inputs.run.method} --data {shlex.quote(write_clean)}")
+    else:
+        click.echo(f"Next: python cli.py analyze longtail {shlex.quote(common['run'])}{_data_flag(common['data'])} "
+                   f"--out {shlex.quote(common['out'])}")
+
+
+@analyze.command()
+@_common
+def longtail(**common: Any) -> None:
+    """Center norm, compactness, nearest other center and update counts against class frequency."""
+    analysis = _run(("longtail",), k=1, **common)
+    summary = analysis.summary["longtail"]
+    click.echo(f"Analysed {summary['classes']:,} classes ({summary['head_classes']:,} head, "
+               f"{summary['tail_classes']:,} tail):")
+    _echo_written(analysis)
+    click.echo(f"Next: python cli.py analyze report {shlex.quote(common['run'])}{_data_flag(common['data'])} "
+               f"--out {shlex.quote(common['out'])}")
+
+
+@analyze.command()
+@_common
+@click.option("--k", default=DEFAULT_K, show_default=True, type=int, help="Nearest other centers per class.")
+@click.option("--threshold", default=None, type=float,
+              help="Conflict: cosine above which a pair is flagged (default: adaptive, see 'analyze conflict').")
+@click.option("--noise-threshold", default=DEFAULT_NOISE_THRESHOLD, show_default=True, type=float,
+              help="Noise: margin by which another center must beat a sample's own.")
+@click.option("--write-clean", type=click.Path(dir_okay=False), default=None,
+              help="Write a 'path label' list without the flagged samples, usable as --data.")
+@click.option("--relabel", is_flag=True, help="With --write-clean: relabel flagged samples instead of dropping.")
+def report(k: int, threshold: Optional[float], noise_threshold: float, write_clean: Optional[str], relabel: bool,
+           **common: Any) -> None:
+    """Conflict, noise and long tail in one report (report.html / report.md)."""
+    analysis = _run(("conflict", "noise", "longtail"), k=k, conflict_threshold=threshold,
+                    noise_threshold=noise_threshold, write_clean=Path(write_clean) if write_clean else None,
+                    relabel=relabel, **common)
+    from analysis.runner import headline
+
+    for line in headline(analysis.summary):
+        click.echo(line)
+    click.echo("Wrote:")
+    _echo_written(analysis)
+    if write_clean:
+        click.echo(f"Next: python cli.py train --method {analysis.inputs.run.method} --data {shlex.quote(write_clean)}")
+    else:
+        click.echo(f"Next: open {Path(common['out']) / 'report.html'}, or clean the data with: python cli.py "
+                   f"analyze noise {shlex.quote(common['run'])}{_data_flag(common['data'])} --out "
+                   f"{shlex.quote(common['out'])} --write-clean {shlex.quote(str(Path(common['out']) / 'clean.txt'))}")

@@ -1,0 +1,226 @@
+"""Inter-class conflict: pairs of classes whose centers are so close they are probably one person.
+
+A person filed under two labels trains two centers from the same faces, so the two end
+up nearer each other than centers of different people ever get. The candidates are
+the k nearest other centers of every class (deduplicated into unordered pairs); pairs
+above the threshold are flagged. Sample-level evidence backs each pair: the fraction of
+a's samples whose nearest center is b's (and the reverse). For two different people it
+is about zero; for one person under two labels a network cannot tell the labels apart,
+so a sizeable share of each label's images lands on the other's center.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from analysis.centers import Centers
+from analysis.groundtruth import DetectionScore
+from analysis.index import IndexBuilder, IndexInfo, build_index, normalize_rows, self_neighbours
+from core.errors import ConfigError, DataError
+
+CONFLICT_COLUMNS = ["label_a", "label_b", "similarity", "count_a", "count_b", "flagged",
+                    "a_samples_nearest_b", "b_samples_nearest_a"]
+DEFAULT_K = 5
+# The default threshold adapts to the run: a class's nearest-other-center cosine is
+# "ordinary" up to FENCE_SDS robust standard deviations above the median over all
+# classes, and never below insightface's duplicate threshold (interclass filtering 0.4).
+# See default_conflict_threshold and conflict_threshold_rationale.
+CONFLICT_FLOOR = 0.4
+FENCE_SDS = 2.5
+
+
+@dataclass
+class CenterNeighbours:
+    """Each class's k nearest other centers (classes without a center are left out)."""
+
+    present: np.ndarray  # int64 [P] classes that have a center
+    labels: np.ndarray  # int64 [P, k] neighbour classes, -1 where missing
+    similarities: np.ndarray  # float32 [P, k]
+    unit: np.ndarray  # float32 [P, D] unit centers of the present classes
+    index: object  # the NeighborIndex, kept for range search
+    info: Optional[IndexInfo]
+
+    def nearest_other(self, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per class (all C): nearest other class and its cosine (-1 / NaN without a center)."""
+        label = np.full(num_classes, -1, dtype=np.int64)
+        similarity = np.full(num_classes, np.nan, dtype=np.float32)
+        label[self.present] = self.labels[:, 0]
+        similarity[self.present] = np.where(self.labels[:, 0] >= 0, self.similarities[:, 0], np.nan)
+        return label, similarity
+
+
+def center_neighbours(centers: Centers, k: int = DEFAULT_K, index_builder: IndexBuilder = build_index,
+                      progress: bool = False) -> CenterNeighbours:
+    """One all-centers kNN (self excluded) shared by the conflict and long-tail analyses."""
+    if k < 1:
+        raise ConfigError(f"--k must be >= 1, got {k}")
+    present = np.flatnonzero(centers.present)
+    if len(present) < 2:
+        raise DataError(f"only {len(present)} class(es) have a center; conflicts need at least two")
+    unit = normalize_rows(centers.vectors[present])
+    index = index_builder(unit)
+    sims, rows = self_neighbours(index, unit, min(k, len(present) - 1), progress=progress)
+    labels = np.where(rows >= 0, present[np.maximum(rows, 0)], -1)
+    return CenterNeighbours(present=present, labels=labels, similarities=sims, unit=unit, index=index,
+                            info=getattr(index, "info", None))
+
+
+def _evidence(labels: np.ndarray, top_label: np.ndarray, num_classes: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted keys ``a * C + b`` and how many of a's samples have b's center nearest."""
+    moved = top_label >= 0
+    keys = labels[moved].astype(np.int64) * num_classes + top_label[moved].astype(np.int64)
+    return np.unique(keys, return_counts=True)
+
+
+def _lookup(keys: np.ndarray, counts: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    if len(keys) == 0:
+        return np.zeros(len(wanted), dtype=np.int64)
+    at = np.clip(np.searchsorted(keys, wanted), 0, len(keys) - 1)
+    return np.where(keys[at] == wanted, counts[at], 0)
+
+
+def default_conflict_threshold(nearest_other: np.ndarray) -> float:
+    """``max(0.4, median + 2.5 x 1.4826 x MAD)`` of every class's nearest-other-center cosine.
+
+    Absolute cosines are not comparable across backbones and center sources (class
+    means of a small network sit in a narrow cone, Partial FC centers are nearly
+    orthogonal), so a fixed number would flag everything for one and nothing for the
+    other. What is comparable is how far a pair stands above the typical nearest
+    neighbour of this run: the median and MAD are untouched by the few percent of
+    conflicting classes, and 2.5 robust standard deviations is exceeded by about 0.6 %
+    of a Gaussian's draws. The floor keeps pairs below insightface's duplicate threshold
+    from ever being called conflicts.
+    """
+    values = np.asarray(nearest_other, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return CONFLICT_FLOOR
+    median = float(np.median(values))
+    robust_sd = 1.4826 * float(np.median(np.abs(values - median)))
+    return round(max(CONFLICT_FLOOR, median + FENCE_SDS * robust_sd), 4)
+
+
+def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Optional[float] = None,
+                   labels: Optional[np.ndarray] = None, top_label: Optional[np.ndarray] = None,
+                   complete_flagged: bool = True) -> pd.DataFrame:
+    """Candidate pairs (``CONFLICT_COLUMNS``), sorted by similarity, highest first.
+
+    With ``complete_flagged`` a class whose k-th neighbour is still above the threshold
+    may have more flagged partners than k: those classes are range-searched (on CPU)
+    and every pair above the threshold is added, so the flagged set never depends on k.
+    ``labels`` / ``top_label`` (per sample: its class, its nearest center over all
+    classes or -1 for its own) give the sample-level evidence columns. ``threshold``
+    None: ``default_conflict_threshold`` of this run.
+    """
+    num_classes = len(centers.vectors)
+    if threshold is None:
+        threshold = default_conflict_threshold(neighbours.nearest_other(num_classes)[1])
+    present = neighbours.present
+    k = neighbours.labels.shape[1]
+
+    def pair_keys(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.minimum(a, b) * num_classes + np.maximum(a, b)
+
+    b = neighbours.labels.reshape(-1)
+    valid = b >= 0
+    keys = pair_keys(np.repeat(present, k)[valid], b[valid])
+    sim = neighbours.similarities.reshape(-1)[valid]
+    knn_keys = np.unique(keys)
+    if complete_flagged and hasattr(neighbours.index, "range_search"):
+        full = np.flatnonzero(neighbours.similarities[:, -1] > threshold)
+        if full.size:
+            rows, ids, sims = neighbours.index.range_search(neighbours.unit[full], threshold, query_ids=full)
+            keys = np.concatenate([keys, pair_keys(present[full[rows]], present[ids])])
+            sim = np.concatenate([sim, sims])
+    # Deduplicate (a, b) / (b, a), keeping the higher similarity (approximate search
+    # may find a pair from one side only, or with a different rounding).
+    order = np.lexsort((-sim, keys))
+    keys, sim = keys[order], sim[order]
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    keys, sim = keys[first], sim[first]
+    beyond_k = int(len(keys) - len(knn_keys))
+    label_a, label_b = keys // num_classes, keys % num_classes
+    counts = centers.counts
+    table = pd.DataFrame({
+        "label_a": label_a.astype(np.int64),
+        "label_b": label_b.astype(np.int64),
+        "similarity": sim.astype(np.float64).round(6),
+        "count_a": counts[label_a].astype(np.int64),
+        "count_b": counts[label_b].astype(np.int64),
+        "flagged": sim > threshold,
+    })
+    if labels is not None and top_label is not None:
+        ev_keys, ev_counts = _evidence(np.asarray(labels), np.asarray(top_label), num_classes)
+        a_to_b = _lookup(ev_keys, ev_counts, label_a * num_classes + label_b)
+        b_to_a = _lookup(ev_keys, ev_counts, label_b * num_classes + label_a)
+        table["a_samples_nearest_b"] = (a_to_b / np.maximum(counts[label_a], 1)).round(6)
+        table["b_samples_nearest_a"] = (b_to_a / np.maximum(counts[label_b], 1)).round(6)
+    else:
+        table["a_samples_nearest_b"] = np.nan
+        table["b_samples_nearest_a"] = np.nan
+    table = table[CONFLICT_COLUMNS].sort_values(["similarity", "label_a", "label_b"], ascending=[False, True, True],
+                                                kind="stable").reset_index(drop=True)
+    table.attrs.update({"k": k, "threshold": threshold, "pairs_beyond_k": beyond_k})
+    return table
+
+
+def best_f1_threshold(similarity: np.ndarray, positive: np.ndarray, total_positives: int
+                      ) -> Optional[tuple[float, float, float]]:
+    """The cosine threshold with the best F1 against ground truth: ``(threshold, precision, recall)``."""
+    if total_positives == 0 or not positive.any():
+        return None
+    order = np.argsort(-similarity, kind="stable")
+    hits = np.cumsum(positive[order])
+    flagged = np.arange(1, len(order) + 1)
+    precision = hits / flagged
+    recall = hits / total_positives
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.argmax(f1))
+    below = similarity[order[best + 1]] if best + 1 < len(order) else similarity[order[best]] - 1e-3
+    threshold = float((similarity[order[best]] + below) / 2)
+    return threshold, float(precision[best]), float(recall[best])
+
+
+def conflict_threshold_rationale(threshold: float, chosen_by_default: bool, nearest_other: np.ndarray,
+                                 table: pd.DataFrame, score: Optional[DetectionScore] = None,
+                                 positive: Optional[np.ndarray] = None) -> str:
+    """Why the threshold is where it is, in this run's own numbers (for the report)."""
+    nearest_other = nearest_other[np.isfinite(nearest_other)]
+    parts = []
+    if nearest_other.size:
+        median = float(np.median(nearest_other))
+        robust_sd = 1.4826 * float(np.median(np.abs(nearest_other - median)))
+        fence = median + FENCE_SDS * robust_sd
+        above = 100 * float(np.mean(nearest_other > threshold))
+        if chosen_by_default:
+            parts.append(
+                f"The threshold {threshold:.4f} is the default rule max({CONFLICT_FLOOR}, median + {FENCE_SDS} robust "
+                f"sd) over every class's nearest-other-center cosine: median {median:.4f}, robust sd (1.4826 x MAD) "
+                f"{robust_sd:.4f}, fence {fence:.4f}. Absolute cosines depend on the backbone and on the center "
+                "source (class means of a small network sit in a narrow cone; Partial FC centers are nearly "
+                "orthogonal), so a fixed number would flag everything in one run and nothing in another; how far a "
+                "pair stands above this run's typical nearest neighbour is comparable. The median and MAD are not "
+                f"moved by the few conflicting classes, and {FENCE_SDS} robust sd is exceeded by about 0.6 % of "
+                f"ordinary (Gaussian) classes. The floor {CONFLICT_FLOOR} is insightface's duplicate threshold "
+                "(interclass_filtering_threshold in its conflict configs): below it no pair is called a conflict.")
+        else:
+            parts.append(f"The threshold {threshold} was set with --threshold; the default rule (median + "
+                         f"{FENCE_SDS} robust sd of the nearest-other-center cosines, at least {CONFLICT_FLOOR}) "
+                         f"would give {max(CONFLICT_FLOOR, fence):.4f} here.")
+        parts.append(f"{above:.2f} % of the classes have their nearest other center above it "
+                     f"(99th percentile of nearest-other cosines: {np.percentile(nearest_other, 99):.4f}).")
+    if score is not None:
+        parts.append(f"Against the ground truth it gives precision {score.precision:.3f} and recall "
+                     f"{score.recall:.3f} over {score.positives} split pairs.")
+        if positive is not None:
+            best = best_f1_threshold(table["similarity"].to_numpy(), positive, score.positives)
+            if best is not None:
+                parts.append(f"The F1-best threshold on this data would be {best[0]:.4f} (precision {best[1]:.3f}, "
+                             f"recall {best[2]:.3f}); it uses the ground truth, which real data does not have.")
+    return " ".join(parts)

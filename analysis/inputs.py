@@ -1,0 +1,106 @@
+"""Everything an analyze command reads, gathered and checked once: run, data, embeddings, truth.
+
+All three analyses (and the combined report) need the same bundle; building it in one
+function means a mismatched dataset, an empty dataset or a run without a checkpoint
+fails the same way, with the same message, before any slow step runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from analysis.centers import RunInfo, cached_embeddings, load_run, resolve_data_path
+from core.data.base import FaceDataset
+from core.errors import DataError
+
+
+@dataclass
+class SampleSources:
+    """Where each sample lives: RecordIO keys for .rec data, file paths for folders and lists."""
+
+    records: Optional[np.ndarray]  # int64 [N] or None
+    paths: Optional[list[str]]
+
+
+@dataclass
+class AnalysisInput:
+    """The validated bundle: class i of the data is class i of the run, embeddings are unit rows."""
+
+    run: RunInfo
+    data_path: Path
+    dataset: FaceDataset
+    labels: np.ndarray
+    embeddings: np.ndarray  # unit rows [N, D]
+    sources: SampleSources
+    ground_truth: Optional[dict]
+    cache_file: Optional[Path] = None
+    cache_hit: bool = False
+
+    @property
+    def num_classes(self) -> int:
+        return self.run.num_classes
+
+
+def data_root(path: Path) -> Path:
+    """The folder a dataset's side files (ground_truth.json) live in."""
+    path = Path(path)
+    if path.is_file():
+        return path.parent
+    return path
+
+
+def sample_sources(dataset) -> SampleSources:
+    """Provenance of every sample, from arrays when the dataset has them (millions of rows)."""
+    keys = getattr(dataset, "image_keys", None)
+    if keys is not None:
+        return SampleSources(records=np.asarray(keys, dtype=np.int64), paths=None)
+    paths = getattr(dataset, "paths", None)
+    if paths is not None:
+        return SampleSources(records=None, paths=[str(p) for p in paths])
+    records, file_paths = [], []
+    for index in range(len(dataset)):
+        source = dataset.source_of(index)
+        records.append(source.get("record", -1))
+        file_paths.append(source.get("path", ""))
+    has_records = any(r != -1 for r in records)
+    has_paths = any(file_paths)
+    return SampleSources(records=np.asarray(records, dtype=np.int64) if has_records else None,
+                         paths=file_paths if has_paths else None)
+
+
+def open_analysis_dataset(run: RunInfo, data_path: Path) -> "FaceDataset":
+    """The dataset at ``data_path``, checked to be non-empty and to have the run's classes."""
+    from core.data.loader import open_dataset
+    from core.data.transforms import ModelInputTransform
+
+    dataset = open_dataset(data_path, transform=ModelInputTransform(run.input_size))
+    if len(dataset) == 0:
+        raise DataError(f"--data {data_path}: the dataset holds no images")
+    if int(dataset.num_classes) != run.num_classes:
+        raise DataError(f"--data {data_path}: has {dataset.num_classes} classes but the run "
+                        f"({run.checkpoint}) was trained on {run.num_classes}; class i of the data must be "
+                        f"class i of the run, so analyse it with the data it was trained on")
+    return dataset
+
+
+def load_analysis_input(run: str | Path, data: Optional[str] = None, device: str = "auto",
+                        batch_size: int = 256, workers: int = 0, progress: bool = True) -> AnalysisInput:
+    """Run + data + (cached) embeddings + ground truth, validated."""
+    from core.data.synthetic import load_ground_truth
+    from core.distributed import resolve_device
+
+    info = load_run(run)
+    data_path = resolve_data_path(info, data)
+    dataset = open_analysis_dataset(info, data_path)
+    torch_device = resolve_device(device)
+    embeddings, cache_file, hit = cached_embeddings(info, data_path, dataset, torch_device, batch_size, workers,
+                                                    progress)
+    labels = np.asarray(dataset.labels, dtype=np.int64)
+    return AnalysisInput(run=info, data_path=data_path, dataset=dataset, labels=labels, embeddings=embeddings,
+                         sources=sample_sources(dataset),
+                         ground_truth=load_ground_truth(data_root(data_path)), cache_file=cache_file,
+                         cache_hit=hit)

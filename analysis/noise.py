@@ -1,0 +1,221 @@
+"""Label noise: samples nearer another class's center than their own, or far from their own.
+
+A flipped label puts a person's image under someone else's label: under a trained
+network the image still lands near its true identity's center, so its similarity to
+the center of its *given* label is low while another center is close. The score is the
+margin ``nearest_similarity - own_similarity``; it also grows as ``own_similarity``
+falls, so outliers (far from every center) rank above clean samples too.
+
+When centers are class means, each sample's own center is computed without the sample
+itself (leave-one-out): in a tail class of three images a flipped image is a third of
+its own mean and would otherwise look close to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis.centers import Centers, class_sums
+from analysis.index import IndexBuilder, build_index, normalize_rows
+from core.errors import ConfigError, DataError
+
+NOISE_COLUMNS = ["index", "record", "path", "label", "own_similarity", "nearest_label", "nearest_similarity",
+                 "score", "flagged"]
+DEFAULT_NOISE_THRESHOLD = 0.0
+# Outlier cutoff: this many robust standard deviations (1.4826 x MAD) below the median
+# own-center similarity. Four keeps a Gaussian's false-alarm rate near 3e-5 while the
+# few percent of flipped samples cannot move the median or the MAD much. The robust sd
+# is taken as at least MIN_ROBUST_SD, so that a very tight distribution (a well
+# separated toy set) does not turn cosines 0.05 below the median into "outliers".
+OUTLIER_MADS = 4.0
+MIN_ROBUST_SD = 0.05
+
+
+@dataclass
+class SampleNeighbours:
+    """Each sample against the centers: its own label's, the nearest other, the nearest of all."""
+
+    own_similarity: np.ndarray  # float32 [N]
+    nearest_label: np.ndarray  # int64 [N] nearest center that is not the sample's label (-1: none)
+    nearest_similarity: np.ndarray  # float32 [N]
+    leave_one_out: bool
+
+    @property
+    def top_label(self) -> np.ndarray:
+        """The nearest center over all classes: the own one unless another is nearer."""
+        return np.where(self.nearest_similarity > self.own_similarity, self.nearest_label, -1)
+
+
+def sample_neighbours(embeddings: np.ndarray, labels: np.ndarray, centers: Centers,
+                      index_builder: IndexBuilder = build_index, progress: bool = False) -> SampleNeighbours:
+    """Similarities of every sample to its own center and to the nearest other center.
+
+    One kNN search (k=2) over the centers answers "nearest other" for all samples: the
+    own center can take at most one of the two places.
+    """
+    embeddings = normalize_rows(embeddings)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(embeddings) != len(labels):
+        raise DataError(f"{len(embeddings)} embeddings but {len(labels)} labels")
+    if len(labels) == 0:
+        raise DataError("the dataset holds no samples to analyse")
+    num_classes = len(centers.vectors)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise DataError(f"labels range over [{labels.min()}, {labels.max()}] but there are {num_classes} centers")
+    unit = normalize_rows(centers.vectors)
+    present = np.flatnonzero(centers.present)
+    index = index_builder(unit[present])
+    k = min(2, len(present))
+    sims, rows = index.search(embeddings, k, progress=progress)
+    found = np.where(rows >= 0, present[np.maximum(rows, 0)], -1)
+    first_is_own = found[:, 0] == labels
+    if k == 2:
+        nearest_label = np.where(first_is_own, found[:, 1], found[:, 0])
+        nearest_similarity = np.where(first_is_own, sims[:, 1], sims[:, 0])
+    else:
+        nearest_label = np.where(first_is_own, -1, found[:, 0])
+        nearest_similarity = np.where(first_is_own, -np.inf, sims[:, 0])
+    nearest_similarity = np.where(nearest_label >= 0, nearest_similarity, -1.0).astype(np.float32)
+
+    leave_one_out = centers.source == "means"
+    if leave_one_out:
+        own = _leave_one_out_similarity(embeddings, labels, num_classes)
+    else:
+        own = np.einsum("ij,ij->i", embeddings, unit[labels])
+    return SampleNeighbours(own_similarity=own.astype(np.float32), nearest_label=nearest_label.astype(np.int64),
+                            nearest_similarity=nearest_similarity, leave_one_out=leave_one_out)
+
+
+def _leave_one_out_similarity(embeddings: np.ndarray, labels: np.ndarray, num_classes: int,
+                              chunk: int = 65_536) -> np.ndarray:
+    """cos(x, mean of the other samples of x's class); a single-sample class keeps cos(x, x) = 1."""
+    sums = class_sums(embeddings, labels, num_classes)
+    counts = np.bincount(labels, minlength=num_classes)
+    out = np.empty(len(labels), dtype=np.float32)
+    for start in range(0, len(labels), chunk):
+        x = embeddings[start:start + chunk]
+        own = labels[start:start + chunk]
+        rest = sums[own] - x
+        norms = np.linalg.norm(rest, axis=1)
+        value = np.einsum("ij,ij->i", x, rest) / np.maximum(norms, 1e-12)
+        out[start:start + chunk] = np.where(counts[own] > 1, value, 1.0)
+    return out
+
+
+def outlier_cutoff(own_similarity: np.ndarray, mads: float = OUTLIER_MADS) -> float:
+    """Own-center similarity below which a sample is an outlier (median - mads x robust sd, sd >= 0.05)."""
+    median = float(np.median(own_similarity))
+    robust_sd = max(float(np.median(np.abs(own_similarity - median))) * 1.4826, MIN_ROBUST_SD)
+    return median - mads * robust_sd
+
+
+def noise_table(neighbours: SampleNeighbours, labels: np.ndarray, records: Optional[np.ndarray] = None,
+                paths: Optional[Sequence[str]] = None, threshold: float = DEFAULT_NOISE_THRESHOLD,
+                outlier_similarity: Optional[float] = None) -> pd.DataFrame:
+    """One row per sample (``NOISE_COLUMNS``), sorted by score, highest first.
+
+    ``flagged``: nearer another class's center than its own by more than ``threshold``,
+    or ``own_similarity`` below ``outlier_similarity`` (default: ``outlier_cutoff``).
+    """
+    n = len(labels)
+    cutoff = outlier_cutoff(neighbours.own_similarity) if outlier_similarity is None else outlier_similarity
+    score = neighbours.nearest_similarity - neighbours.own_similarity
+    flagged = (score > threshold) | (neighbours.own_similarity < cutoff)
+    table = pd.DataFrame({
+        "index": np.arange(n, dtype=np.int64),
+        "record": pd.array(records, dtype="Int64") if records is not None else pd.array([pd.NA] * n, dtype="Int64"),
+        "path": list(paths) if paths is not None else [""] * n,
+        "label": np.asarray(labels, dtype=np.int64),
+        "own_similarity": neighbours.own_similarity.round(6),
+        "nearest_label": neighbours.nearest_label,
+        "nearest_similarity": neighbours.nearest_similarity.round(6),
+        "score": score.round(6),
+        "flagged": flagged,
+    }, columns=NOISE_COLUMNS)
+    table.attrs["outlier_similarity"] = cutoff
+    table.attrs["threshold"] = threshold
+    return table.sort_values(["score", "index"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+@dataclass
+class CleanPlan:
+    """What ``--write-clean`` does to each sample (by dataset index)."""
+
+    keep: np.ndarray  # bool [N]
+    labels: np.ndarray  # int64 [N] label to write (relabelled where moved)
+    dropped: int
+    relabelled: int
+    kept_last: int  # flagged samples kept because they were their class's last one
+
+
+def clean_plan(table: pd.DataFrame, num_classes: int, relabel: bool = False) -> CleanPlan:
+    """Drop flagged samples (or move them to their nearest class with ``relabel``).
+
+    A flagged sample is relabelled only when another center is actually nearer than
+    its own; flagged outliers with no better class are dropped. No class is ever
+    emptied: its most typical flagged sample stays, so the cleaned list keeps the run's
+    class numbering and can be analysed against the same run.
+    """
+    ordered = table.sort_values("index", kind="stable")
+    labels = ordered["label"].to_numpy(dtype=np.int64)
+    flagged = ordered["flagged"].to_numpy(dtype=bool)
+    nearest = ordered["nearest_label"].to_numpy(dtype=np.int64)
+    better = ordered["score"].to_numpy() > 0
+    own = ordered["own_similarity"].to_numpy()
+    move = flagged & relabel & better & (nearest >= 0)
+    drop = flagged & ~move
+    new_labels = np.where(move, nearest, labels)
+    original = np.bincount(labels, minlength=num_classes) > 0
+    kept_last = 0
+    while True:
+        leaving = drop | move
+        remaining = np.bincount(labels[~leaving], minlength=num_classes) + np.bincount(
+            new_labels[move], minlength=num_classes)
+        empty = np.flatnonzero((remaining == 0) & original)
+        if empty.size == 0:
+            break
+        # Restoring a sample only ever shrinks the set that leaves, so this ends.
+        for label in empty:
+            members = np.flatnonzero((labels == label) & leaving)
+            keep_row = members[np.argmax(own[members])]
+            drop[keep_row] = move[keep_row] = False
+            new_labels[keep_row] = label
+            kept_last += 1
+    return CleanPlan(keep=~drop, labels=np.where(drop, labels, new_labels), dropped=int(drop.sum()),
+                     relabelled=int(move.sum()), kept_last=kept_last)
+
+
+def record_reference(rec_path: Path, key: int) -> str:
+    """A list-file path naming one record of a .rec file: ``/abs/train.rec#KEY``."""
+    return f"{Path(rec_path).resolve()}#{int(key)}"
+
+
+def write_clean_list(path: str | Path, plan: CleanPlan, dataset, records: Optional[np.ndarray],
+                     paths: Optional[Sequence[str]]) -> int:
+    """Write the cleaned samples as a ``path label`` list usable as ``--data``; returns the line count.
+
+    Folder and list data are written as absolute image paths. RecordIO data is written
+    as ``/abs/train.rec#KEY label`` lines, so cleaning rewrites only an index, never the
+    images (the TFace-style convention). Labels are the dense class numbers: because no
+    class is emptied, reading the list back gives every sample its class number again.
+    """
+    from core.data.folder import write_list
+
+    keep = np.flatnonzero(plan.keep)
+    if paths is not None:
+        entries = [str(Path(paths[i]).absolute()) for i in keep]
+    elif records is not None:
+        rec_path = getattr(dataset, "rec_path", None)
+        if rec_path is None:
+            raise DataError("--write-clean: the dataset has record keys but no .rec file path to reference")
+        entries = [record_reference(rec_path, records[i]) for i in keep]
+    else:
+        raise ConfigError("--write-clean needs data whose samples have paths or record keys")
+    write_list(path, entries, plan.labels[keep].tolist())
+    return len(keep)
+

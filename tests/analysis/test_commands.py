@@ -1,0 +1,189 @@
+"""The analyze commands end to end on tiny trained runs, through click's CliRunner."""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from analysis.commands import analyze
+from analysis.conflict import CONFLICT_COLUMNS
+from analysis.longtail import LONGTAIL_COLUMNS
+from analysis.noise import NOISE_COLUMNS
+from core.data.folder import ListDataset
+from core.errors import ConfigError, DataError
+from tests.analysis.conftest import write_rec
+
+
+def invoke(*args: str) -> str:
+    result = CliRunner().invoke(analyze, [*map(str, args), "--quiet", "--workers", "0", "--device", "cpu"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_report_scores_against_ground_truth(synthetic_run, synthetic_data, tmp_path):
+    out = tmp_path / "report"
+    output = invoke("report", synthetic_run, "--out", out)  # --data defaults to the run's own data
+    for name in ("conflict.csv", "noise.csv", "longtail.csv", "report.html", "report.md", "summary.json",
+                 "conflict_pr.png", "noise_pr.png", "conflict_similarity.png", "noise_score.png",
+                 "longtail_norm.png", "longtail_compactness.png", "longtail_nearest.png", "longtail_updates.png",
+                 "longtail_head_tail.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+        assert str(out / name) in output
+    summary = json.loads((out / "summary.json").read_text())
+    truth = json.loads((synthetic_data / "ground_truth.json").read_text())
+    assert summary["noise"]["ground_truth"]["positives"] == len(truth["flipped"]["key"])
+    assert summary["conflict"]["ground_truth"]["positives"] == len(truth["split_pairs"])
+    for task in ("noise", "conflict"):
+        figures = summary[task]["ground_truth"]
+        assert 0.0 <= figures["average_precision"] <= 1.0
+        assert figures["average_precision"] > figures["chance_average_precision"]
+    markdown = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    for text in ("Figures that matter", "Parameters", "Why this threshold", "average_precision", "precision",
+                 "recall", "Most similar class pairs", "Most suspect samples", "Most frequent classes"):
+        assert text in markdown and text in html, text
+    for image in ("conflict_pr.png", "noise_pr.png", "longtail_updates.png"):
+        assert f"]({image})" in markdown and f'src="{image}"' in html
+    ap = summary["noise"]["ground_truth"]["average_precision"]
+    assert f"AP {ap:.3f}" in markdown and f"AP {ap:.3f}" in output
+    assert "Next: " in output
+
+
+def test_each_command_writes_its_csv_with_the_documented_schema(synthetic_run, synthetic_data, tmp_path):
+    out = tmp_path / "out"
+    output = invoke("conflict", synthetic_run, "--data", synthetic_data, "--out", out, "--k", "3",
+                    "--threshold", "0.2")
+    conflict = pd.read_csv(out / "conflict.csv")
+    assert list(conflict.columns) == CONFLICT_COLUMNS
+    assert conflict["similarity"].is_monotonic_decreasing
+    assert (conflict["flagged"] == (conflict["similarity"] > 0.2)).all()
+    assert "Next: python cli.py analyze noise" in output
+
+    output = invoke("noise", synthetic_run, "--data", synthetic_data, "--out", out)
+    noise = pd.read_csv(out / "noise.csv")
+    assert list(noise.columns) == NOISE_COLUMNS
+    assert len(noise) == 62 and noise["score"].is_monotonic_decreasing
+    assert sorted(noise["record"]) == list(range(1, 63)) and noise["path"].isna().all()
+    assert "Next: python cli.py analyze longtail" in output
+
+    output = invoke("longtail", synthetic_run, "--data", synthetic_data, "--out", out)
+    longtail = pd.read_csv(out / "longtail.csv")
+    assert list(longtail.columns) == LONGTAIL_COLUMNS
+    assert sorted(longtail["label"]) == list(range(15)) and longtail["count"].sum() == 62
+    assert longtail["count"].is_monotonic_decreasing
+    assert (longtail["center_norm"] > 0).all() and (longtail["positive_updates"] > 0).all()
+    # full softmax (sample rate 1): in each of the 21 steps a class is either a positive or pushed as a negative
+    assert ((longtail["positive_updates"] + longtail["negative_updates"]) == 21).all()
+    assert (longtail["negative_updates"] > 0).all()
+    assert longtail["queue_entries"].isna().all()
+    assert "Next: python cli.py analyze report" in output
+    # the report of the last command describes that command only
+    assert "Long tail" in (out / "report.md").read_text()
+
+
+def test_embeddings_are_cached_per_checkpoint_and_data(folder_run, folder_data, tmp_path):
+    invoke("noise", folder_run, "--data", folder_data, "--out", tmp_path / "a")
+    cached = sorted((folder_run / "analysis_cache").glob("*.npy"))
+    assert cached
+    invoke("noise", folder_run, "--data", folder_data, "--out", tmp_path / "b")
+    assert "(cache hit)" in (tmp_path / "b" / "report.md").read_text()
+    checkpoint = folder_run / "checkpoint.pt"
+    stat = checkpoint.stat()
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # as if retrained
+    invoke("noise", folder_run, "--data", folder_data, "--out", tmp_path / "c")
+    assert "(computed)" in (tmp_path / "c" / "report.md").read_text()
+    assert len(list((folder_run / "analysis_cache").glob("*.npy"))) == len(cached) + 1
+
+
+def test_dcq_run_uses_class_means_and_reports_queue_residency(dcq_run, tmp_path):
+    out = tmp_path / "dcq"
+    invoke("longtail", dcq_run, "--out", out)
+    table = pd.read_csv(out / "longtail.csv")
+    assert (table["negative_updates"] == 0).all()
+    assert table["center_norm"].isna().all()
+    assert table["queue_entries"].sum() > 0 and table["positive_updates"].sum() > 0
+    report = (out / "report.md").read_text()
+    assert "DCQ stores no per-class weights" in report and "class means" in report
+    assert not (out / "longtail_norm.png").exists()
+    with pytest.raises(ConfigError, match="no center store"):
+        invoke("conflict", dcq_run, "--out", out, "--centers", "store")
+
+
+def test_write_clean_round_trip_on_folder_data(folder_run, folder_data, tmp_path):
+    out = tmp_path / "clean"
+    clean = tmp_path / "clean.txt"
+    output = invoke("noise", folder_run, "--data", folder_data, "--out", out, "--write-clean", clean,
+                    "--threshold", "-0.3")
+    assert f"--data {clean}" in output
+    noise = pd.read_csv(out / "noise.csv")
+    summary = json.loads((out / "summary.json").read_text())["noise"]["clean"]
+    cleaned = ListDataset(clean)
+    assert summary["dropped"] > 0 and len(cleaned) == len(noise) - summary["dropped"]
+    assert cleaned.num_classes == 6  # no class is ever emptied
+    kept = dict(zip(cleaned.paths, cleaned.labels.tolist()))
+    for row in noise.itertuples():
+        if row.path in kept:
+            assert kept[row.path] == row.label
+    dropped = set(noise["path"]) - set(kept)
+    assert dropped <= set(noise.loc[noise["flagged"], "path"])
+    # the cleaned list is valid --data for the same run
+    invoke("noise", folder_run, "--data", clean, "--out", tmp_path / "again")
+    assert len(pd.read_csv(tmp_path / "again" / "noise.csv")) == len(cleaned)
+
+    relabelled = tmp_path / "relabelled.txt"
+    invoke("noise", folder_run, "--data", folder_data, "--out", out, "--write-clean", relabelled, "--relabel",
+           "--threshold", "-0.3")
+    summary = json.loads((out / "summary.json").read_text())["noise"]["clean"]
+    moved = ListDataset(relabelled)
+    assert summary["relabelled"] > 0 and len(moved) == len(noise) - summary["dropped"]
+    new_label = dict(zip(moved.paths, moved.labels.tolist()))
+    by_path = noise.set_index("path")
+    changed = [p for p, label in new_label.items() if label != by_path.loc[p, "label"]]
+    assert len(changed) == summary["relabelled"]
+    assert all(new_label[p] == by_path.loc[p, "nearest_label"] and by_path.loc[p, "flagged"] for p in changed)
+
+
+def test_mislabelled_images_rank_first(folder_run, folder_data, tmp_path):
+    invoke("noise", folder_run, "--data", folder_data, "--out", tmp_path)
+    noise = pd.read_csv(tmp_path / "noise.csv")
+    planted = {str(folder_data / "id00" / name) for name in ("006.png", "007.png")}
+    assert set(noise["path"].head(2)) == planted
+    assert noise["flagged"].head(2).all()
+
+
+def test_write_clean_of_rec_data_references_records(synthetic_run, synthetic_data, tmp_path):
+    clean = tmp_path / "clean.lst"
+    invoke("noise", synthetic_run, "--out", tmp_path / "out", "--write-clean", clean,
+           "--threshold", "-2")  # flags every sample: each class keeps only its most typical one
+    lines = clean.read_text().splitlines()
+    noise = pd.read_csv(tmp_path / "out" / "noise.csv").set_index("record")
+    rec = str((synthetic_data / "train.rec").resolve())
+    assert len(lines) == 15 and sorted(int(line.rsplit(" ", 1)[1]) for line in lines) == list(range(15))
+    for line in lines:
+        reference, label = line.rsplit(" ", 1)
+        path, key = reference.rsplit("#", 1)
+        assert path == rec and int(label) == noise.loc[int(key), "label"]
+
+
+def test_bad_inputs_are_clear_errors(folder_run, folder_data, tmp_path):
+    with pytest.raises(ConfigError, match="no checkpoint found"):
+        invoke("conflict", tmp_path, "--data", folder_data, "--out", tmp_path / "x")
+    other = write_rec(tmp_path / "five", classes=5, per_class=2)
+    with pytest.raises(DataError, match="has 5 classes but the run .* was trained on 6"):
+        invoke("noise", folder_run, "--data", other, "--out", tmp_path / "x")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing here\n")
+    with pytest.raises(DataError, match="empty.txt"):
+        invoke("noise", folder_run, "--data", empty, "--out", tmp_path / "x")
+    with pytest.raises(DataError, match="no such file"):
+        invoke("noise", folder_run, "--data", tmp_path / "missing", "--out", tmp_path / "x")
+    with pytest.raises(ConfigError, match="--relabel"):
+        invoke("noise", folder_run, "--out", tmp_path / "x", "--relabel")
+    (tmp_path / "file").write_text("")
+    result = CliRunner().invoke(analyze, ["noise", str(folder_run), "--out", str(tmp_path / "file")])
+    assert result.exit_code == 2 and "is a file" in result.output
+    with pytest.raises(ConfigError, match="--k"):
+        invoke("conflict", folder_run, "--out", tmp_path / "x", "--k", "0")
