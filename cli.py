@@ -62,6 +62,8 @@ def main() -> None:
 @click.option("--queue-size", type=float, help="DCQ: entries, or a fraction of the classes if < 1.")
 @click.option("--dcq-momentum", type=float, help="DCQ: momentum of the EMA encoder.")
 @click.option("--k-shot", type=int, help="DCQ: images per identity that generate a class weight.")
+@click.option("--strict-k-shot", is_flag=True, default=None,
+              help="DCQ: fail when an identity has fewer than k + 1 images instead of repeating images.")
 @click.option("--identity-sampling", type=click.Choice(["image", "category"]),
               help="DCQ: draw batch rows uniformly over images or over identities.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/METHOD-TIME).")
@@ -73,6 +75,7 @@ def main() -> None:
 @click.option("--cache-images", type=click.Choice(["auto", "on", "off"]))
 @click.option("--checkpoint-every", type=int, help="Steps between checkpoints.")
 @click.option("--val-every", type=int, help="Steps between validations (0: every epoch).")
+@click.option("--log-every", type=int, help="Steps between log.csv rows.")
 @click.option("--identities", "synthetic_identities", type=int, help="Synthetic data: training identities.")
 @click.option("--flip-noise", type=float, help="Synthetic data: fraction of flipped labels.")
 @click.option("--split", type=float, help="Synthetic data: fraction of identities split in two labels.")
@@ -130,6 +133,23 @@ def eval_command(run: str, val: tuple[str, ...], online: bool, device: str, batc
     model, input_size = load_evaluation_backbone(run, torch_device, online=online)
     metrics = {Path(path).stem: evaluate_bin(model, path, input_size, torch_device, batch_size) for path in val}
     click.echo(metrics_json(metrics) if as_json else metrics_summary(metrics))
+
+
+# -- export -----------------------------------------------------------------------------------
+@main.command()
+@click.argument("run", type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write (e.g. model.pt).")
+@click.option("--format", "fmt", type=click.Choice(["state_dict", "torchscript"]), default="state_dict",
+              show_default=True, help="state_dict: insightface-style model.pt; torchscript: a traced module.")
+@click.option("--online", is_flag=True, help="DCQ: export the online encoder instead of the momentum one.")
+def export(run: str, out: str, fmt: str, online: bool) -> None:
+    """Write a run's evaluation network (DCQ: the momentum encoder) for deployment or insightface tools."""
+    from core.export import export_backbone
+
+    input_size = export_backbone(run, out, fmt, online=online)
+    click.echo(f"Wrote {out} ({fmt}, input 3x{input_size}x{input_size} in [-1, 1]).")
+    if fmt == "state_dict":
+        click.echo("Load it with core.backbones.build_backbone(...).load_state_dict(torch.load(path)).")
 
 
 # -- analyze ----------------------------------------------------------------------------------

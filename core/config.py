@@ -51,6 +51,7 @@ class TrainConfig:
     queue_size: float = 0.1  # < 1: fraction of the classes; >= 1: number of entries
     dcq_momentum: float = 0.999
     k_shot: int = 1
+    strict_k_shot: bool = False  # error (instead of repeating images) when an identity has < k + 1 images
     identity_sampling: str = "image"  # image | category
     # the run
     out: Optional[str] = None

@@ -27,3 +27,17 @@ def load_evaluation_backbone(run: str | Path, device: torch.device, online: bool
     model = build_backbone(config["backbone"], config["embedding_size"], state["input_size"])
     model.load_state_dict(state["backbone" if online else "eval_backbone"])
     return model.to(device).eval(), state["input_size"]
+
+
+def export_backbone(run: str | Path, out: str | Path, fmt: str = "state_dict", online: bool = False) -> int:
+    """Write the evaluation network as a plain state_dict or a traced TorchScript module (atomically)."""
+    from core.io import atomic_path
+
+    model, input_size = load_evaluation_backbone(run, torch.device("cpu"), online=online)
+    with atomic_path(out) as tmp:
+        if fmt == "state_dict":
+            torch.save(model.state_dict(), tmp)
+        else:
+            example = torch.zeros(1, 3, input_size, input_size)
+            torch.jit.save(torch.jit.trace(model, example), str(tmp))
+    return input_size

@@ -148,7 +148,8 @@ class Trainer:
         if self.sampler.key_images_per_row > 0:
             self.dataset = WithKeyImages(self.dataset)
             return IdentityBatchSampler(self.dataset.labels, config.batch_size, self.sampler.key_images_per_row,
-                                        config.seed, config.identity_sampling, context.rank, context.world_size)
+                                        config.seed, config.identity_sampling, context.rank, context.world_size,
+                                        strict=config.strict_k_shot)
         return EpochBatchSampler(len(self.dataset), config.batch_size, config.seed, context.rank,
                                  context.world_size)
 

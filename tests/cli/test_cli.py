@@ -80,3 +80,34 @@ def test_refuses_to_overwrite_a_run(tiny_rec, tmp_path):
     _run("train", "--data", tiny_rec, "--out", run, "--max-steps", 1, *TRAIN_FLAGS)
     result = CliRunner().invoke(main, ["train", "--data", str(tiny_rec), "--out", str(run), *TRAIN_FLAGS])
     assert result.exit_code == 2 and "already holds a run" in result.output
+
+
+@pytest.mark.parametrize("fmt", ["state_dict", "torchscript"])
+def test_export_reproduces_the_evaluation_network(tiny_rec, tmp_path, fmt):
+    import torch
+
+    from core.backbones import build_backbone
+    from core.export import load_evaluation_backbone
+
+    run = tmp_path / "run"
+    _run("train", "--method", "dcq", "--data", tiny_rec, "--out", run, "--queue-size", 10, *TRAIN_FLAGS)
+    result = _run("export", run, "--out", tmp_path / "model.pt", "--format", fmt)
+    assert result.exit_code == 0, result.output
+    reference, size = load_evaluation_backbone(run, torch.device("cpu"))
+    images = torch.randn(3, 3, size, size)
+    if fmt == "state_dict":
+        exported = build_backbone("tiny", 16, size)
+        exported.load_state_dict(torch.load(tmp_path / "model.pt"))
+        exported.eval()
+    else:
+        exported = torch.jit.load(str(tmp_path / "model.pt"))
+    torch.testing.assert_close(exported(images), reference(images))
+
+
+def test_strict_k_shot_rejects_small_identities(tmp_path):
+    from tests.conftest import write_tiny_rec
+
+    data = write_tiny_rec(tmp_path / "one-each", classes=20, per_class=1, with_val=False)
+    result = CliRunner().invoke(main, ["train", "--method", "dcq", "--data", str(data), "--strict-k-shot",
+                                       "--queue-size", "5", "--out", str(tmp_path / "run"), *TRAIN_FLAGS])
+    assert result.exit_code == 2 and "--k-shot 1 (strict)" in result.output

@@ -41,6 +41,21 @@ def test_two_process_run_resumes_and_evaluates_in_one(tiny_rec, tmp_path):
     assert [int(line.split(",")[0]) for line in lines[1:]][-1] == 12
 
 
+def test_two_process_checkpoint_is_analysed_by_one(tiny_rec, tmp_path):
+    import pandas as pd
+
+    run = tmp_path / "run"
+    trained = _torchrun("train", "--data", tiny_rec, "--epochs", "2", "--sample-rate", "1.0", "--out", run, *FLAGS)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    analysed = _cli("analyze", "longtail", run, "--data", tiny_rec, "--out", tmp_path / "analysis",
+                    "--device", "cpu")
+    assert analysed.returncode == 0, analysed.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "analysis" / "longtail.csv").sort_values("label")
+    # Both ranks' shards are read: every class has its center norm and its update counters.
+    assert len(table) == 6 and table["center_norm"].gt(0).all()
+    assert table["positive_updates"].gt(0).all() and table["negative_updates"].gt(0).any()
+
+
 def test_a_failing_rank_ends_every_rank_with_its_message(tmp_path):
     rng = np.random.default_rng(0)
     samples = []
