@@ -164,6 +164,13 @@ class PartialFCSampler(ClassSampler):
         self._pending.clear()
         self.center_optimizer.update(self.centers, rows, grad, lr)
 
+    def sharded_state_names(self) -> list[str]:
+        names = ["centers", "positive_updates", "negative_updates"]
+        return names + [f"center_optimizer.{name}" for name, _ in self.center_optimizer.named_buffers()]
+
+    def shard_range(self) -> tuple[int, int]:
+        return self.shard_start, self.shard_size
+
     def class_statistics(self) -> dict[str, torch.Tensor]:
         return {"positive_updates": self.positive_updates, "negative_updates": self.negative_updates}
 
