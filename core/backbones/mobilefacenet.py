@@ -20,33 +20,22 @@ __all__ = ["MobileFaceNet", "mobilefacenet"]
 
 
 class ConvBlock(nn.Module):
-    """Conv -> BN -> PReLU, the non-linear unit used everywhere in the trunk."""
+    """Conv -> BN -> PReLU, the non-linear unit used everywhere in the trunk.
+
+    ``activation=False`` gives the linear bottleneck projection (Conv -> BN); the
+    Sequential keeps insightface's parameter names (``layers.0``, ``layers.1``, ``layers.2``).
+    """
 
     def __init__(self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1,
-                 padding: int = 0, groups: int = 1) -> None:
+                 padding: int = 0, groups: int = 1, activation: bool = True) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups,
-                      bias=False),
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False),
             nn.BatchNorm2d(out_c),
-            nn.PReLU(out_c),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-class LinearBlock(nn.Module):
-    """Conv -> BN without activation: the linear bottleneck projection."""
-
-    def __init__(self, in_c: int, out_c: int, kernel: int = 1, stride: int = 1,
-                 padding: int = 0, groups: int = 1) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups,
-                      bias=False),
-            nn.BatchNorm2d(out_c),
-        )
+        ]
+        if activation:
+            layers.append(nn.PReLU(out_c))
+        self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -62,7 +51,7 @@ class DepthWise(nn.Module):
         self.layers = nn.Sequential(
             ConvBlock(in_c, width, kernel=1),
             ConvBlock(width, width, kernel=3, stride=stride, padding=1, groups=width),
-            LinearBlock(width, out_c, kernel=1),
+            ConvBlock(width, out_c, kernel=1, activation=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +84,7 @@ class GDC(nn.Module):
     def __init__(self, embedding_size: int, spatial: int) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            LinearBlock(512, 512, kernel=spatial, groups=512),
+            ConvBlock(512, 512, kernel=spatial, groups=512, activation=False),
             nn.Flatten(1),
             nn.Linear(512, embedding_size, bias=False),
             nn.BatchNorm1d(embedding_size),
