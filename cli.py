@@ -227,12 +227,15 @@ def bench_pfc(classes: tuple[int, ...], rates: tuple[float, ...], batch_size: in
               repeats: int, as_json: bool) -> None:
     """Partial FC head step time and peak memory: ours vs PartialFC_V2's dense-update semantics."""
     from benchmarks.common import device_name, format_table, run_isolated
-    from benchmarks.pfc_head import check_fast_path
+    from benchmarks.pfc_head import check_chunked_loss, check_fast_path
     from core.distributed import resolve_device
 
     torch_device = resolve_device(device)
     click.echo(f"device: {device_name(torch_device)}; batch {batch_size}, D {dim}; "
                f"check (rate 1.0 ours vs dense, max |diff| of centers): {check_fast_path(torch_device):.2e}")
+    errors = check_chunked_loss(torch_device)
+    click.echo("check (chunked loss vs simple fp32, relative error): "
+               + ", ".join(f"{name} {value:.1e}" for name, value in errors.items()))
     rows = []
     for num_classes in classes:
         for rate in rates:

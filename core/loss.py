@@ -7,6 +7,8 @@ cross-entropy over rows is returned.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -66,11 +68,23 @@ def sharded_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.
 
 
 class MarginSoftmaxLoss(nn.Module):
-    """Cross-entropy of the margin logits of a Selection."""
+    """Cross-entropy of the margin logits of a Selection.
 
-    def __init__(self, margin: CombinedMargin) -> None:
+    Selections of at least ``chunk_columns`` columns without masks, filtering or
+    sharding (a single-process Partial FC head) take the chunked path of
+    core/chunked_loss.py, with bf16 GEMMs on CUDA; ``chunk_columns=None`` always uses
+    the simple path.
+    """
+
+    def __init__(self, margin: CombinedMargin, chunk_columns: Optional[int] = 65536) -> None:
         super().__init__()
         self.margin = margin
+        self.chunk_columns = chunk_columns
+
+    def _chunked(self, selection: Selection) -> bool:
+        return (self.chunk_columns is not None and selection.weights.shape[0] >= self.chunk_columns
+                and not selection.sharded_columns and selection.negative_mask is None
+                and self.margin.interclass_threshold is None)
 
     def logits(self, selection: Selection) -> torch.Tensor:
         cosine = cosine_logits(selection.embeddings, selection.weights)
@@ -80,6 +94,11 @@ class MarginSoftmaxLoss(nn.Module):
         return logits
 
     def forward(self, selection: Selection) -> torch.Tensor:
+        if self._chunked(selection):
+            from core.chunked_loss import chunked_margin_cross_entropy
+            dtype = torch.bfloat16 if selection.weights.is_cuda else None
+            return chunked_margin_cross_entropy(selection.embeddings, selection.weights, selection.targets,
+                                                self.margin, self.chunk_columns, dtype)
         if selection.sharded_columns:
             return sharded_cross_entropy(self.logits(selection), selection.targets)
         return F.cross_entropy(self.logits(selection), selection.targets)

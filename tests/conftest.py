@@ -40,3 +40,23 @@ def write_tiny_rec(root: Path, classes: int = 6, per_class: int = 8, size: int =
 @pytest.fixture
 def tiny_rec(tmp_path: Path) -> Path:
     return write_tiny_rec(tmp_path / "tiny")
+
+
+def spawn_gloo(worker, world_size: int, tmp_path: Path, *args) -> None:
+    """``mp.spawn(worker, (rank, world_size, init_file, *args))`` with a fresh init file per try.
+
+    Gloo very rarely aborts a process while it sets up its connections (SIGABRT before
+    any test code runs); such a crash is retried up to twice. Failures inside the worker
+    (exceptions) and every comparison, done by the caller afterwards, are never retried.
+    """
+    import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessExitedException
+
+    for attempt in range(3):
+        init_file = tmp_path / f"gloo-init-{attempt}"
+        try:
+            mp.spawn(worker, args=(world_size, str(init_file), *args), nprocs=world_size, join=True)
+            return
+        except ProcessExitedException:
+            if attempt == 2:
+                raise

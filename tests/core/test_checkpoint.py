@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from core.checkpoint import full_sampler_state, sampler_state_for, save_checkpoint
 from core.distributed import DistributedContext
@@ -11,6 +10,7 @@ from core.errors import DataError
 from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
 from partial_fc.sampler import PartialFCSampler
+from tests.conftest import spawn_gloo
 
 CLASSES, DIM = 23, 4
 
@@ -49,8 +49,7 @@ def _write(tmp_path, world_size, optimizer):
     if world_size == 1:
         _writer(0, 1, None, run_dir, optimizer)
     else:
-        mp.spawn(_writer, args=(world_size, str(tmp_path / f"init{world_size}"), run_dir, optimizer),
-                 nprocs=world_size, join=True)
+        spawn_gloo(_writer, world_size, tmp_path, run_dir, optimizer)
     return run_dir, torch.load(run_dir / "checkpoint.pt", weights_only=False)
 
 

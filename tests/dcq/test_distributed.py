@@ -4,13 +4,13 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
 from dcq.sampler import DCQSampler
+from tests.conftest import spawn_gloo
 
 CLASSES, DIM, ROWS_PER_RANK, STEPS = 9, 4, 3, 3
 
@@ -42,8 +42,8 @@ def _train(model, online, sampler, images, keys, labels, rows):
     return grads
 
 
-def _worker(rank, init_file, out):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+def _worker(rank, world_size, init_file, out):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         images, keys, labels, model = _problem()
         sampler = DCQSampler(model, DIM, CLASSES, queue_size=5, rank=rank, world_size=2)
@@ -57,7 +57,7 @@ def _worker(rank, init_file, out):
 
 
 def test_two_processes_equal_one(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    spawn_gloo(_worker, 2, tmp_path, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     images, keys, labels, model = _problem()
     sampler = DCQSampler(model, DIM, CLASSES, queue_size=5)

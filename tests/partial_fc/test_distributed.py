@@ -5,13 +5,13 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
 from partial_fc.sampler import PartialFCSampler
+from tests.conftest import spawn_gloo
 
 CLASSES, DIM, IN, BATCH_PER_RANK = 400, 6, 5, 4
 
@@ -65,7 +65,7 @@ class _ForcedColumns(PartialFCSampler):
 
 @pytest.mark.parametrize("rate", [1.0, 0.1])
 def test_two_processes_equal_one(tmp_path, rate):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), rate, str(tmp_path)), nprocs=2, join=True)
+    spawn_gloo(_worker, 2, tmp_path, rate, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     inputs, labels, model = _problem()
     if rate == 1.0:
