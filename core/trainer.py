@@ -133,6 +133,7 @@ class Trainer:
         """The synthetic default's directory (rank 0 generates it once, the others wait)."""
         if self.config.data != "synthetic":
             return None
+
         def root() -> Path:
             return synthetic_dataset_root(self.config.synthetic_identities, self.config.flip_noise,
                                           self.config.split, progress=self.progress)
