@@ -386,25 +386,26 @@ def run_analyses(inputs: AnalysisInput, out_dir: Path, which: tuple[str, ...], o
     return analysis
 
 
+def _ground_truth_clause(section: dict[str, Any], truth: str) -> str:
+    """``; against TRUTH AP …, precision …, recall …`` when the data came with ground truth."""
+    if "ground_truth" not in section:
+        return ""
+    g = section["ground_truth"]
+    return (f"; against {truth} AP {g['average_precision']:.3f}, precision {g['precision']:.3f}, "
+            f"recall {g['recall']:.3f}")
+
+
 def headline(summary: dict[str, Any]) -> list[str]:
     """One line per analysis with the figures that matter (console and report top)."""
     lines = []
     if "conflict" in summary:
         c = summary["conflict"]
-        text = f"Conflict: {c['flagged']:,} of {c['pairs']:,} candidate pairs flagged (cosine > {c['threshold']})"
-        if "ground_truth" in c:
-            g = c["ground_truth"]
-            text += (f"; against split identities AP {g['average_precision']:.3f}, precision {g['precision']:.3f}, "
-                     f"recall {g['recall']:.3f}")
-        lines.append(text)
+        lines.append(f"Conflict: {c['flagged']:,} of {c['pairs']:,} candidate pairs flagged (cosine > {c['threshold']})"
+                     + _ground_truth_clause(c, "split identities"))
     if "noise" in summary:
         n = summary["noise"]
-        text = f"Noise: {n['flagged']:,} of {n['samples']:,} samples flagged"
-        if "ground_truth" in n:
-            g = n["ground_truth"]
-            text += (f"; against flipped labels AP {g['average_precision']:.3f}, precision {g['precision']:.3f}, "
-                     f"recall {g['recall']:.3f}")
-        lines.append(text)
+        lines.append(f"Noise: {n['flagged']:,} of {n['samples']:,} samples flagged"
+                     + _ground_truth_clause(n, "flipped labels"))
     if "longtail" in summary:
         lt = summary["longtail"]
         head = lt.get("head median passive / positive updates")
