@@ -154,8 +154,10 @@ def export(run: str, out: str, fmt: str, online: bool) -> None:
 
 # -- analyze ----------------------------------------------------------------------------------
 from analysis.commands import analyze  # noqa: E402  (click only; faiss is imported when a command runs)
+from experiments.commands import experiment  # noqa: E402
 
 main.add_command(analyze)
+main.add_command(experiment)
 
 
 # -- data -------------------------------------------------------------------------------------

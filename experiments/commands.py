@@ -1,0 +1,47 @@
+"""``python cli.py experiment run|report``: the claims grid and its write-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def experiment() -> None:
+    """Reproduce the seed papers' claims on controlled synthetic data (docs/RESULTS.md)."""
+
+
+@experiment.command(name="run")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Grid directory (rerun to resume).")
+@click.option("--quick", is_flag=True, help="Fewer identities and epochs (about 10 min); numbers labelled quick.")
+@click.option("--device", default="cpu", show_default=True, help="Device every cell trains on.")
+@click.option("--cells", "only", type=int, default=None, help="Run only the first N cells of the grid.")
+def run_command(out: str, quick: bool, device: str, only: int | None) -> None:
+    """Train (and analyse) every cell of the grid; finished cells are skipped."""
+    import time
+
+    from experiments.grid import FULL, QUICK, grid_cells
+    from experiments.runner import run_grid
+
+    scale = QUICK if quick else FULL
+    started = time.perf_counter()
+    total = len(grid_cells(scale)[:only])
+    click.echo(f"{scale.name} grid: {total} cells into {out} ({scale.identities} identities, {scale.epochs} epochs, "
+               f"seeds {', '.join(map(str, scale.seeds))})")
+    results = run_grid(Path(out), scale, device, echo=click.echo, only=only)
+    click.echo(f"\n{len(results)} cells finished in {out}/cells ({(time.perf_counter() - started) / 60:.1f} min "
+               "this invocation).")
+    click.echo(f"Next: python cli.py experiment report {out}")
+
+
+@experiment.command(name="report")
+@click.argument("grid_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", default="docs/RESULTS.md", show_default=True, type=click.Path(dir_okay=False),
+              help="Markdown file to write; its plots go into a results/ folder beside it.")
+def report_command(grid_dir: str, out: str) -> None:
+    """Tables, plots, verdicts per claim, and the exact commands and versions."""
+    from experiments.report import write_report
+
+    written = write_report(Path(grid_dir), Path(out))
+    click.echo("Wrote " + ", ".join(str(path) for path in written))

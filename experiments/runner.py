@@ -1,0 +1,160 @@
+"""``python cli.py experiment run``: train and analyse every grid cell, resumably.
+
+Each cell writes ``cells/NAME/result.json`` last (atomically), so a finished cell is
+exactly one whose result file exists and a rerun skips it. A cell interrupted after a
+checkpoint resumes from it; one interrupted before restarts. Datasets are rendered once
+per (kind, seed) under ``data/`` and reused by every arm.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from core.errors import ConfigError
+from core.io import atomic_write_json
+from experiments.grid import DATASETS, Cell, GridScale, grid_cells
+
+GRID_FILE = "grid.json"
+RESULT_FILE = "result.json"
+UPDATES_FILE = "updates.npz"
+
+
+def dataset_root(out: Path, scale: GridScale, dataset: str, seed: int) -> Path:
+    """The cell's dataset, rendered on first use (into a temporary name, then renamed)."""
+    from core.data.synthetic import make_synthetic_dataset
+
+    root = out / "data" / f"{dataset}-seed{seed}"
+    if not (root / "ground_truth.json").exists():
+        flip_noise, split = DATASETS[dataset]
+        partial = root.with_name(root.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        make_synthetic_dataset(partial, scale.synthetic(flip_noise, split, seed), progress=False)
+        shutil.rmtree(root, ignore_errors=True)
+        partial.rename(root)
+    return root
+
+
+def _check_grid_file(out: Path, scale: GridScale) -> None:
+    """One output directory holds one scale: mixing quick and full cells would corrupt the means."""
+    from dataclasses import asdict
+
+    grid_file = out / GRID_FILE
+    wanted = {"scale": asdict(scale)}
+    if grid_file.exists():
+        saved = json.loads(grid_file.read_text())
+        if saved.get("scale") != json.loads(json.dumps(wanted["scale"])):
+            raise ConfigError(f"{out} holds a {saved.get('scale', {}).get('name', 'different')} grid with other "
+                              f"settings; resume it with the same flags or pick another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(grid_file, {**wanted, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                  "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                                              "cpus": _cpu_count()},
+                                  "versions": versions()})
+
+
+def versions() -> dict[str, str]:
+    """Library versions and the commit, recorded when a grid starts (the report quotes them)."""
+    import subprocess
+
+    import faiss
+    import pandas
+    import sklearn
+    import torch
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent).stdout.strip()
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "faiss": faiss.__version__, "scikit-learn": sklearn.__version__, "pandas": pandas.__version__,
+            "commit": commit or "unknown"}
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def run_cell(cell: Cell, scale: GridScale, data: Path, cell_dir: Path, device: str = "cpu") -> dict[str, Any]:
+    """Train one cell, evaluate it on val.bin / val_tail.bin, analyse it if asked, record it."""
+    from analysis.centers import load_run
+    from analysis.inputs import load_analysis_input
+    from analysis.runner import AnalysisOptions, run_analyses
+    from core.config import TrainConfig
+    from core.data.loader import open_dataset
+    from core.trainer import Trainer
+
+    run_dir = cell_dir / "run"
+    val = [str(data / name) for name in ("val.bin", "val_tail.bin") if (data / name).exists()]
+    config = TrainConfig(data=str(data), val=val, epochs=scale.epochs, batch_size=scale.batch_size, seed=cell.seed,
+                         out=str(run_dir), device=device, val_every=10 ** 9, checkpoint_every=200,
+                         **cell.arm.overrides())
+    started = time.perf_counter()
+    trainer = Trainer(config, run_dir, progress=False)
+    if (run_dir / "checkpoint.pt").exists():
+        trainer.resume(run_dir)
+    metrics = trainer.fit()
+    train_seconds = time.perf_counter() - started
+
+    statistics = load_run(run_dir).statistics
+    counts = np.bincount(np.asarray(open_dataset(data).labels), minlength=statistics.num_classes)
+    updates = {"counts": counts, "positive_updates": statistics.positive_updates,
+               "negative_updates": statistics.negative_updates}
+    if statistics.queue_steps is not None:
+        updates["queue_steps"] = statistics.queue_steps
+    np.savez_compressed(cell_dir / UPDATES_FILE, **updates)
+
+    result: dict[str, Any] = {**cell.describe(), "name": cell.name, "scale": scale.name,
+                              "steps": trainer.step, "classes": trainer.num_classes, "images": len(trainer.dataset),
+                              "train_seconds": round(train_seconds, 1),
+                              **{name: value for name, value in metrics.items() if not name.startswith("_")}}
+    if cell.analysed:
+        started = time.perf_counter()
+        inputs = load_analysis_input(run_dir, device=device, progress=False)
+        analysis = run_analyses(inputs, cell_dir / "analysis", ("conflict", "noise", "longtail"),
+                                AnalysisOptions(progress=False))
+        summary = analysis.summary
+        result["analysis"] = {task: summary[task]["ground_truth"] for task in ("noise", "conflict")
+                              if "ground_truth" in summary.get(task, {})}
+        result["analysis_seconds"] = round(time.perf_counter() - started, 1)
+        inputs.cache_file.unlink(missing_ok=True)  # the embeddings are large and the figures are recorded
+    atomic_write_json(cell_dir / RESULT_FILE, result)
+    return result
+
+
+def load_results(out: Path) -> list[dict[str, Any]]:
+    """Every finished cell's result, in grid order where the grid file names one."""
+    files = sorted((out / "cells").glob(f"*/{RESULT_FILE}"))
+    return [json.loads(path.read_text()) for path in files]
+
+
+def run_grid(out: Path, scale: GridScale, device: str = "cpu",
+             echo: Callable[[str], None] = print, only: Optional[int] = None) -> list[dict[str, Any]]:
+    """Run every unfinished cell (the first ``only`` cells when given); return all results."""
+    _check_grid_file(out, scale)
+    cells = grid_cells(scale)[:only]
+    for position, cell in enumerate(cells, 1):
+        cell_dir = out / "cells" / cell.name
+        if (cell_dir / RESULT_FILE).exists():
+            echo(f"[{position}/{len(cells)}] {cell.name}: done earlier, skipped")
+            continue
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        result = run_cell(cell, scale, dataset_root(out, scale, cell.dataset, cell.seed), cell_dir, device)
+        echo(f"[{position}/{len(cells)}] {cell.name}: {cell_summary(result)} "
+             f"({time.perf_counter() - started:.0f} s)")
+    return load_results(out)
+
+
+def cell_summary(result: dict[str, Any]) -> str:
+    parts = [f"{name} {result[name]['accuracy']:.4f}" for name in ("val", "val_tail") if name in result]
+    for task, figures in result.get("analysis", {}).items():
+        parts.append(f"{task} AP {figures['average_precision']:.3f}")
+    return ", ".join(parts)
