@@ -49,6 +49,9 @@ def main() -> None:
 @click.option("--scale", type=float, help="Logit scale s.")
 @click.option("--straight-through/--exact-gradient", default=None,
               help="ArcFace gradient as insightface computes it (straight through) or exact (default).")
+@click.option("--center-dtype", type=click.Choice(["float32", "bfloat16"]),
+              help="Partial FC: dtype of the center store and its optimizer state (bfloat16: half the memory, "
+                   "stochastic rounding).")
 @click.option("--interclass-threshold", type=float, help="Zero non-target cosines above this (duplicates).")
 @click.option("--epochs", type=int)
 @click.option("--max-steps", type=int, help="Stop after this many steps (the schedule still spans --epochs).")
@@ -224,16 +227,18 @@ def bench() -> None:
 @click.option("--dim", default=512, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--repeats", default=5, show_default=True, help="Timed steps per configuration (median).")
+@click.option("--center-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="Our center store's dtype (the baseline keeps PartialFC_V2's float32).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per configuration.")
 def bench_pfc(classes: tuple[int, ...], rates: tuple[float, ...], batch_size: int, dim: int, device: str,
-              repeats: int, as_json: bool) -> None:
+              repeats: int, center_dtype: str, as_json: bool) -> None:
     """Partial FC head step time and peak memory: ours vs PartialFC_V2's dense-update semantics."""
     from benchmarks.common import device_name, format_table, run_isolated
     from benchmarks.pfc_head import check_chunked_loss, check_fast_path
     from core.distributed import resolve_device
 
     torch_device = resolve_device(device)
-    click.echo(f"device: {device_name(torch_device)}; batch {batch_size}, D {dim}; "
+    click.echo(f"device: {device_name(torch_device)}; batch {batch_size}, D {dim}, our centers in {center_dtype}; "
                f"check (rate 1.0 ours vs dense, max |diff| of centers): {check_fast_path(torch_device):.2e}")
     errors = check_chunked_loss(torch_device)
     click.echo("check (chunked loss vs simple fp32, relative error): "
@@ -244,7 +249,7 @@ def bench_pfc(classes: tuple[int, ...], rates: tuple[float, ...], batch_size: in
             results = {}
             for variant in ("ours", "dense"):
                 job = {"variant": variant, "classes": num_classes, "rate": rate, "batch": batch_size, "dim": dim,
-                       "device": str(torch_device), "warmup": 2, "repeats": repeats}
+                       "device": str(torch_device), "warmup": 2, "repeats": repeats, "center_dtype": center_dtype}
                 results[variant] = run_isolated("benchmarks.pfc_head", job)
                 if as_json:
                     click.echo(json.dumps(results[variant]))

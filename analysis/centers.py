@@ -57,7 +57,8 @@ def _array(value: Any, what: str, dtype: Any) -> np.ndarray:
     if value is None:
         raise DataError(f"checkpoint sampler state has no {what!r}")
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        value = (value.float() if value.is_floating_point() else value).numpy()
     return np.asarray(value, dtype=dtype)
 
 

@@ -66,7 +66,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         def step() -> None:
             head.step(embeddings, labels, simple_loss)
     else:
-        sampler = PartialFCSampler(classes, dim, rate, "sgd", MOMENTUM, WEIGHT_DECAY, device=device)
+        sampler = PartialFCSampler(classes, dim, rate, "sgd", MOMENTUM, WEIGHT_DECAY, device=device,
+                                   storage_dtype=getattr(torch, job.get("center_dtype", "float32")))
 
         def step() -> None:
             selection = sampler.select(embeddings, labels, {})

@@ -34,6 +34,7 @@ class TrainConfig:
     scale: Optional[float] = None
     straight_through: bool = False
     interclass_threshold: Optional[float] = None
+    center_dtype: str = "float32"  # Partial FC center store + optimizer state; bfloat16 halves it (20M+ classes)
     # optimisation
     epochs: int = 12
     max_steps: Optional[int] = None  # stop early (tests, benchmarks); the schedule still spans `epochs`

@@ -35,6 +35,7 @@ def embed_images(
     input_size: int,
     batch_size: int = 256,
     device: str | torch.device = "cpu",
+    progress: bool = True,
 ) -> np.ndarray:
     """Flip-summed, L2-normalised embeddings ``float32 [N, D]`` of uint8 ``[N, H, W, 3]`` images.
 
@@ -60,7 +61,7 @@ def embed_images(
         model.eval()
     try:
         starts = range(0, images.shape[0], batch_size)
-        if images.shape[0] > PROGRESS_MIN_IMAGES:
+        if progress and images.shape[0] > PROGRESS_MIN_IMAGES:
             from tqdm import tqdm
 
             starts = tqdm(starts, desc="embedding", unit="batch", leave=False)

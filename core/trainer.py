@@ -352,7 +352,7 @@ class Trainer:
                 from core.data.verification_bin import load_verification_pairs
                 self._val_pairs[path] = load_verification_pairs(path)
             images, issame = self._val_pairs[path]
-            embeddings = embed_images(model, images, self.input_size, device=self.device)
+            embeddings = embed_images(model, images, self.input_size, device=self.device, progress=self.progress)
             results[Path(path).stem] = evaluate_pairs(embeddings, issame)
         return results
 

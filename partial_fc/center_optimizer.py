@@ -6,6 +6,12 @@ semantics in the paper (and insightface's v1); PartialFC_V2 loses it because tor
 optimizers see a dense gradient with zero rows. Each update follows torch.optim's
 arithmetic for the rows it touches, so at sample rate 1.0 the result equals
 ``torch.optim.SGD``/``AdamW`` over an ``nn.Linear`` weight.
+
+The store and the optimizer state may be kept in bfloat16 (half the memory of float32,
+what lets 20M+ classes fit on one GPU). The arithmetic then runs in float32 on the
+touched rows and is written back with stochastic rounding: an update smaller than half
+a bf16 step (lr x grad is often 1e-4 of a center's entries) would be rounded away every
+time by round-to-nearest, whereas stochastic rounding keeps every update in expectation.
 """
 
 from __future__ import annotations
@@ -18,51 +24,91 @@ from torch import nn
 from core.errors import ConfigError
 
 
-class RowSGD(nn.Module):
+def stochastic_round(values: torch.Tensor, dtype: torch.dtype, generator: Optional[torch.Generator]
+                     ) -> torch.Tensor:
+    """float32 -> ``dtype``; to bfloat16 rounding up with probability equal to the remainder.
+
+    bfloat16 is the upper half of a float32's bits. Adding uniform random low bits and
+    truncating rounds the magnitude up with probability (dropped bits / 2^16), so the
+    expectation equals the float32 value (for either sign, as the sign is a separate bit).
+    Other target dtypes are a plain cast.
+    """
+    if dtype != torch.bfloat16:
+        return values.to(dtype)
+    bits = values.to(torch.float32).contiguous().view(torch.int32)
+    noise = torch.randint(0, 1 << 16, bits.shape, dtype=torch.int32, device=bits.device, generator=generator)
+    return ((bits + noise) & -(1 << 16)).view(torch.float32).to(torch.bfloat16)
+
+
+class _RowOptimizer(nn.Module):
+    """Reads touched rows into the working dtype and writes them back into the store's."""
+
+    def __init__(self, compute_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.compute_dtype = compute_dtype
+        self.rounding_generator: Optional[torch.Generator] = None
+
+    def read(self, store: torch.Tensor, rows: Optional[torch.Tensor]) -> torch.Tensor:
+        """The rows to update; without a dtype change and with all rows, the store itself."""
+        values = store if rows is None else store[rows]
+        return values.to(self.compute_dtype)
+
+    def write(self, store: torch.Tensor, rows: Optional[torch.Tensor], values: torch.Tensor) -> None:
+        if values is store:
+            return
+        values = stochastic_round(values, store.dtype, self.rounding_generator)
+        if rows is None:
+            store.copy_(values)
+        else:
+            store[rows] = values
+
+
+class RowSGD(_RowOptimizer):
     """SGD with momentum and (coupled) weight decay, one momentum row per center."""
 
     def __init__(self, num_rows: int, dim: int, momentum: float = 0.9, weight_decay: float = 5e-4,
-                 device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
+                 device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32,
+                 storage_dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__(dtype)
         self.momentum = momentum
         self.weight_decay = weight_decay
-        self.register_buffer("momentum_buffer", torch.zeros(num_rows, dim, device=device, dtype=dtype))
+        self.register_buffer("momentum_buffer", torch.zeros(num_rows, dim, device=device,
+                                                            dtype=storage_dtype or dtype))
 
     @torch.no_grad()
     def update(self, centers: torch.Tensor, rows: Optional[torch.Tensor], grad: torch.Tensor, lr: float) -> None:
         """Update ``centers[rows]`` (all rows when ``rows`` is None) from their gradient."""
-        weight = centers if rows is None else centers[rows]
-        buffer = self.momentum_buffer if rows is None else self.momentum_buffer[rows]
+        weight = self.read(centers, rows)
+        buffer = self.read(self.momentum_buffer, rows)
         grad = grad.to(weight.dtype).add(weight, alpha=self.weight_decay)
         buffer.mul_(self.momentum).add_(grad)
         weight.add_(buffer, alpha=-lr)
-        if rows is not None:
-            centers[rows] = weight
-            self.momentum_buffer[rows] = buffer
+        self.write(centers, rows, weight)
+        self.write(self.momentum_buffer, rows, buffer)
 
 
-class RowAdamW(nn.Module):
+class RowAdamW(_RowOptimizer):
     """AdamW with a step count per row, so bias correction follows each row's own updates."""
 
     def __init__(self, num_rows: int, dim: int, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.01, device: Optional[torch.device] = None,
-                 dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
+                 dtype: torch.dtype = torch.float32, storage_dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__(dtype)
         self.betas = betas
         self.eps = eps
         self.weight_decay = weight_decay
-        self.register_buffer("exp_avg", torch.zeros(num_rows, dim, device=device, dtype=dtype))
-        self.register_buffer("exp_avg_sq", torch.zeros(num_rows, dim, device=device, dtype=dtype))
+        storage_dtype = storage_dtype or dtype
+        self.register_buffer("exp_avg", torch.zeros(num_rows, dim, device=device, dtype=storage_dtype))
+        self.register_buffer("exp_avg_sq", torch.zeros(num_rows, dim, device=device, dtype=storage_dtype))
         self.register_buffer("row_steps", torch.zeros(num_rows, device=device, dtype=torch.int64))
 
     @torch.no_grad()
     def update(self, centers: torch.Tensor, rows: Optional[torch.Tensor], grad: torch.Tensor, lr: float) -> None:
         beta1, beta2 = self.betas
-        every = slice(None)
-        index = every if rows is None else rows
-        weight = centers[index]
-        exp_avg = self.exp_avg[index]
-        exp_avg_sq = self.exp_avg_sq[index]
+        index = slice(None) if rows is None else rows
+        weight = self.read(centers, rows)
+        exp_avg = self.read(self.exp_avg, rows)
+        exp_avg_sq = self.read(self.exp_avg_sq, rows)
         grad = grad.to(weight.dtype)
         self.row_steps[index] += 1
         steps = self.row_steps[index].to(weight.dtype).unsqueeze(1)
@@ -73,17 +119,18 @@ class RowAdamW(nn.Module):
         bias_correction2_sqrt = (1 - beta2 ** steps).sqrt()
         denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
         weight.addcdiv_(exp_avg, denom * bias_correction1 / lr, value=-1.0)
-        centers[index] = weight
-        self.exp_avg[index] = exp_avg
-        self.exp_avg_sq[index] = exp_avg_sq
+        self.write(centers, rows, weight)
+        self.write(self.exp_avg, rows, exp_avg)
+        self.write(self.exp_avg_sq, rows, exp_avg_sq)
 
 
 def build_center_optimizer(name: str, num_rows: int, dim: int, momentum: float, weight_decay: float,
-                           device: Optional[torch.device] = None,
-                           dtype: torch.dtype = torch.float32) -> nn.Module:
-    """``sgd`` or ``adamw`` over a ``[num_rows, dim]`` store."""
+                           device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32,
+                           storage_dtype: Optional[torch.dtype] = None) -> _RowOptimizer:
+    """``sgd`` or ``adamw`` over a ``[num_rows, dim]`` store (kept in ``storage_dtype``)."""
     if name == "sgd":
-        return RowSGD(num_rows, dim, momentum, weight_decay, device, dtype)
+        return RowSGD(num_rows, dim, momentum, weight_decay, device, dtype, storage_dtype)
     if name == "adamw":
-        return RowAdamW(num_rows, dim, weight_decay=weight_decay, device=device, dtype=dtype)
+        return RowAdamW(num_rows, dim, weight_decay=weight_decay, device=device, dtype=dtype,
+                        storage_dtype=storage_dtype)
     raise ConfigError(f"--optimizer must be sgd or adamw, got {name!r}")

@@ -77,7 +77,8 @@ class PartialFCSampler(ClassSampler):
     def __init__(self, num_classes: int, embedding_size: int, sample_rate: float = 0.1,
                  optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4,
                  seed: int = 0, rank: int = 0, world_size: int = 1,
-                 device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32) -> None:
+                 device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32,
+                 storage_dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         if not 0.0 < sample_rate <= 1.0:
             raise ConfigError(f"--sample-rate must be in (0, 1], got {sample_rate}")
@@ -88,14 +89,16 @@ class PartialFCSampler(ClassSampler):
         self.sample_rate = sample_rate
         self.shard_start, self.shard_size = class_shard(num_classes, rank, world_size)
         self.num_sample = int(sample_rate * self.shard_size)
+        self.compute_dtype = dtype
         self.register_buffer("centers", init_centers(self.shard_start, self.shard_size, embedding_size, seed,
-                                                     device, dtype))
+                                                     device, storage_dtype or dtype))
         self.center_optimizer = build_center_optimizer(optimizer, self.shard_size, embedding_size, momentum,
-                                                       weight_decay, device, dtype)
+                                                       weight_decay, device, dtype, storage_dtype)
         self.register_buffer("positive_updates", torch.zeros(self.shard_size, dtype=torch.int64, device=device))
         self.register_buffer("negative_updates", torch.zeros(self.shard_size, dtype=torch.int64, device=device))
         self.generator = torch.Generator(device=self.centers.device)
         self.generator.manual_seed(seed * 7919 + rank)
+        self.center_optimizer.rounding_generator = self.generator
         self._pending: list[tuple[Optional[torch.Tensor], torch.Tensor]] = []
 
     @property
@@ -113,12 +116,13 @@ class PartialFCSampler(ClassSampler):
         positives = torch.unique(local[in_shard])
         if self.samples_everything:
             index = None
-            # An alias of the store: its gradient is dense, and the store only changes in step().
-            weights = self.centers.detach().requires_grad_(True)
+            # An alias of the store (a copy if it is kept in another dtype): its gradient is
+            # dense, and the store only changes in step().
+            weights = self.centers.detach().to(self.compute_dtype).requires_grad_(True)
             targets = torch.where(in_shard, local, -1)
         else:
             index = self.choose_columns(positives)
-            weights = self.centers[index].clone().requires_grad_(True)
+            weights = self.centers[index].to(self.compute_dtype).requires_grad_(True)
             targets = torch.where(in_shard, torch.searchsorted(index, local.clamp(min=0)), -1)
         return Selection(embeddings=embeddings, weights=weights, targets=targets,
                          sharded_columns=self.world_size > 1, state={"index": index, "positives": positives})
@@ -184,6 +188,9 @@ class PartialFCSampler(ClassSampler):
 def sampler_from_config(config, num_classes: int, backbone, device: torch.device, context,
                         num_images: Optional[int] = None) -> PartialFCSampler:
     """The trainer's entry point (see core/build.py); the backbone is not needed here."""
+    storage = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(config.center_dtype)
+    if storage is None:
+        raise ConfigError(f"--center-dtype must be float32 or bfloat16, got {config.center_dtype!r}")
     return PartialFCSampler(num_classes, config.embedding_size, config.sample_rate, config.optimizer,
                             config.momentum, config.weight_decay, config.seed, context.rank,
-                            context.world_size, device)
+                            context.world_size, device, storage_dtype=storage)

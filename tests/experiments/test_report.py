@@ -1,0 +1,68 @@
+import json
+
+import numpy as np
+import pytest
+
+from core.errors import DataError
+from experiments.grid import DCQ, FULL, PFC_01, SOFTMAX, grid_cells
+from experiments.report import paired, results_frame, write_report
+from experiments.runner import GRID_FILE, RESULT_FILE, UPDATES_FILE
+
+
+def _fake_grid(root, accuracy):
+    """Result files as the runner writes them, with accuracies chosen by the test."""
+    from dataclasses import asdict
+
+    (root / GRID_FILE).write_text(json.dumps({"scale": asdict(FULL), "versions": {"torch": "x"}}))
+    for cell in grid_cells(FULL):
+        cell_dir = root / "cells" / cell.name
+        cell_dir.mkdir(parents=True)
+        value = accuracy(cell)
+        result = {**cell.describe(), "name": cell.name, "train_seconds": 60.0,
+                  "val": {"accuracy": value, "tar_at_far": {"1e-02": value - 0.2}},
+                  "val_tail": {"accuracy": value - 0.01, "tar_at_far": {"1e-02": value - 0.3}}}
+        if cell.analysed:
+            result["analysis"] = {"noise": {"average_precision": 0.9}, "conflict": {"average_precision": 0.5}}
+        (cell_dir / RESULT_FILE).write_text(json.dumps(result))
+        counts = np.array([2, 3, 25, 30])
+        negative = {"pfc": np.array([40, 40, 8, 8]) if cell.arm.sample_rate < 1 else np.array([90, 90, 90, 90])}
+        np.savez(cell_dir / UPDATES_FILE, counts=counts, positive_updates=counts * 2,
+                 negative_updates=negative.get(cell.arm.method, np.zeros(4, dtype=np.int64)),
+                 **({"queue_steps": np.array([5, 5, 9, 9])} if cell.arm.method == "dcq" else {}))
+
+
+def test_paired_differences_are_per_seed_in_points(tmp_path):
+    _fake_grid(tmp_path, lambda cell: 0.90 + 0.01 * cell.seed + (0.003 if cell.arm is PFC_01 else 0.0))
+    from experiments.runner import load_results
+
+    frame = results_frame(load_results(tmp_path))
+    difference = paired(frame, "val_accuracy", "clean", PFC_01.label, SOFTMAX.label)
+    np.testing.assert_allclose(difference.values, [0.3, 0.3, 0.3], atol=1e-9)
+    assert difference.std == pytest.approx(0.0, abs=1e-9)  # the seed effect cancels in the pairing
+
+
+def test_verdicts_follow_the_numbers(tmp_path):
+    # PFC 0.1 within 0.3 points of softmax -> holds; DCQ 3 points below -> does not hold
+    offsets = {PFC_01.label: 0.003, DCQ.label: -0.03}
+    _fake_grid(tmp_path, lambda cell: 0.90 + offsets.get(cell.arm.label, 0.0))
+    out = tmp_path / "docs" / "RESULTS.md"
+    written = write_report(tmp_path, out)
+    text = out.read_text()
+    claim1 = text.split("## 1.")[1].split("## 2.")[0]
+    claim3 = text.split("## 3.")[1].split("## 4.")[0]
+    assert "accuracy +0.30 ± 0.00 points (n=3)" in claim1 and "**Holds on this data.**" in claim1
+    assert "accuracy: -3.00 ± 0.00 points (n=3). Within 1 point: **Does not hold on this data.**" in claim3
+    assert "| softmax (PFC 1.0) | 3 | 90.00 ± 0.00 |" in claim1
+    assert all(path.exists() for path in written) and (out.parent / "results" / "passive_updates.png").exists()
+    # the long-tail table, PFC 0.1: tail classes 40 / 4 and 40 / 6 -> 8.3; head 8 / 50 and 8 / 60 -> 0.15
+    assert "| PFC 0.1 | 8.3 | 0.15 |" in text
+
+
+def test_report_refuses_a_directory_without_a_grid_or_cells(tmp_path):
+    with pytest.raises(DataError, match="no grid.json"):
+        write_report(tmp_path, tmp_path / "RESULTS.md")
+    from dataclasses import asdict
+
+    (tmp_path / GRID_FILE).write_text(json.dumps({"scale": asdict(FULL)}))
+    with pytest.raises(DataError, match="no finished cell"):
+        write_report(tmp_path, tmp_path / "RESULTS.md")
