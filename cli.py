@@ -62,6 +62,8 @@ def main() -> None:
 @click.option("--weight-decay", type=float)
 @click.option("--grad-clip", type=float, help="Max backbone gradient norm (0 disables).")
 @click.option("--amp", type=click.Choice(["auto", "bf16", "off"]))
+@click.option("--channels-last/--no-channels-last", default=None, help="NHWC convolutions (CUDA + bf16).")
+@click.option("--compile/--no-compile", "compile_backbone", default=None, help="torch.compile the backbone.")
 @click.option("--queue-size", type=float, help="DCQ: entries, or a fraction of the classes if < 1.")
 @click.option("--dcq-momentum", type=float, help="DCQ: momentum of the EMA encoder.")
 @click.option("--k-shot", type=int, help="DCQ: images per identity that generate a class weight.")
@@ -93,6 +95,8 @@ def train(config_file: Optional[str], quiet: bool, **options: Any) -> None:
 
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
     options = {k: v for k, v in options.items() if v is not None and v != []}
+    if "compile_backbone" in options:  # `compile` would shadow the builtin as a parameter name
+        options["compile"] = options.pop("compile_backbone")
     if "resume" in options:
         saved = torch.load(find_checkpoint(options["resume"]), map_location="cpu", weights_only=False)["config"]
         config = TrainConfig(**saved).replace(**options)
@@ -347,6 +351,72 @@ def bench_train(method: str, processes: tuple[int, ...], steps: int, batch_size:
     rows = [[count, f"{value:.0f}", f"{value / base:.2f}x"] for count, value in figures.items()]
     click.echo(f"{method}, {device}, per-process batch {batch_size}, {steps} steps per setting")
     click.echo(format_table(["processes", "images/s (global)", f"vs {processes[0]}"], rows))
+
+
+@bench.command(name="step")
+@click.option("--method", "methods", multiple=True, type=click.Choice(["pfc", "dcq"]), default=("pfc", "dcq"),
+              show_default=True)
+@click.option("--batch-size", "batches", multiple=True, type=int,
+              help="Per-step batch (repeatable); default 128 and 256 on CUDA, 64 on CPU.")
+@click.option("--classes", type=int, help="Labels of the head; default 1M on CUDA, 100K on CPU.")
+@click.option("--sample-rate", default=0.1, show_default=True, help="Partial FC rate (both sides).")
+@click.option("--queue", default=8192, show_default=True, help="DCQ queue entries (both sides).")
+@click.option("--backbone", help="Default iresnet50 on CUDA, tiny on CPU.")
+@click.option("--input-size", type=int, help="Default 112 on CUDA, 32 on CPU.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--compile/--no-compile", "with_compile", default=None,
+              help="Include the torch.compile variant (default: on CUDA only).")
+@click.option("--repeats", default=10, show_default=True, help="Timed steps per variant (median).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per variant.")
+def bench_step(methods: tuple[str, ...], batches: tuple[int, ...], classes: Optional[int], sample_rate: float,
+               queue: int, backbone: Optional[str], input_size: Optional[int], device: str,
+               with_compile: Optional[bool], repeats: int, as_json: bool) -> None:
+    """Whole training step img/s: ours (each lever on its own) vs arcface_torch- and DCQ-style steps."""
+    from benchmarks.common import device_name, format_table, run_isolated
+    from core.distributed import resolve_device
+
+    torch_device = resolve_device(device)
+    cuda = torch_device.type == "cuda"
+    batches = batches or ((128, 256) if cuda else (64,))
+    common = {"classes": classes or (1_000_000 if cuda else 100_000), "rate": sample_rate, "queue": queue,
+              "backbone": backbone or ("iresnet50" if cuda else "tiny"), "size": input_size or (112 if cuda else 32),
+              "device": str(torch_device), "warmup": 3, "repeats": repeats}
+    variants = {"baseline": {}, "ours fp32": {"amp": "off"}, "ours bf16": {"amp": "bf16"},
+                "ours bf16 + channels_last": {"amp": "bf16", "channels_last": True},
+                "ours bf16 + channels_last + compile": {"amp": "bf16", "channels_last": True, "compile": True}}
+    if not cuda:  # bf16 autocast is a GPU lever; on CPU it only slows the step down
+        variants = {"baseline": {}, "ours fp32": {"amp": "off"},
+                    "ours fp32 + channels_last": {"amp": "off", "channels_last": True},
+                    "ours fp32 + compile": {"amp": "off", "compile": True}}
+    if not (cuda if with_compile is None else with_compile):
+        variants = {name: options for name, options in variants.items() if not options.get("compile")}
+    click.echo(f"device: {device_name(torch_device)}; {common['backbone']} at {common['size']}x{common['size']}, "
+               f"{common['classes']:,} labels, PFC rate {sample_rate}, DCQ queue {queue}")
+    rows, checks = [], []
+    for method in methods:
+        for batch in batches:
+            results = {}
+            for name, options in variants.items():
+                job = {**common, "method": method, "batch": batch, "variant": name.split()[0],
+                       "amp": "off", "channels_last": False, "compile": False, **options}
+                results[name] = run_isolated("benchmarks.train_step", job)
+                if as_json:
+                    click.echo(json.dumps({"name": name, **results[name]}))
+            base = results["baseline"].get("images_per_s")
+            reference = results["ours fp32"].get("first_losses")
+            for name, result in results.items():
+                if "error" in result:
+                    rows.append([method, batch, name, result["error"][:60], "", ""])
+                    continue
+                ratio = f"{result['images_per_s'] / base:.2f}x" if base else ""
+                rows.append([method, batch, name, f"{result['images_per_s']:.0f}", ratio, f"{result['peak_gib']:.2f}"])
+                if name.startswith("ours") and name != "ours fp32" and reference:
+                    worst = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(result["first_losses"], reference))
+                    checks.append(f"{method} b{batch} {name}: {worst:.1e}")
+    if not as_json:
+        click.echo(format_table(["method", "batch", "variant", "img/s", "vs baseline", "peak GiB"], rows))
+    if checks:
+        click.echo("check (first 3 losses vs ours fp32, max relative difference): " + "; ".join(checks))
 
 
 @bench.command(name="analysis")

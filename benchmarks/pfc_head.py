@@ -35,17 +35,18 @@ class DenseUpdateBaseline:
         self.num_sample = int(sample_rate * num_classes)
         self.num_classes = num_classes
 
-    def step(self, embeddings: torch.Tensor, labels: torch.Tensor, loss_fn: MarginSoftmaxLoss) -> None:
+    def select(self, embeddings: torch.Tensor, labels: torch.Tensor) -> Selection:
+        """Random-score top-k over all classes, positives forced in; an autograd gather."""
         if self.num_sample < self.num_classes:
             positives = torch.unique(labels)
             scores = torch.rand(self.num_classes, device=labels.device)
             scores[positives] = 2.0
             index = torch.topk(scores, k=max(self.num_sample, positives.numel()))[1].sort()[0]
-            weights = self.weight[index]
-            targets = torch.searchsorted(index, labels)
-        else:
-            weights, targets = self.weight, labels
-        loss = loss_fn(Selection(embeddings, weights, targets))
+            return Selection(embeddings, self.weight[index], torch.searchsorted(index, labels))
+        return Selection(embeddings, self.weight, labels)
+
+    def step(self, embeddings: torch.Tensor, labels: torch.Tensor, loss_fn: MarginSoftmaxLoss) -> None:
+        loss = loss_fn(self.select(embeddings, labels))
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=False)

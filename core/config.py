@@ -48,6 +48,8 @@ class TrainConfig:
     lr_power: float = 2.0
     grad_clip: float = 5.0
     amp: str = "auto"  # auto: bf16 autocast on CUDA, off on CPU
+    channels_last: bool = False  # NHWC convolutions (faster with bf16 on tensor cores)
+    compile: bool = False  # torch.compile the backbone (pays off on CUDA after a minute of compiling)
     # DCQ
     queue_size: float = 0.1  # < 1: fraction of the classes; >= 1: number of entries
     dcq_momentum: float = 0.999

@@ -28,6 +28,7 @@ from core.build import build_sampler, resolve_method_defaults
 from core.config import TrainConfig, save_config
 from core.data.loader import (EpochBatchSampler, IdentityBatchSampler, WithKeyImages, default_val_files,
                               make_loader, prepare_dataset, synthetic_dataset_root)
+from core.data.base import FaceDataset
 from core.data.transforms import random_horizontal_flip
 from core.distributed import DistributedContext, init_distributed, resolve_device
 from core.errors import ConfigError, DataError, TrainingError
@@ -77,7 +78,10 @@ def _environment(device: torch.device) -> dict[str, Any]:
 class Trainer:
     """Trains ``config.method`` on ``config.data`` into ``run_dir``."""
 
-    def __init__(self, config: TrainConfig, run_dir: str | Path, progress: bool = True) -> None:
+    def __init__(self, config: TrainConfig, run_dir: str | Path, progress: bool = True,
+                 dataset: Optional[FaceDataset] = None) -> None:
+        """``dataset``: an already prepared dataset instead of ``config.data`` (the step benchmark's
+        in-memory images over a million labels, which no file on disk needs to hold)."""
         config = resolve_method_defaults(config)
         self.config = config
         self.run_dir = Path(run_dir)
@@ -93,19 +97,23 @@ class Trainer:
 
         self._seed_everything(config.seed + self.context.rank)
         self.input_size = config.input_size or default_input_size(config.backbone)
-        self.data_root = self._data_root()
-        self.dataset = prepare_dataset(self.data_root or config.data, self.input_size, config.cache_images,
-                                       progress=self.progress)
+        self.data_root = self._data_root() if dataset is None else None
+        self.dataset = dataset if dataset is not None else prepare_dataset(
+            self.data_root or config.data, self.input_size, config.cache_images, progress=self.progress)
         self.num_classes = self.dataset.num_classes
         self.val_files = list(config.val) or default_val_files(self.data_root)
         self._val_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
         self.backbone = build_backbone(config.backbone, config.embedding_size, self.input_size).to(self.device)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.backbone.to(memory_format=self.memory_format)
         self.model = self.backbone
         if self.context.enabled:
             from torch.nn.parallel import DistributedDataParallel
             self.model = DistributedDataParallel(
                 self.backbone, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if config.compile:
+            self.model = torch.compile(self.model)
         self.sampler = build_sampler(config, self.num_classes, self.backbone, self.device, self.context,
                                      len(self.dataset))
         self.criterion = MarginSoftmaxLoss(build_margin(
@@ -123,6 +131,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_polynomial(self.total_steps, warmup, config.lr_power))
         self.flip_generator = torch.Generator().manual_seed(config.seed * 31 + self.context.rank)
+        self.first_nonfinite_step = torch.full((), -1, dtype=torch.int64, device=self.device)
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -239,27 +248,28 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for micro in range(self.config.accumulate):
             images, labels, *keys = next(micro_batches)
-            images = random_horizontal_flip(images, self.flip_generator).to(self.device, non_blocking=True)
+            images = random_horizontal_flip(images, self.flip_generator).to(
+                self.device, non_blocking=True, memory_format=self.memory_format)
             labels = labels.to(self.device, non_blocking=True)
             extras = {"images": images}
             if keys:  # [B, k, 3, H, W], each key flipped independently of its query
-                flipped = random_horizontal_flip(keys[0].flatten(0, 1), self.flip_generator)
-                extras["key_images"] = flipped.view_as(keys[0]).to(self.device, non_blocking=True)
+                flipped = random_horizontal_flip(keys[0].flatten(0, 1), self.flip_generator).to(
+                    self.device, non_blocking=True, memory_format=self.memory_format)
+                extras["key_images"] = flipped.unflatten(0, keys[0].shape[:2])
             autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                         else nullcontext())
             # DDP reduces gradients only on the last micro-batch of an accumulated step.
             last_micro = micro == self.config.accumulate - 1
             sync = nullcontext() if last_micro or self.model is self.backbone else self.model.no_sync()
             with sync:
-                with autocast:
+                with autocast:  # select may run a network too (DCQ's key encoder)
                     embeddings = self.model(images)
-                selection = self.sampler.select(embeddings.float(), labels, extras)
+                    selection = self.sampler.select(embeddings.float(), labels, extras)
                 loss = self.criterion(selection) / self.config.accumulate
-                if not torch.isfinite(loss):
-                    last = self.run_dir / CHECKPOINT_NAME
-                    kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-                    raise TrainingError(f"step {self.step + 1}: the loss is {loss.item()} (not finite); training "
-                                        f"stopped and {kept}. Lower --lr or check the data.")
+                # Recorded on the device, read by check_finite: a read here would stall the GPU every step.
+                self.first_nonfinite_step = torch.where(
+                    torch.isfinite(loss.detach()) | (self.first_nonfinite_step >= 0), self.first_nonfinite_step,
+                    self.step + 1)
                 loss.backward()
             self.sampler.collect(selection)
             total += loss.detach()
@@ -271,6 +281,15 @@ class Trainer:
         self.scheduler.step()
         self.step += 1
         return total
+
+    def check_finite(self) -> None:
+        """Stop at the first step whose loss was not finite (its checkpoint is never written)."""
+        first = int(self.first_nonfinite_step.item())
+        if first >= 0:
+            last = self.run_dir / CHECKPOINT_NAME
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            raise TrainingError(f"step {first}: the loss is not finite (nan or inf); training stopped and {kept}. "
+                                "Lower --lr or check the data.")
 
     def fit(self) -> dict[str, Any]:
         """Train to the end (or ``max_steps``), evaluating and checkpointing on the way."""
@@ -293,7 +312,11 @@ class Trainer:
                 window_loss += self.train_step(micro_batches)
                 window_steps += 1
                 bar.update(1)
-                if self.step % config.log_every == 0 or self.step == last_step:
+                due_to_log = self.step % config.log_every == 0 or self.step == last_step
+                due_to_save = bool(config.checkpoint_every) and self.step % config.checkpoint_every == 0
+                if self.device.type != "cuda" or due_to_log or due_to_save:
+                    self.check_finite()
+                if due_to_log:
                     elapsed = time.perf_counter() - window_start
                     row = {"step": self.step, "epoch": epoch_before, "loss": (window_loss / window_steps).item(),
                            "lr": self.scheduler.get_last_lr()[0],
@@ -303,13 +326,14 @@ class Trainer:
                         for key in ("loss", "lr", "img_per_s"):
                             board.add_scalar(f"train/{key}", row[key], self.step)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{row['img_per_s']:.0f}")
-                    window_loss, window_steps, window_start = torch.zeros((), device=self.device), 0, time.perf_counter()
+                    window_loss, window_steps = torch.zeros((), device=self.device), 0
+                    window_start = time.perf_counter()
                 epoch_done = self.batch_in_epoch >= self.steps_per_epoch * config.accumulate
                 if self._should_validate(epoch_done, last_step):
                     self.metrics = self.evaluate()
                     self._report_metrics(bar, board)
                     self.context.barrier()
-                if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                if due_to_save:
                     self.save_checkpoint()
         finally:
             bar.close()

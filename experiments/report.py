@@ -281,7 +281,7 @@ def write_report(grid_dir: Path, out: Path) -> list[Path]:
             f"and flips {NOISY_FLIP:.0%} of the labels. Each seed renders its own data and trains its own model.",
             f"- Training: the `tiny` backbone at input 32 on CPU, {scale['epochs']} epochs, batch "
             f"{scale['batch_size']}, SGD 0.1 with polynomial decay; Partial FC with ArcFace (s 64, m 0.5), DCQ with "
-            "CosFace (s 50, m 0.4 as in its recipe), momentum encoder 0.999, queue = 10 % of the classes.",
+            "CosFace (s 50, m 0.3, the official recipe), momentum encoder 0.999, queue = 10 % of the classes.",
             f"- Machine: {machine.get('cpus', '?')} CPU cores ({machine.get('platform', '?')}); the cells took "
             f"{cell_minutes:.0f} min of training and analysis in all.",
         ]),

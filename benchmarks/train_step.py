@@ -1,0 +1,190 @@
+"""Whole training step, img/s: this project's Trainer against insightface-style steps written here.
+
+The baselines follow the peers' training loops: arcface_torch (PartialFC_V2 semantics:
+one SGD over backbone and every center, fp16 autocast with a GradScaler, gradient
+clipping) and the official DCQ code (a query network, a key network updated by a
+parameter-by-parameter EMA loop, a FIFO queue of key features). Ours is the real
+``Trainer.train_step``, with each lever (bf16 autocast, channels_last, torch.compile)
+as its own variant. Every variant runs in a fresh process on the same in-memory batch,
+re-used each step, so the figure is the step itself: the data pipeline is measured by
+``bench data``. On CPU the baselines run in float32 (fp16 autocast is a GPU feature).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.common import peak_bytes, reset_peak, time_steps
+from benchmarks.pfc_head import DenseUpdateBaseline
+from core.backbones import build_backbone
+from core.data.base import FaceDataset
+from core.data.loader import CachedImages
+from core.data.transforms import to_model_input
+from core.loss import MarginSoftmaxLoss
+from core.margins import build_margin
+
+LR, MOMENTUM, WEIGHT_DECAY, CLIP = 0.1, 0.9, 5e-4, 5.0
+CHECK_STEPS = 3
+
+
+class RandomFaces(FaceDataset):
+    """Random images in pairs of one label each, labels spread over ``num_classes``.
+
+    Two images per label give DCQ its key image and give Partial FC a batch of about
+    ``batch`` distinct positives, as in a real shuffled batch of a large dataset; there
+    are at least ``min_images`` (DCQ refuses a queue longer than the dataset).
+    """
+
+    def __init__(self, batch: int, num_classes: int, size: int, min_images: int = 0, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        count = max(batch, (min_images + 1) // 2)
+        identities = np.sort(rng.choice(num_classes, size=count, replace=False))
+        self.labels = np.repeat(identities, 2).astype(np.int64)
+        self.num_classes = num_classes
+        self.images = rng.integers(0, 256, size=(len(self.labels), size, size, 3), dtype=np.uint8)
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+
+def _trainer(job: dict[str, Any], run_dir: str):
+    from core.config import TrainConfig
+    from core.trainer import Trainer
+
+    method_options = ({"sample_rate": job["rate"]} if job["method"] == "pfc"
+                      else {"queue_size": float(job["queue"])})
+    config = TrainConfig(method=job["method"], backbone=job["backbone"], input_size=job["size"],
+                         batch_size=job["batch"], device=job["device"], workers=0, amp=job["amp"],
+                         channels_last=job["channels_last"], compile=job["compile"], val=[], seed=0,
+                         checkpoint_every=0, **method_options)
+    faces = RandomFaces(job["batch"], job["classes"], job["size"], min_images=job["queue"])
+    dataset = CachedImages(faces, job["size"], progress=False)
+    return Trainer(config, run_dir, progress=False, dataset=dataset)
+
+
+def ours_step(job: dict[str, Any], run_dir: str):
+    """The Trainer's own step on one prepared batch (copied to the device every step, as in training)."""
+    trainer = _trainer(job, run_dir)
+    batch = next(trainer._micro_batches())
+
+    def batches():
+        while True:
+            yield batch
+
+    stream = batches()
+    return lambda: trainer.train_step(stream)
+
+
+class InsightfaceStylePFC:
+    """arcface_torch's loop: fp16 autocast, GradScaler, one SGD over backbone and all centers, clipping."""
+
+    def __init__(self, job: dict[str, Any], device: torch.device) -> None:
+        torch.manual_seed(0)
+        self.backbone = build_backbone(job["backbone"], 512, job["size"]).to(device)
+        self.head = DenseUpdateBaseline(job["classes"], 512, job["rate"], device)
+        self.optimizer = torch.optim.SGD([*self.backbone.parameters(), self.head.weight], lr=LR, momentum=MOMENTUM,
+                                         weight_decay=WEIGHT_DECAY)
+        self.loss_fn = MarginSoftmaxLoss(build_margin("arcface"), chunk_columns=None)
+        self.fp16 = device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.fp16)
+        self.device = device
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, key_images: torch.Tensor) -> torch.Tensor:
+        images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
+            embeddings = self.backbone(images)
+        loss = self.loss_fn(self.head.select(embeddings.float(), labels))
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.backbone.parameters(), CLIP)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+
+class OfficialStyleDCQ:
+    """The official DCQ loop: query net, EMA key net updated parameter by parameter, a feature queue."""
+
+    def __init__(self, job: dict[str, Any], device: torch.device) -> None:
+        torch.manual_seed(0)
+        self.query = build_backbone(job["backbone"], 512, job["size"]).to(device)
+        self.key = copy.deepcopy(self.query).requires_grad_(False)
+        self.queue = F.normalize(torch.randn(job["queue"], 512, device=device), dim=1)
+        self.queue_labels = torch.full((job["queue"],), -1, dtype=torch.int64, device=device)
+        self.pointer = 0
+        self.optimizer = torch.optim.SGD(self.query.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+        self.margin = build_margin("cosface", scale=50.0, m=0.3)  # DCQ's recipe
+        self.fp16 = device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.fp16)
+        self.device = device
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, key_images: torch.Tensor) -> torch.Tensor:
+        images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        keys = key_images[:, 0].to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
+            query = self.query(images)
+            with torch.no_grad():
+                for key_param, query_param in zip(self.key.parameters(), self.query.parameters()):
+                    key_param.data = key_param.data * 0.999 + query_param.data * (1.0 - 0.999)
+                key = F.normalize(self.key(keys).float(), dim=1)
+        weights = torch.cat([key, self.queue])
+        cosine = F.normalize(query.float(), dim=1) @ weights.t()
+        rows = torch.arange(labels.numel(), device=self.device)
+        same_label = labels[:, None] == torch.cat([labels, self.queue_labels])[None, :]
+        same_label[rows, rows] = False
+        logits = self.margin(cosine.clamp(-1, 1), rows).masked_fill(same_label, float("-inf"))
+        loss = F.cross_entropy(logits, rows)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.query.parameters(), CLIP)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        end = self.pointer + key.shape[0]
+        self.queue[self.pointer:end], self.queue_labels[self.pointer:end] = key, labels
+        self.pointer = end % self.queue.shape[0]
+        return loss.detach()
+
+
+def baseline_step(job: dict[str, Any]):
+    device = torch.device(job["device"])
+    faces = RandomFaces(job["batch"], job["classes"], job["size"])
+    pairs = slice(0, 2 * job["batch"], 2)  # one image per identity; the image after it is its key
+    images = to_model_input(faces.images[pairs], job["size"])
+    keys = to_model_input(faces.images[1:2 * job["batch"]:2], job["size"]).unsqueeze(1)
+    labels = torch.from_numpy(faces.labels[pairs].copy())
+    if job["method"] == "pfc":
+        step = InsightfaceStylePFC(job, device)
+    else:
+        step = OfficialStyleDCQ(job, device)
+        if job["queue"] % job["batch"]:
+            raise ValueError(f"the official queue needs a size divisible by the batch ({job['queue']} entries)")
+    return lambda: step(images, labels, keys)
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    device = torch.device(job["device"])
+    base = reset_peak(device)  # the peak covers the whole training state: model, optimizer, head
+    with tempfile.TemporaryDirectory() as run_dir:
+        step = baseline_step(job) if job["variant"] == "baseline" else ours_step(job, run_dir)
+        losses = [float(step()) for _ in range(CHECK_STEPS)]  # also the warm-up (compilation happens here)
+        milliseconds = time_steps(step, device, job["warmup"], job["repeats"])
+        peak = (peak_bytes(device) - base) / 2**30
+    return {**job, "step_ms": milliseconds, "images_per_s": job["batch"] * 1000 / milliseconds, "peak_gib": peak,
+            "first_losses": losses}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--job", required=True)
+    print(json.dumps(run_job(json.loads(parser.parse_args().job))))
