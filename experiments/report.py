@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from analysis.plots import save_figure
 from core.errors import DataError
@@ -50,7 +51,11 @@ def results_frame(results: list[dict[str, Any]]) -> pd.DataFrame:
             "train_seconds": result.get("train_seconds"),
             "analysis_seconds": result.get("analysis_seconds", 0.0),
         })
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    datasets = list(ARMS)
+    order = [(row.seed, datasets.index(row.dataset), [arm.label for arm in ARMS[row.dataset]].index(row.arm))
+             for row in frame.itertuples()]
+    return frame.iloc[sorted(range(len(frame)), key=order.__getitem__)].reset_index(drop=True)
 
 
 def mean_std(values: pd.Series, scale: float, decimals: int) -> str:
@@ -177,6 +182,20 @@ def claim_analysis(frame: pd.DataFrame) -> list[str]:
     ]
 
 
+def cell_table(frame: pd.DataFrame) -> str:
+    """Per-seed figures behind every mean, in grid order."""
+    columns = ["val_accuracy", "tail_accuracy", "noise_ap", "conflict_ap"]
+    lines = ["| cell | " + " | ".join(METRICS[c][0] for c in columns) + " | train s |",
+             "|" + "---|" * (len(columns) + 2)]
+    for row in frame.itertuples():
+        values = []
+        for column in columns:
+            value, (_, scale, decimals) = getattr(row, column), METRICS[column]
+            values.append("–" if value is None or pd.isna(value) else f"{value * scale:.{decimals}f}")
+        lines.append(f"| {row.name} | " + " | ".join(values) + f" | {row.train_seconds:.0f} |")
+    return "\n".join(lines)
+
+
 # -- plots -------------------------------------------------------------------------------
 def accuracy_plot(frame: pd.DataFrame, path: Path) -> Path:
     figure = Figure(figsize=(10, 4.2))
@@ -203,7 +222,7 @@ def passive_updates_plot(grid_dir: Path, frame: pd.DataFrame, path: Path) -> Opt
     """Median passive updates per class against class frequency, per arm (clean data, all seeds)."""
     figure = Figure(figsize=(7, 4.2))
     axes = figure.add_subplot(1, 1, 1)
-    drawn = False
+    largest = 0
     for arm, style in ((SOFTMAX, "-o"), (PFC_01, "-s"), (DCQ, "--^")):
         names = frame[(frame.dataset == "clean") & (frame.arm == arm.label)]["name"]
         counts, passive = [], []
@@ -220,11 +239,14 @@ def passive_updates_plot(grid_dir: Path, frame: pd.DataFrame, path: Path) -> Opt
         label = f"{arm.label}: steps in the queue (not updates)" if arm.method == "dcq" else \
             f"{arm.label}: passive (negative) updates"
         axes.plot(values, np.maximum(medians, 0.5), style, markersize=3, label=label)
-        drawn = True
-    if not drawn:
+        largest = max(largest, int(values.max()))
+    if not largest:
         return None
     axes.set_xscale("log")
     axes.set_yscale("log")
+    axes.xaxis.set_major_formatter(ScalarFormatter())
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    axes.set_xticks([t for t in (2, 3, 5, 10, 20, 40, 80) if t <= largest])
     axes.set_xlabel("images of the class (log)")
     axes.set_ylabel("median per class (log; 0 drawn at 0.5)")
     axes.set_title("Passive updates against class frequency (clean data)")
@@ -300,6 +322,8 @@ def write_report(grid_dir: Path, out: Path) -> list[Path]:
     sections += [
         "## All arms",
         f"![verification accuracy](results/{accuracy_png.name})",
+        "## Every cell",
+        cell_table(frame),
         "## Reproduce",
         "```\n" + "\n".join([
             f"python cli.py experiment run{flags} --out {grid_dir}   # resumable: finished cells are skipped",

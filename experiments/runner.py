@@ -130,7 +130,7 @@ def run_cell(cell: Cell, scale: GridScale, data: Path, cell_dir: Path, device: s
 
 
 def load_results(out: Path) -> list[dict[str, Any]]:
-    """Every finished cell's result, in grid order where the grid file names one."""
+    """Every finished cell's result (in directory-name order)."""
     files = sorted((out / "cells").glob(f"*/{RESULT_FILE}"))
     return [json.loads(path.read_text()) for path in files]
 
