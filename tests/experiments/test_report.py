@@ -18,11 +18,12 @@ def _fake_grid(root, accuracy):
         cell_dir = root / "cells" / cell.name
         cell_dir.mkdir(parents=True)
         value = accuracy(cell)
-        result = {**cell.describe(), "name": cell.name, "train_seconds": 60.0,
+        result = {**cell.describe(), "name": cell.name, "train_seconds": 60.0, "steps": 10, "classes": 4,
                   "val": {"accuracy": value, "tar_at_far": {"1e-02": value - 0.2}},
                   "val_tail": {"accuracy": value - 0.01, "tar_at_far": {"1e-02": value - 0.3}}}
         if cell.analysed:
-            result["analysis"] = {"noise": {"average_precision": 0.9}, "conflict": {"average_precision": 0.5}}
+            result["analysis"] = {"noise": {"average_precision": 0.9, "chance_average_precision": 0.1},
+                                  "conflict": {"average_precision": 0.5, "chance_average_precision": 0.05}}
         (cell_dir / RESULT_FILE).write_text(json.dumps(result))
         counts = np.array([2, 3, 25, 30])
         negative = {"pfc": np.array([40, 40, 8, 8]) if cell.arm.sample_rate < 1 else np.array([90, 90, 90, 90])}
@@ -56,6 +57,9 @@ def test_verdicts_follow_the_numbers(tmp_path):
     assert all(path.exists() for path in written) and (out.parent / "results" / "passive_updates.png").exists()
     # the long-tail table, PFC 0.1: tail classes 40 / 4 and 40 / 6 -> 8.3; head 8 / 50 and 8 / 60 -> 0.15
     assert "| PFC 0.1 | 8.3 | 0.15 |" in text
+    # positives (2+3+25+30) * 2 = 120 and negatives 96 over 10 steps
+    assert "held on average 12 positive classes and 10 sampled negatives" in claim1
+    assert "flipped labels at ≥ 9.0x chance; split identities at ≤ 10.0x chance" in text
 
 
 def test_report_refuses_a_directory_without_a_grid_or_cells(tmp_path):
