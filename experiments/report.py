@@ -168,7 +168,7 @@ def claim_robustness(frame: pd.DataFrame) -> list[str]:
     for arm in (SOFTMAX, PFC_03, PFC_01):
         acc = paired(frame, "val_accuracy", "noisy", filtered(arm).label, arm.label)
         bullets.append(f"- filter 0.4 on {arm.label}: accuracy {acc}.")
-    for arm in (SOFTMAX, PFC_01):
+    for arm in (SOFTMAX, PFC_01, DCQ):
         drop = paired(frame, "val_accuracy", "noisy", arm.label, arm.label, baseline_dataset="clean")
         bullets.append(f"- {arm.label}, noisy − clean: accuracy {drop}.")
     lines.append("\n".join(bullets))
@@ -278,6 +278,8 @@ def passive_updates_plot(grid_dir: Path, frame: pd.DataFrame, path: Path) -> Opt
     axes.set_yscale("log")
     axes.xaxis.set_major_formatter(ScalarFormatter())
     axes.xaxis.set_minor_formatter(NullFormatter())
+    axes.yaxis.set_major_formatter(ScalarFormatter())
+    axes.yaxis.set_minor_formatter(NullFormatter())
     axes.set_xticks([t for t in (2, 3, 5, 10, 20, 40, 80) if t <= largest])
     axes.set_xlabel("images of the class (log)")
     axes.set_ylabel("median per class (log; 0 drawn at 0.5)")
