@@ -52,6 +52,8 @@ def main() -> None:
 @click.option("--center-dtype", type=click.Choice(["float32", "bfloat16"]),
               help="Partial FC: dtype of the center store and its optimizer state (bfloat16: half the memory, "
                    "stochastic rounding).")
+@click.option("--pfc-sampling", type=click.Choice(["uniform", "stratified"]),
+              help="Partial FC negatives: uniform (default), or stratified (fixed shapes, no host sync per step).")
 @click.option("--interclass-threshold", type=float, help="Zero non-target cosines above this (duplicates).")
 @click.option("--epochs", type=int)
 @click.option("--max-steps", type=int, help="Stop after this many steps (the schedule still spans --epochs).")
@@ -233,16 +235,19 @@ def bench() -> None:
 @click.option("--repeats", default=5, show_default=True, help="Timed steps per configuration (median).")
 @click.option("--center-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="Our center store's dtype (the baseline keeps PartialFC_V2's float32).")
+@click.option("--pfc-sampling", "sampling", type=click.Choice(["uniform", "stratified"]), default="uniform",
+              show_default=True, help="Our negative sampling (stratified: no host sync).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per configuration.")
 def bench_pfc(classes: tuple[int, ...], rates: tuple[float, ...], batch_size: int, dim: int, device: str,
-              repeats: int, center_dtype: str, as_json: bool) -> None:
+              repeats: int, center_dtype: str, sampling: str, as_json: bool) -> None:
     """Partial FC head step time and peak memory: ours vs PartialFC_V2's dense-update semantics."""
     from benchmarks.common import device_name, format_table, run_isolated
     from benchmarks.pfc_head import check_chunked_loss, check_fast_path
     from core.distributed import resolve_device
 
     torch_device = resolve_device(device)
-    click.echo(f"device: {device_name(torch_device)}; batch {batch_size}, D {dim}, our centers in {center_dtype}; "
+    click.echo(f"device: {device_name(torch_device)}; batch {batch_size}, D {dim}, our centers in {center_dtype}, "
+               f"{sampling} sampling; "
                f"check (rate 1.0 ours vs dense, max |diff| of centers): {check_fast_path(torch_device):.2e}")
     errors = check_chunked_loss(torch_device)
     click.echo("check (chunked loss vs simple fp32, relative error): "
@@ -253,7 +258,8 @@ def bench_pfc(classes: tuple[int, ...], rates: tuple[float, ...], batch_size: in
             results = {}
             for variant in ("ours", "dense"):
                 job = {"variant": variant, "classes": num_classes, "rate": rate, "batch": batch_size, "dim": dim,
-                       "device": str(torch_device), "warmup": 2, "repeats": repeats, "center_dtype": center_dtype}
+                       "device": str(torch_device), "warmup": 2, "repeats": repeats, "center_dtype": center_dtype,
+                       "sampling": sampling}
                 results[variant] = run_isolated("benchmarks.pfc_head", job)
                 if as_json:
                     click.echo(json.dumps(results[variant]))
@@ -383,7 +389,9 @@ def bench_step(methods: tuple[str, ...], batches: tuple[int, ...], classes: Opti
               "device": str(torch_device), "warmup": 3, "repeats": repeats}
     variants = {"baseline": {}, "ours fp32": {"amp": "off"}, "ours bf16": {"amp": "bf16"},
                 "ours bf16 + channels_last": {"amp": "bf16", "channels_last": True},
-                "ours bf16 + channels_last + compile": {"amp": "bf16", "channels_last": True, "compile": True}}
+                "ours bf16 + channels_last + compile": {"amp": "bf16", "channels_last": True, "compile": True},
+                "ours bf16 + channels_last + compile + stratified": {"amp": "bf16", "channels_last": True,
+                                                                     "compile": True, "pfc_sampling": "stratified"}}
     if not cuda:  # bf16 autocast is a GPU lever; on CPU it only slows the step down
         variants = {"baseline": {}, "ours fp32": {"amp": "off"},
                     "ours fp32 + channels_last": {"amp": "off", "channels_last": True},
@@ -397,6 +405,8 @@ def bench_step(methods: tuple[str, ...], batches: tuple[int, ...], classes: Opti
         for batch in batches:
             results = {}
             for name, options in variants.items():
+                if method != "pfc" and "pfc_sampling" in options:
+                    continue
                 job = {**common, "method": method, "batch": batch, "variant": name.split()[0],
                        "amp": "off", "channels_last": False, "compile": False, **options}
                 results[name] = run_isolated("benchmarks.train_step", job)

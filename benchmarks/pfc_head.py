@@ -68,7 +68,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             head.step(embeddings, labels, simple_loss)
     else:
         sampler = PartialFCSampler(classes, dim, rate, "sgd", MOMENTUM, WEIGHT_DECAY, device=device,
-                                   storage_dtype=getattr(torch, job.get("center_dtype", "float32")))
+                                   storage_dtype=getattr(torch, job.get("center_dtype", "float32")),
+                                   sampling=job.get("sampling", "uniform"))
 
         def step() -> None:
             selection = sampler.select(embeddings, labels, {})

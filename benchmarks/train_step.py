@@ -60,8 +60,8 @@ def _trainer(job: dict[str, Any], run_dir: str):
     from core.config import TrainConfig
     from core.trainer import Trainer
 
-    method_options = ({"sample_rate": job["rate"]} if job["method"] == "pfc"
-                      else {"queue_size": float(job["queue"])})
+    method_options = ({"sample_rate": job["rate"], "pfc_sampling": job.get("pfc_sampling", "uniform")}
+                      if job["method"] == "pfc" else {"queue_size": float(job["queue"])})
     config = TrainConfig(method=job["method"], backbone=job["backbone"], input_size=job["size"],
                          batch_size=job["batch"], device=job["device"], workers=0, amp=job["amp"],
                          channels_last=job["channels_last"], compile=job["compile"], val=[], seed=0,

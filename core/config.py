@@ -35,6 +35,7 @@ class TrainConfig:
     straight_through: bool = False
     interclass_threshold: Optional[float] = None
     center_dtype: str = "float32"  # Partial FC center store + optimizer state; bfloat16 halves it (20M+ classes)
+    pfc_sampling: str = "uniform"  # uniform: exactly uniform negatives; stratified: fixed shapes, no host sync
     # optimisation
     epochs: int = 12
     max_steps: Optional[int] = None  # stop early (tests, benchmarks); the schedule still spans `epochs`

@@ -18,11 +18,11 @@ from core.margins import CombinedMargin
 from core.sampler import Selection
 
 
-def cosine_logits(embeddings: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def cosine_logits(embeddings: torch.Tensor, weights: torch.Tensor, normalize_weights: bool = True) -> torch.Tensor:
     """``normalize(embeddings) @ normalize(weights).T`` in at least float32, clamped to [-1, 1]."""
     dtype = torch.promote_types(torch.promote_types(embeddings.dtype, weights.dtype), torch.float32)
     emb = F.normalize(embeddings.to(dtype), dim=1)
-    w = F.normalize(weights.to(dtype), dim=1)
+    w = F.normalize(weights.to(dtype), dim=1) if normalize_weights else weights.to(dtype)
     return (emb @ w.t()).clamp(-1.0, 1.0)
 
 
@@ -54,9 +54,9 @@ class _ShardedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         probabilities, targets = ctx.saved_tensors
-        rows = torch.nonzero(targets >= 0, as_tuple=True)[0]
+        rows = torch.arange(targets.shape[0], device=targets.device)
         grad_logits = probabilities.clone()
-        grad_logits[rows, targets[rows]] -= 1.0
+        grad_logits[rows, targets.clamp(min=0)] -= (targets >= 0).to(grad_logits.dtype)  # no nonzero(): no sync
         return grad_logits * (grad / probabilities.shape[0]), None
 
 
@@ -87,7 +87,7 @@ class MarginSoftmaxLoss(nn.Module):
                 and self.margin.interclass_threshold is None)
 
     def logits(self, selection: Selection) -> torch.Tensor:
-        cosine = cosine_logits(selection.embeddings, selection.weights)
+        cosine = cosine_logits(selection.embeddings, selection.weights, not selection.unit_weights)
         logits = self.margin(cosine, selection.targets)
         if selection.negative_mask is not None:
             logits = logits.masked_fill(selection.negative_mask, float("-inf"))

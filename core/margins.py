@@ -73,12 +73,14 @@ class CombinedMargin:
 
     def __call__(self, cosine: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cosines ``[B, K]`` and target columns ``[B]`` (-1 = none) -> scaled logits."""
+        # Every row is indexed (rows without a target at column 0, left unchanged) instead of
+        # selecting the rows that have one: a nonzero() would stall the GPU on a host sync.
         has_target = targets >= 0
-        rows = torch.nonzero(has_target, as_tuple=True)[0]
-        cols = targets[rows]
+        rows = torch.arange(targets.shape[0], device=targets.device)
+        cols = targets.clamp(min=0)
         if self.interclass_threshold is not None:
             duplicate = cosine > self.interclass_threshold
-            duplicate[rows, cols] = False
+            duplicate[rows, cols] &= ~has_target
             cosine = cosine.masked_fill(duplicate, 0.0)
         cos_target = cosine[rows, cols]
         if self.straight_through:
@@ -87,7 +89,8 @@ class CombinedMargin:
             new_target = cos_target + shift
         else:
             new_target = self.target_function(cos_target)
-        logits = cosine.index_put((rows, cols), new_target.to(cosine.dtype))
+        new_target = torch.where(has_target, new_target.to(cosine.dtype), cos_target)
+        logits = cosine.index_put((rows, cols), new_target)
         return logits * self.scale
 
 

@@ -34,7 +34,9 @@ class Selection:
     ``negative_mask[i, j]`` is True where column j must not act as a negative for row i
     (DCQ's same-label queue entries and empty slots). ``sharded_columns`` says that the
     columns are this rank's slice of a model-parallel softmax, so the loss must reduce
-    its max and sum over ranks.
+    its max and sum over ranks. ``unit_weights`` says that the weights are unit rows
+    already and take no gradient (DCQ's generated weights and queue), so the loss skips
+    renormalising the whole queue every step.
     """
 
     embeddings: torch.Tensor
@@ -42,6 +44,7 @@ class Selection:
     targets: torch.Tensor
     negative_mask: Optional[torch.Tensor] = None
     sharded_columns: bool = False
+    unit_weights: bool = False
     state: dict[str, Any] = field(default_factory=dict)
 
 

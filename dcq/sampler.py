@@ -136,7 +136,7 @@ class DCQSampler(ClassSampler):
         column_labels = torch.cat([all_labels, self.queue_labels])
         mask = (column_labels.unsqueeze(0) == labels.unsqueeze(1)) | (column_labels < 0).unsqueeze(0)
         mask[torch.arange(rows, device=labels.device), targets] = False
-        return Selection(embeddings=embeddings, weights=weights, targets=targets, negative_mask=mask,
+        return Selection(embeddings=embeddings, weights=weights, targets=targets, negative_mask=mask, unit_weights=True,
                          state={"generated": generated, "labels": all_labels})
 
     def collect(self, selection: Selection) -> None:

@@ -71,6 +71,42 @@ def sample_without(excluded: torch.Tensor, total: int, count: int, generator: to
     return drawn + torch.searchsorted(shifted_excluded, drawn, right=True)
 
 
+def stratified_columns(local: torch.Tensor, in_shard: torch.Tensor, total: int, count: int,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` sorted columns: every distinct positive plus stratified random negatives, all
+    in fixed-size tensors, so that no step waits for the host (``unique`` and a sampling loop
+    each would). Also returns the positives, sorted, padded with ``total`` to the batch size.
+
+    ``count`` must be at least the number of labels. The ``count - P`` negatives are one
+    uniform draw from each of ``count - P`` integer strata of the ``total - P`` free classes,
+    rotated by a uniform offset: distinct by construction, each free class drawn with
+    probability ``(count - P) / (total - P)`` over the rotation, like the uniform sampler's,
+    though within a step two neighbours of one stratum exclude each other.
+    """
+    rows = local.numel()
+    device = local.device
+    labels = torch.sort(torch.where(in_shard, local, total)).values
+    first = torch.ones_like(labels, dtype=torch.bool)
+    first[1:] = labels[1:] != labels[:-1]
+    first &= labels < total
+    positives = torch.sort(torch.where(first, labels, total)).values
+    num_positives = first.sum()
+    free = total - num_positives
+    wanted = count - num_positives
+    slot = torch.arange(count, device=device)
+    low = slot * free // wanted.clamp(min=1)
+    high = (slot + 1) * free // wanted.clamp(min=1)
+    jitter = (torch.rand(count, device=device, generator=generator) * (high - low)).long()
+    offset = (torch.rand((), device=device, generator=generator) * free).long()
+    drawn = (low + jitter + offset) % free
+    # Shift each draw past the positives at or below it (as in sample_without); padding never counts.
+    shifted = torch.where(positives < total, positives - torch.arange(rows, device=device), 2 * total + rows)
+    negatives = drawn + torch.searchsorted(shifted, drawn, right=True)
+    negatives = torch.where(slot < wanted, negatives, total)
+    index = torch.sort(torch.cat([positives, negatives])).values[:count]
+    return index, positives
+
+
 class PartialFCSampler(ClassSampler):
     """Class centers ``[C_local, D]`` with sparse, exact per-row optimisation."""
 
@@ -78,10 +114,13 @@ class PartialFCSampler(ClassSampler):
                  optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4,
                  seed: int = 0, rank: int = 0, world_size: int = 1,
                  device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32,
-                 storage_dtype: Optional[torch.dtype] = None) -> None:
+                 storage_dtype: Optional[torch.dtype] = None, sampling: str = "uniform") -> None:
         super().__init__()
         if not 0.0 < sample_rate <= 1.0:
             raise ConfigError(f"--sample-rate must be in (0, 1], got {sample_rate}")
+        if sampling not in ("uniform", "stratified"):
+            raise ConfigError(f"--pfc-sampling must be uniform or stratified, got {sampling!r}")
+        self.sampling = sampling
         if num_classes < world_size:
             raise ConfigError(f"{num_classes} classes cannot be sharded over {world_size} processes")
         self.num_classes = num_classes
@@ -113,6 +152,12 @@ class PartialFCSampler(ClassSampler):
         labels = labels.to(self.centers.device, torch.int64)
         local = labels - self.shard_start
         in_shard = (local >= 0) & (local < self.shard_size)
+        if self.sampling == "stratified" and not self.samples_everything and self.num_sample >= local.numel():
+            index, positives = stratified_columns(local, in_shard, self.shard_size, self.num_sample, self.generator)
+            weights = self.centers[index].to(self.compute_dtype).requires_grad_(True)
+            targets = torch.where(in_shard, torch.searchsorted(index, local.clamp(min=0)), -1)
+            return Selection(embeddings=embeddings, weights=weights, targets=targets,
+                             sharded_columns=self.world_size > 1, state={"index": index, "positives": positives})
         positives = torch.unique(local[in_shard])
         if self.samples_everything:
             index = None
@@ -140,12 +185,15 @@ class PartialFCSampler(ClassSampler):
         if grad is None:
             raise RuntimeError("PartialFCSampler.collect needs the selection's weights to have a gradient")
         self._pending.append((index, grad))
-        self.positive_updates[positives] += 1
+        # Stratified selections pad their positives with shard_size: those rows count nothing.
+        is_positive = (positives < self.shard_size).long()
+        positives = positives.clamp(max=self.shard_size - 1)
+        self.positive_updates.index_add_(0, positives, is_positive)
         if index is None:
             self.negative_updates += 1
         else:
             self.negative_updates[index] += 1
-        self.negative_updates[positives] -= 1
+        self.negative_updates.index_add_(0, positives, -is_positive)
 
     def step(self, lr: float) -> None:
         if not self._pending:
@@ -193,4 +241,4 @@ def sampler_from_config(config, num_classes: int, backbone, device: torch.device
         raise ConfigError(f"--center-dtype must be float32 or bfloat16, got {config.center_dtype!r}")
     return PartialFCSampler(num_classes, config.embedding_size, config.sample_rate, config.optimizer,
                             config.momentum, config.weight_decay, config.seed, context.rank,
-                            context.world_size, device, storage_dtype=storage)
+                            context.world_size, device, storage_dtype=storage, sampling=config.pfc_sampling)

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from core.errors import ConfigError
 from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
-from partial_fc.sampler import PartialFCSampler, class_shard, init_centers, sample_without
+from partial_fc.sampler import PartialFCSampler, class_shard, init_centers, sample_without, stratified_columns
 
 
 
@@ -107,6 +107,45 @@ def test_sample_without_is_uniform_and_excludes():
     assert (free - 1500).abs().max() < 160
 
 
+def test_stratified_columns_hold_every_positive_and_uniform_distinct_negatives():
+    generator = torch.Generator().manual_seed(0)
+    total, count = 23, 9
+    local = torch.tensor([4, 4, 17, 30, -2, 0])  # 30 and -2 belong to other shards
+    in_shard = (local >= 0) & (local < total)
+    counts = torch.zeros(total)
+    draws = 4000
+    for _ in range(draws):
+        index, positives = stratified_columns(local, in_shard, total, count, generator)
+        assert index.numel() == count and torch.equal(index, torch.sort(index.unique()).values)
+        assert positives.tolist() == [0, 4, 17, total, total, total]
+        assert set(positives[:3].tolist()) <= set(index.tolist())
+        counts[index] += 1
+    assert (counts[[0, 4, 17]] == draws).all()
+    free = counts[[c for c in range(total) if c not in (0, 4, 17)]]
+    # each of the 20 free classes: probability 6 / 20 per draw -> 1200 +- ~4 sigma (29)
+    assert (free - draws * 6 / 20).abs().max() < 120
+
+
+def test_stratified_sampler_trains_only_its_rows_and_counts_like_uniform():
+    torch.manual_seed(3)
+    margin = build_margin("cosface", scale=16.0)
+    sampler = PartialFCSampler(50, 6, sample_rate=0.2, sampling="stratified", dtype=torch.float64)
+    labels = torch.tensor([3, 3, 8, 41])
+    before = sampler.centers.clone()
+    _, selection = _run_step(sampler, torch.randn(4, 6, requires_grad=True), labels, margin)
+    index = selection.state["index"]
+    assert index.numel() == sampler.num_sample == 10 and {3, 8, 41} <= set(index.tolist())
+    untouched = torch.ones(50, dtype=torch.bool)
+    untouched[index] = False
+    assert torch.equal(sampler.centers[untouched], before[untouched])
+    assert not torch.equal(sampler.centers[index], before[index])
+    expected_positive = torch.zeros(50, dtype=torch.int64)
+    expected_positive[[3, 8, 41]] = 1
+    assert torch.equal(sampler.positive_updates, expected_positive)
+    assert torch.equal(sampler.negative_updates, (~untouched).long() - expected_positive)
+    assert sampler.negative_updates.sum() == 7
+
+
 def test_counters_count_positive_and_passive_updates():
     sampler = PartialFCSampler(10, 4, sample_rate=1.0, dtype=torch.float64)
     margin = build_margin("cosface")
@@ -141,6 +180,8 @@ def test_shards_cover_classes_and_init_is_shard_independent():
     assert abs(init_centers(0, 4000, 64, seed=0).std().item() - 0.01) < 5e-4
 
 
-def test_bad_sample_rate():
+def test_bad_sample_rate_or_sampling():
     with pytest.raises(ConfigError, match="--sample-rate"):
         PartialFCSampler(10, 4, sample_rate=0.0)
+    with pytest.raises(ConfigError, match="--pfc-sampling must be uniform or stratified"):
+        PartialFCSampler(10, 4, sample_rate=0.5, sampling="topk")
