@@ -84,6 +84,17 @@ def ours_step(job: dict[str, Any], run_dir: str):
     return lambda: trainer.train_step(stream)
 
 
+def scaled_update(loss: torch.Tensor, scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer,
+                  network: nn.Module) -> None:
+    """The peers' fp16 update: scaled backward, unscale, clip the network, step, update the scale."""
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    nn.utils.clip_grad_norm_(network.parameters(), CLIP)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
 class InsightfaceStylePFC:
     """arcface_torch's loop: fp16 autocast, GradScaler, one SGD over backbone and all centers, clipping."""
 
@@ -103,12 +114,7 @@ class InsightfaceStylePFC:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
             embeddings = self.backbone(images)
         loss = self.loss_fn(self.head.select(embeddings.float(), labels))
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_(self.backbone.parameters(), CLIP)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        scaled_update(loss, self.scaler, self.optimizer, self.backbone)
         return loss.detach()
 
 
@@ -144,12 +150,7 @@ class OfficialStyleDCQ:
         same_label[rows, rows] = False
         logits = self.margin(cosine.clamp(-1, 1), rows).masked_fill(same_label, float("-inf"))
         loss = F.cross_entropy(logits, rows)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_(self.query.parameters(), CLIP)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        scaled_update(loss, self.scaler, self.optimizer, self.query)
         end = self.pointer + key.shape[0]
         self.queue[self.pointer:end], self.queue_labels[self.pointer:end] = key, labels
         self.pointer = end % self.queue.shape[0]
