@@ -12,6 +12,7 @@ the queue length, never on the number of classes.
 from __future__ import annotations
 
 import copy
+import itertools
 from typing import Any, Optional
 
 import torch
@@ -69,9 +70,9 @@ class DCQSampler(ClassSampler):
             # come only from the EMA of the online network's, never from key batches.
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.momentum = 0.0
-        self.momentum_encoder = AveragedModel(encoder, multi_avg_fn=self._ema_update, use_buffers=True)
+        self.momentum_encoder = AveragedModel(encoder, use_buffers=True)
         self.momentum_encoder.requires_grad_(False)
-        self.momentum_encoder.update_parameters(backbone)  # n_averaged = 1: every later update is an EMA
+        self.momentum_encoder.update_parameters(backbone)  # the first update copies the online network
         # A plain list, so the online backbone is not registered (and saved) as a submodule.
         self._online = [backbone]
         self.register_buffer("queue", torch.zeros(queue_size, embedding_size, device=device))
@@ -85,15 +86,6 @@ class DCQSampler(ClassSampler):
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # -- the momentum encoder --------------------------------------------------------------
-    @torch.no_grad()
-    def _ema_update(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _: Any) -> None:
-        decay = ema_decay(self.momentum, self.ema_updates)
-        if torch.is_floating_point(averaged[0]):
-            torch._foreach_lerp_(averaged, current, 1.0 - decay)
-        else:  # BatchNorm's num_batches_tracked
-            for mine, theirs in zip(averaged, current):
-                mine.copy_(theirs)
-
     @property
     def encoder(self) -> nn.Module:
         return self.momentum_encoder.module
@@ -111,7 +103,7 @@ class DCQSampler(ClassSampler):
         self.encoder.train()
         if self.world_size > 1:
             flat = all_gather_no_grad(flat)
-            generator = torch.Generator().manual_seed(int(self.steps) * 1_000_003 + 17)
+            generator = torch.Generator().manual_seed(self.ema_updates * 1_000_003 + 17)  # == steps, on the host
             order = torch.randperm(flat.shape[0], generator=generator).to(flat.device)
             chunk = flat.shape[0] // self.world_size
             mine = self.encoder(flat[order[self.rank * chunk:(self.rank + 1) * chunk]]).float()
@@ -162,16 +154,32 @@ class DCQSampler(ClassSampler):
             weights, labels = weights[-size:], labels[-size:]
         slots = (self.pointer + torch.arange(weights.shape[0], device=weights.device)) % size
         evicted = self.queue_labels[slots]
-        occupied = evicted >= 0
-        self.queue_steps.index_add_(0, evicted[occupied], self.steps - self.queue_enqueued_at[slots][occupied])
+        # Empty slots (label -1) add 0 to class 0 instead of being masked out: a boolean index would sync.
+        resident = torch.where(evicted >= 0, self.steps - self.queue_enqueued_at[slots], 0)
+        self.queue_steps.index_add_(0, evicted.clamp(min=0), resident)
         self.queue[slots] = weights.to(self.queue.dtype)
         self.queue_labels[slots] = labels
         self.queue_enqueued_at[slots] = self.steps
         self.queue_entries.index_add_(0, labels, torch.ones_like(labels))
         self.pointer.copy_((self.pointer + weights.shape[0]) % size)
 
+    @torch.no_grad()
     def update_momentum_encoder(self, backbone: nn.Module) -> None:
-        self.momentum_encoder.update_parameters(backbone)
+        """EMA of the online network's parameters and buffers: one fused lerp over every float tensor.
+
+        ``AveragedModel.update_parameters`` holds the copy and made it, but is not called per
+        step: it compares its counter on the host and copies it to the device each call, a
+        stream sync on CUDA. BatchNorm's integer batch counters are copied, not averaged.
+        """
+        decay = ema_decay(self.momentum, self.ema_updates)
+        pairs = list(zip(itertools.chain(self.encoder.parameters(), self.encoder.buffers()),
+                         itertools.chain(backbone.parameters(), backbone.buffers()), strict=True))
+        averaged = [mine for mine, _ in pairs if mine.is_floating_point()]
+        current = [theirs.detach() for mine, theirs in pairs if mine.is_floating_point()]
+        torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        for mine, theirs in pairs:
+            if not mine.is_floating_point():
+                mine.copy_(theirs)
         self.ema_updates += 1
 
     def evaluation_model(self, backbone: nn.Module) -> nn.Module:

@@ -127,3 +127,28 @@ def test_identity_batches_pair_rows_with_other_images_of_their_identity(mode):
             else:
                 assert keys == [query, query]  # single-image identity: its own (re-augmented) copy
     assert [list(b) for b in sampler] == [list(b) for b in batches]  # deterministic per epoch
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs only exist on CUDA")
+def test_a_step_never_waits_for_the_host():
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 4 * 4, 16)).to(device)
+    sampler = DCQSampler(backbone, 16, num_classes=1000, queue_size=64, device=device)
+    loss_fn = MarginSoftmaxLoss(build_margin("cosface", scale=50.0, m=0.3))
+
+    def step():
+        images, keys = torch.randn(8, 3, 6, 6, device=device), torch.randn(8, 1, 3, 6, 6, device=device)
+        labels = torch.randint(1000, (8,), device=device)
+        selection = sampler.select(backbone(images), labels, {"key_images": keys})
+        loss_fn(selection).backward()
+        sampler.collect(selection)
+        sampler.step(0.1)
+
+    step()  # warm-up: lazy initialisations may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -185,3 +185,23 @@ def test_bad_sample_rate_or_sampling():
         PartialFCSampler(10, 4, sample_rate=0.0)
     with pytest.raises(ConfigError, match="--pfc-sampling must be uniform or stratified"):
         PartialFCSampler(10, 4, sample_rate=0.5, sampling="topk")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs only exist on CUDA")
+def test_stratified_step_never_waits_for_the_host():
+    device = torch.device("cuda")
+    sampler = PartialFCSampler(100_000, 64, sample_rate=0.1, sampling="stratified", device=device,
+                               dtype=torch.float32)
+    loss_fn = MarginSoftmaxLoss(build_margin("arcface"))
+    embeddings = torch.randn(128, 64, device=device, dtype=torch.float32, requires_grad=True)
+    labels = torch.randint(100_000, (128,), device=device)
+    _run_step(sampler, embeddings, labels, build_margin("arcface"))  # warm-up: lazy initialisations may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        selection = sampler.select(embeddings, labels, {})
+        loss_fn(selection).backward()
+        sampler.collect(selection)
+        sampler.step(0.1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
