@@ -42,7 +42,7 @@ class GridScale:
 
 FULL = GridScale("full", identities=2000, heldout_identities=200, max_images=40, zipf_exponent=2.0, epochs=8,
                  batch_size=128, val_pairs=3000)
-QUICK = GridScale("quick", identities=800, heldout_identities=120, max_images=30, zipf_exponent=2.0, epochs=2,
+QUICK = GridScale("quick", identities=700, heldout_identities=120, max_images=30, zipf_exponent=2.0, epochs=2,
                   batch_size=64, val_pairs=1000)
 
 
