@@ -120,12 +120,17 @@ def _holds(condition: bool, *differences: PairedDifference) -> Optional[bool]:
     return bool(condition)
 
 
+def cell_updates(grid_dir: Path, frame: pd.DataFrame, dataset: str, arm: str) -> list[tuple[Any, Any]]:
+    """``(row, per-class counters)`` of every finished cell of one arm on one dataset."""
+    rows = frame[(frame.dataset == dataset) & (frame.arm == arm)].itertuples()
+    return [(row, np.load(grid_dir / "cells" / row.name / UPDATES_FILE)) for row in rows]
+
+
 # -- claims ------------------------------------------------------------------------------
 def columns_per_step(grid_dir: Path, frame: pd.DataFrame, dataset: str, arm: str) -> Optional[tuple[float, float]]:
     """Mean distinct positive classes and sampled negatives per step, from the sampler's counters."""
     positives, negatives = [], []
-    for row in frame[(frame.dataset == dataset) & (frame.arm == arm)].itertuples():
-        updates = np.load(grid_dir / "cells" / row.name / UPDATES_FILE)
+    for row, updates in cell_updates(grid_dir, frame, dataset, arm):
         positives.append(updates["positive_updates"].sum() / row.steps)
         negatives.append(updates["negative_updates"].sum() / row.steps)
     return (float(np.mean(positives)), float(np.mean(negatives))) if positives else None
@@ -256,10 +261,8 @@ def passive_updates_plot(grid_dir: Path, frame: pd.DataFrame, path: Path) -> Opt
     axes = figure.add_subplot(1, 1, 1)
     largest = 0
     for arm, style in ((SOFTMAX, "-o"), (PFC_01, "-s"), (DCQ, "--^")):
-        names = frame[(frame.dataset == "clean") & (frame.arm == arm.label)]["name"]
         counts, passive = [], []
-        for name in names:
-            updates = np.load(grid_dir / "cells" / name / UPDATES_FILE)
+        for _, updates in cell_updates(grid_dir, frame, "clean", arm.label):
             series = updates["queue_steps"] if arm.method == "dcq" else updates["negative_updates"]
             counts.append(updates["counts"])
             passive.append(series)
@@ -293,8 +296,7 @@ def passive_updates_table(grid_dir: Path, frame: pd.DataFrame) -> str:
     lines = ["| arm | tail classes: passive / positive | head classes: passive / positive |", "|---|---|---|"]
     for arm in (SOFTMAX, PFC_01, DCQ):
         ratios = {"tail": [], "head": []}
-        for name in frame[(frame.dataset == "clean") & (frame.arm == arm.label)]["name"]:
-            updates = np.load(grid_dir / "cells" / name / UPDATES_FILE)
+        for _, updates in cell_updates(grid_dir, frame, "clean", arm.label):
             ratio = updates["negative_updates"] / np.maximum(updates["positive_updates"], 1)
             ratios["tail"].append(np.median(ratio[(updates["counts"] > 0) & (updates["counts"] <= 3)]))
             ratios["head"].append(np.median(ratio[updates["counts"] >= 20]))

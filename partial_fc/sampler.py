@@ -67,8 +67,19 @@ def sample_without(excluded: torch.Tensor, total: int, count: int, generator: to
         if drawn.numel() > count:
             keep = torch.randperm(drawn.numel(), generator=generator, device=device)[:count]
             drawn = drawn[keep]
-    shifted_excluded = excluded - torch.arange(excluded.numel(), device=device)
-    return drawn + torch.searchsorted(shifted_excluded, drawn, right=True)
+    return shift_past(drawn, excluded)
+
+
+def shift_past(drawn: torch.Tensor, excluded: torch.Tensor, valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Map values of the compressed range ``[0, total - E)`` to ``[0, total)`` minus sorted ``excluded``.
+
+    Each value moves up by the number of excluded values at or below its destination;
+    entries of ``excluded`` where ``valid`` is False (padding, sorted last) never count.
+    """
+    shifted = excluded - torch.arange(excluded.numel(), device=excluded.device)
+    if valid is not None:
+        shifted = torch.where(valid, shifted, torch.iinfo(shifted.dtype).max)
+    return drawn + torch.searchsorted(shifted, drawn, right=True)
 
 
 def stratified_columns(local: torch.Tensor, in_shard: torch.Tensor, total: int, count: int,
@@ -83,7 +94,6 @@ def stratified_columns(local: torch.Tensor, in_shard: torch.Tensor, total: int, 
     probability ``(count - P) / (total - P)`` over the rotation, like the uniform sampler's,
     though within a step two neighbours of one stratum exclude each other.
     """
-    rows = local.numel()
     device = local.device
     labels = torch.sort(torch.where(in_shard, local, total)).values
     first = torch.ones_like(labels, dtype=torch.bool)
@@ -99,10 +109,7 @@ def stratified_columns(local: torch.Tensor, in_shard: torch.Tensor, total: int, 
     jitter = (torch.rand(count, device=device, generator=generator) * (high - low)).long()
     offset = (torch.rand((), device=device, generator=generator) * free).long()
     drawn = (low + jitter + offset) % free
-    # Shift each draw past the positives at or below it (as in sample_without); padding never counts.
-    shifted = torch.where(positives < total, positives - torch.arange(rows, device=device), 2 * total + rows)
-    negatives = drawn + torch.searchsorted(shifted, drawn, right=True)
-    negatives = torch.where(slot < wanted, negatives, total)
+    negatives = torch.where(slot < wanted, shift_past(drawn, positives, positives < total), total)
     index = torch.sort(torch.cat([positives, negatives])).values[:count]
     return index, positives
 
@@ -152,21 +159,19 @@ class PartialFCSampler(ClassSampler):
         labels = labels.to(self.centers.device, torch.int64)
         local = labels - self.shard_start
         in_shard = (local >= 0) & (local < self.shard_size)
-        if self.sampling == "stratified" and not self.samples_everything and self.num_sample >= local.numel():
-            index, positives = stratified_columns(local, in_shard, self.shard_size, self.num_sample, self.generator)
-            weights = self.centers[index].to(self.compute_dtype).requires_grad_(True)
-            targets = torch.where(in_shard, torch.searchsorted(index, local.clamp(min=0)), -1)
-            return Selection(embeddings=embeddings, weights=weights, targets=targets,
-                             sharded_columns=self.world_size > 1, state={"index": index, "positives": positives})
-        positives = torch.unique(local[in_shard])
         if self.samples_everything:
-            index = None
+            index, positives = None, torch.unique(local[in_shard])
             # An alias of the store (a copy if it is kept in another dtype): its gradient is
             # dense, and the store only changes in step().
             weights = self.centers.detach().to(self.compute_dtype).requires_grad_(True)
             targets = torch.where(in_shard, local, -1)
         else:
-            index = self.choose_columns(positives)
+            if self.sampling == "stratified" and self.num_sample >= local.numel():
+                index, positives = stratified_columns(local, in_shard, self.shard_size, self.num_sample,
+                                                      self.generator)
+            else:
+                positives = torch.unique(local[in_shard])
+                index = self.choose_columns(positives)
             weights = self.centers[index].to(self.compute_dtype).requires_grad_(True)
             targets = torch.where(in_shard, torch.searchsorted(index, local.clamp(min=0)), -1)
         return Selection(embeddings=embeddings, weights=weights, targets=targets,
