@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import tempfile
 from typing import Any
@@ -74,13 +75,7 @@ def _trainer(job: dict[str, Any], run_dir: str):
 def ours_step(job: dict[str, Any], run_dir: str):
     """The Trainer's own step on one prepared batch (copied to the device every step, as in training)."""
     trainer = _trainer(job, run_dir)
-    batch = next(trainer._micro_batches())
-
-    def batches():
-        while True:
-            yield batch
-
-    stream = batches()
+    stream = itertools.repeat(next(trainer._micro_batches()))
     return lambda: trainer.train_step(stream)
 
 
@@ -158,18 +153,15 @@ class OfficialStyleDCQ:
 
 
 def baseline_step(job: dict[str, Any]):
+    if job["method"] == "dcq" and job["queue"] % job["batch"]:
+        raise ValueError(f"the official queue needs a size divisible by the batch ({job['queue']} entries)")
     device = torch.device(job["device"])
     faces = RandomFaces(job["batch"], job["classes"], job["size"])
     pairs = slice(0, 2 * job["batch"], 2)  # one image per identity; the image after it is its key
     images = to_model_input(faces.images[pairs], job["size"])
     keys = to_model_input(faces.images[1:2 * job["batch"]:2], job["size"]).unsqueeze(1)
     labels = torch.from_numpy(faces.labels[pairs].copy())
-    if job["method"] == "pfc":
-        step = InsightfaceStylePFC(job, device)
-    else:
-        step = OfficialStyleDCQ(job, device)
-        if job["queue"] % job["batch"]:
-            raise ValueError(f"the official queue needs a size divisible by the batch ({job['queue']} entries)")
+    step = InsightfaceStylePFC(job, device) if job["method"] == "pfc" else OfficialStyleDCQ(job, device)
     return lambda: step(images, labels, keys)
 
 
