@@ -6,13 +6,15 @@ the k nearest other centers of every class (deduplicated into unordered pairs); 
 above the threshold are flagged. Sample-level evidence backs each pair: the fraction of
 a's samples whose nearest center is b's (and the reverse). For two different people it
 is about zero; for one person under two labels a network cannot tell the labels apart,
-so a sizeable share of each label's images lands on the other's center.
+so a sizeable share of each label's images lands on the other's center. A second
+ranking, ``same_person_llr`` (analysis/plda.py), weighs how many images stand behind each
+center, which the cosine cannot: small split identities have noisy means.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -23,7 +25,7 @@ from analysis.index import IndexBuilder, IndexInfo, build_index, normalize_rows,
 from core.errors import ConfigError, DataError
 
 CONFLICT_COLUMNS = ["label_a", "label_b", "similarity", "count_a", "count_b", "flagged",
-                    "a_samples_nearest_b", "b_samples_nearest_a"]
+                    "a_samples_nearest_b", "b_samples_nearest_a", "same_person_llr"]
 DEFAULT_K = 5
 # The default threshold adapts to the run: a class's nearest-other-center cosine is
 # "ordinary" up to FENCE_SDS robust standard deviations above the median over all
@@ -107,15 +109,18 @@ def default_conflict_threshold(nearest_other: np.ndarray) -> float:
 
 def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Optional[float] = None,
                    labels: Optional[np.ndarray] = None, top_label: Optional[np.ndarray] = None,
-                   complete_flagged: bool = True) -> pd.DataFrame:
+                   complete_flagged: bool = True,
+                   pair_llr: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None) -> pd.DataFrame:
     """Candidate pairs (``CONFLICT_COLUMNS``), sorted by similarity, highest first.
 
     With ``complete_flagged`` a class whose k-th neighbour is still above the threshold
     may have more flagged partners than k: those classes are range-searched (on CPU)
     and every pair above the threshold is added, so the flagged set never depends on k.
     ``labels`` / ``top_label`` (per sample: its class, its nearest center over all
-    classes or -1 for its own) give the sample-level evidence columns. ``threshold``
-    None: ``default_conflict_threshold`` of this run.
+    classes or -1 for its own) give the sample-level evidence columns. ``pair_llr`` (for
+    instance ``TwoCovarianceModel.pair_llr``) fills ``same_person_llr``, a ranking that
+    weighs how many images stand behind each center. ``threshold`` None:
+    ``default_conflict_threshold`` of this run.
     """
     num_classes = len(centers.vectors)
     if threshold is None:
@@ -164,6 +169,7 @@ def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Op
     else:
         table["a_samples_nearest_b"] = np.nan
         table["b_samples_nearest_a"] = np.nan
+    table["same_person_llr"] = np.nan if pair_llr is None else pair_llr(label_a, label_b).round(4)
     table = table[CONFLICT_COLUMNS].sort_values(["similarity", "label_a", "label_b"], ascending=[False, True, True],
                                                 kind="stable").reset_index(drop=True)
     table.attrs.update({"k": k, "threshold": threshold, "pairs_beyond_k": beyond_k})

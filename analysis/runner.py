@@ -27,8 +27,9 @@ from analysis.longtail import (compactness, head_tail, head_tail_summary, longta
                                sampled_pair_similarities)
 from analysis.noise import (DEFAULT_NOISE_THRESHOLD, SampleNeighbours, clean_plan, noise_table, sample_neighbours,
                             write_clean_list)
+from analysis.plda import TwoCovarianceModel, fit_two_covariance
 from analysis.report import Report
-from core.errors import ConfigError
+from core.errors import ConfigError, DataError
 from core.io import atomic_path, atomic_write_json
 
 SUMMARY_JSON = "summary.json"
@@ -102,6 +103,14 @@ class Analysis:
                                  progress=self.options.progress)
 
     @functools.cached_property
+    def same_person(self) -> Optional[TwoCovarianceModel]:
+        """The model behind conflict.csv's ``same_person_llr``; None when no class has two images to fit it."""
+        try:
+            return fit_two_covariance(self.inputs.embeddings, self.inputs.labels, self.inputs.num_classes)
+        except DataError:
+            return None
+
+    @functools.cached_property
     def longtail_neighbours(self) -> CenterNeighbours:
         if self.longtail_centers is self.detection_centers:
             return self.neighbours
@@ -152,15 +161,22 @@ class Analysis:
         chosen_by_default = threshold is None
         if threshold is None:
             threshold = default_conflict_threshold(nearest)
-        table = conflict_table(centers, self.neighbours, threshold, inputs.labels, self.samples.top_label)
+        model = self.same_person
+        table = conflict_table(centers, self.neighbours, threshold, inputs.labels, self.samples.top_label,
+                               pair_llr=None if model is None else model.pair_llr)
         write_csv(table, self._file("conflict.csv"))
-        score: Optional[DetectionScore] = None
+        scores: list[DetectionScore] = []
         truth = None
         if inputs.ground_truth is not None and inputs.ground_truth.get("split_pairs") is not None:
             truth, total = conflict_positives(inputs.ground_truth, table["label_a"].to_numpy(),
                                               table["label_b"].to_numpy(), inputs.num_classes)
-            score = score_detection("conflict", table["similarity"].to_numpy(), truth, table["flagged"].to_numpy(),
-                                    total)
+            flagged = table["flagged"].to_numpy()
+            scores.append(score_detection("conflict", table["similarity"].to_numpy(), truth, flagged, total))
+            if model is not None:
+                llr = table["same_person_llr"].to_numpy()
+                llr = np.where(np.isnan(llr), -np.finfo(np.float64).max, llr)  # classes without images: last
+                scores.append(score_detection("conflict by same-person LLR", llr, truth, flagged, total))
+        score = scores[0] if scores else None
         nearest = nearest[np.isfinite(nearest)]
         figures: dict[str, Any] = {
             "candidate pairs (k nearest, deduplicated)": len(table),
@@ -177,7 +193,12 @@ class Analysis:
             f"Every pair among each class's {table.attrs['k']} nearest other centers, deduplicated, sorted by "
             "cosine similarity. `a_samples_nearest_b` is the fraction of a's samples whose nearest center is "
             "b's (and the reverse): near zero for two different people, sizeable when one person carries both "
-            "labels.")
+            "labels. `same_person_llr` is the log-likelihood ratio (nats) of one person against two under the "
+            "two-covariance (PLDA) model fitted to these embeddings: unlike the cosine it knows that a label "
+            "with two images has a far noisier mean than one with forty, so sorting by it puts small split "
+            "identities ahead of big look-alike pairs."
+            + ("" if model is not None else " It is empty here: no class has two images to estimate the "
+               "within-class spread from."))
         report.figures(figures)
         report.heading("Why this threshold", level=3)
         report.paragraph(conflict_threshold_rationale(threshold, chosen_by_default, nearest, table, score, truth))
@@ -192,9 +213,11 @@ class Analysis:
         summary = {"pairs": len(table), "flagged": int(table["flagged"].sum()),
                    "threshold": threshold, "threshold_rule": "default" if chosen_by_default else "--threshold",
                    "centers": centers.source, "pairs_beyond_k": table.attrs["pairs_beyond_k"]}
-        if score is not None:
-            self._score_block(report, score, "conflict_pr.png", "split label pairs")
-            summary["ground_truth"] = score.figures()
+        if scores:
+            self._score_block(report, scores, "conflict_pr.png", "split label pairs")
+            summary["ground_truth"] = scores[0].figures()
+            if len(scores) > 1:
+                summary["ground_truth"]["same_person_llr_average_precision"] = round(scores[1].average_precision, 4)
         if self.neighbours.info is not None:
             summary["index"] = self.neighbours.info.to_dict()
         self.summary["conflict"] = summary
@@ -256,7 +279,7 @@ class Analysis:
         report.image("noise_score.png", "Noise score of every sample; red: samples whose label was flipped "
                      "(ground truth), when known.")
         if score is not None:
-            self._score_block(report, score, "noise_pr.png", "flipped images")
+            self._score_block(report, [score], "noise_pr.png", "flipped images")
             summary["ground_truth"] = score.figures()
         self.summary["noise"] = summary
         return summary
@@ -330,14 +353,18 @@ class Analysis:
         return summary
 
     # -- shared pieces -----------------------------------------------------------------
-    def _score_block(self, report: Report, score: DetectionScore, png: str, what: str) -> None:
+    def _score_block(self, report: Report, scores: list[DetectionScore], png: str, what: str) -> None:
+        """Figures of the first ranking, the APs of the others, and every PR curve in one plot."""
+        first = scores[0]
         report.heading(f"Against ground truth ({what})", level=3)
-        report.figures(score.figures(), caption=f"{score.task}: precision / recall of the flagged set, "
+        report.figures(first.figures(), caption=f"{first.task}: precision / recall of the flagged set, "
                                                 "average precision of the ranking")
-        plots.pr_curves([(score.task, score.curve_precision, score.curve_recall, score.average_precision,
-                          score.chance_average_precision)], self._file(png),
-                        title=f"{score.task}: precision-recall against {what}")
-        report.image(png, f"Precision-recall curve of the {score.task} ranking against the ground truth "
+        if len(scores) > 1:
+            report.figures({f"average precision, {s.task}": round(s.average_precision, 4) for s in scores[1:]},
+                           caption="the same candidates in other rankings")
+        plots.pr_curves([(s.task, s.curve_precision, s.curve_recall, s.average_precision, s.chance_average_precision)
+                         for s in scores], self._file(png), title=f"precision-recall against {what}")
+        report.image(png, f"Precision-recall curves of the {first.task} rankings against the ground truth "
                           f"({what}); dotted: chance.")
 
     def write_summary(self) -> Path:
@@ -391,8 +418,10 @@ def _ground_truth_clause(section: dict[str, Any], truth: str) -> str:
     if "ground_truth" not in section:
         return ""
     g = section["ground_truth"]
-    return (f"; against {truth} AP {g['average_precision']:.3f}, precision {g['precision']:.3f}, "
-            f"recall {g['recall']:.3f}")
+    llr = g.get("same_person_llr_average_precision")
+    return (f"; against {truth} AP {g['average_precision']:.3f}"
+            + ("" if llr is None else f" (ranked by same-person LLR: {llr:.3f})")
+            + f", precision {g['precision']:.3f}, recall {g['recall']:.3f}")
 
 
 def headline(summary: dict[str, Any]) -> list[str]:

@@ -10,6 +10,7 @@ from analysis.conflict import (CONFLICT_COLUMNS, CONFLICT_FLOOR, center_neighbou
 from analysis.groundtruth import conflict_positives, noise_positives, score_detection
 from analysis.index import BruteForceIndex
 from analysis.noise import NOISE_COLUMNS, clean_plan, noise_table, sample_neighbours
+from analysis.plda import fit_two_covariance
 from core.data.synthetic import SyntheticEmbeddingConfig, make_synthetic_embeddings
 from core.errors import DataError
 
@@ -65,6 +66,20 @@ def test_conflict_ranking_finds_split_identities(noisy):
     assert reversed_ranking.average_precision < 0.1
 
 
+def test_same_person_llr_ranks_split_identities(noisy):
+    embeddings, labels, truth, centers, samples = noisy
+    model = fit_two_covariance(embeddings, labels, len(centers.vectors))
+    table = conflict_table(centers, center_neighbours(centers, 5), None, labels, samples.top_label,
+                           pair_llr=model.pair_llr)
+    positive, total = conflict_positives(truth, table["label_a"].to_numpy(), table["label_b"].to_numpy(),
+                                         len(centers.vectors))
+    llr = table["same_person_llr"].to_numpy()
+    assert np.isfinite(llr).all()
+    assert score_detection("conflict", llr, positive, table["flagged"].to_numpy(), total).average_precision >= 0.9
+    # one person under two labels is more likely than two people: positive LLR; look-alikes: negative
+    assert np.median(llr[positive]) > 0 > np.median(llr[~positive])
+
+
 def test_sample_evidence_is_high_for_split_pairs(noisy):
     embeddings, labels, truth, centers, samples = noisy
     table = conflict_table(centers, center_neighbours(centers, 5), None, labels, samples.top_label)
@@ -95,7 +110,9 @@ def test_conflict_csv_columns_and_order(noisy):
     embeddings, labels, truth, centers, samples = noisy
     table = conflict_table(centers, center_neighbours(centers, 5), 0.8, labels, samples.top_label)
     assert list(table.columns) == CONFLICT_COLUMNS == ["label_a", "label_b", "similarity", "count_a", "count_b",
-                                                       "flagged", "a_samples_nearest_b", "b_samples_nearest_a"]
+                                                       "flagged", "a_samples_nearest_b", "b_samples_nearest_a",
+                                                       "same_person_llr"]
+    assert table["same_person_llr"].isna().all()  # no model given
     assert table["similarity"].is_monotonic_decreasing
     assert (table["label_a"] < table["label_b"]).all()
     assert not table.duplicated(["label_a", "label_b"]).any()
