@@ -38,7 +38,7 @@ _CHUNK = 65536
 class TwoCovarianceModel:
     """Class means in coordinates where within-class variance is 1 and identities vary by ``between``."""
 
-    coordinates: np.ndarray  # float64 [C, K] centred class means, projected (rows of empty classes: 0)
+    coordinates: np.ndarray  # float32 [C, K] centred class means, projected (rows of empty classes: 0)
     counts: np.ndarray  # int64 [C] images behind each mean
     between: np.ndarray  # float64 [K] between-class variance of each coordinate (within: 1)
     shrinkage: float
@@ -55,7 +55,7 @@ class TwoCovarianceModel:
             n_b = self.counts[b].astype(np.float64)[:, None]
             with np.errstate(divide="ignore", invalid="ignore"):
                 var_a, var_b = lam + 1.0 / n_a, lam + 1.0 / n_b
-                z_a, z_b = self.coordinates[a], self.coordinates[b]
+                z_a, z_b = self.coordinates[a].astype(np.float64), self.coordinates[b].astype(np.float64)
                 det_same = var_a * var_b - lam * lam
                 quad_same = (var_b * z_a * z_a - 2.0 * lam * z_a * z_b + var_a * z_b * z_b) / det_same
                 quad_apart = z_a * z_a / var_a + z_b * z_b / var_b
@@ -63,6 +63,10 @@ class TwoCovarianceModel:
             llr = terms.sum(axis=1)
             out[start:start + _CHUNK] = np.where((n_a[:, 0] > 0) & (n_b[:, 0] > 0), llr, np.nan)
         return out
+
+
+def _chunks(rows: np.ndarray) -> list[np.ndarray]:
+    return [rows[start:start + _CHUNK] for start in range(0, len(rows), _CHUNK)]
 
 
 def fit_two_covariance(embeddings: np.ndarray, labels: np.ndarray, num_classes: int,
@@ -83,22 +87,29 @@ def fit_two_covariance(embeddings: np.ndarray, labels: np.ndarray, num_classes: 
         raise DataError(f"the same-person ratio needs at least two classes and one class with two or more images; "
                         f"the data has {len(labels)} images in {num_present} classes")
     dim = embeddings.shape[1]
-    sums = class_sums(embeddings, labels, num_classes).astype(np.float64)
+    sums = class_sums(embeddings, labels, num_classes)  # float32 [C, D]
+    rows = np.flatnonzero(present)
     scatter = np.zeros((dim, dim))
     for start in range(0, len(labels), _CHUNK):
         chunk = np.asarray(embeddings[start:start + _CHUNK], dtype=np.float64)
         scatter += chunk.T @ chunk
-    means = sums[present] / counts[present, None]
-    within = (scatter - means.T @ sums[present]) / dof
+    class_scatter, mean_scatter, mean_sum = np.zeros((dim, dim)), np.zeros((dim, dim)), np.zeros(dim)
+    for chunk in _chunks(rows):
+        means = sums[chunk].astype(np.float64) / counts[chunk, None]
+        class_scatter += means.T @ sums[chunk].astype(np.float64)
+        mean_scatter += means.T @ means
+        mean_sum += means.sum(axis=0)
+    within = (scatter - class_scatter) / dof
     within = (1.0 - shrinkage) * within + shrinkage * np.trace(within) / dim * np.eye(dim)
-    center = means.mean(axis=0)
-    spread = means - center
+    center = mean_sum / num_present
     # Class means scatter by the identities' spread plus their own sampling noise W / n.
-    between = spread.T @ spread / num_present - within * float(np.mean(1.0 / counts[present]))
+    between = (mean_scatter / num_present - np.outer(center, center)
+               - within * float(np.mean(1.0 / counts[present])))
     variances, projection = linalg.eigh(between, within)  # projection.T @ within @ projection = I
     informative = variances > 0
     variances, projection = variances[informative], projection[:, informative]
-    coordinates = np.zeros((num_classes, len(variances)))
-    coordinates[present] = spread @ projection
+    coordinates = np.zeros((num_classes, len(variances)), dtype=np.float32)  # 2 GB at 1M classes x 512
+    for chunk in _chunks(rows):
+        coordinates[chunk] = (sums[chunk].astype(np.float64) / counts[chunk, None] - center) @ projection
     return TwoCovarianceModel(coordinates=coordinates, counts=counts.astype(np.int64), between=variances,
                               shrinkage=float(shrinkage))
