@@ -32,6 +32,7 @@ METRICS = {  # column -> (label, scale to print, decimals)
     "tail_tar": (f"tail TAR@FAR={FAR} %", 100, 2),
     "noise_ap": ("noise AP", 1, 3),
     "conflict_ap": ("conflict AP", 1, 3),
+    "conflict_llr_ap": ("conflict AP by same-person LLR", 1, 3),
 }
 
 
@@ -48,6 +49,7 @@ def results_frame(results: list[dict[str, Any]]) -> pd.DataFrame:
             "tail_tar": result.get("val_tail", {}).get("tar_at_far", {}).get(FAR),
             "noise_ap": analysis.get("noise", {}).get("average_precision"),
             "conflict_ap": analysis.get("conflict", {}).get("average_precision"),
+            "conflict_llr_ap": analysis.get("conflict", {}).get("same_person_llr_average_precision"),
             "noise_chance": analysis.get("noise", {}).get("chance_average_precision"),
             "conflict_chance": analysis.get("conflict", {}).get("chance_average_precision"),
             "steps": result.get("steps"), "classes": result.get("classes"),
@@ -204,7 +206,9 @@ def claim_analysis(frame: pd.DataFrame) -> list[str]:
         "## 4. The analysis tools find the injected noise",
         "`python cli.py analyze report` on every noisy-data run, scored against `ground_truth.json` (flipped "
         "images for noise, split label pairs for conflict). Average precision by the method that trained the run:",
-        summary_table(noisy, "noisy", ["noise_ap", "conflict_ap"]),
+        # Grids analysed before the same-person LLR existed have no such column.
+        summary_table(noisy, "noisy", ["noise_ap", "conflict_ap"]
+                      + (["conflict_llr_ap"] if noisy["conflict_llr_ap"].notna().any() else [])),
     ]
     if noisy["noise_ap"].notna().any():
         best = noisy.groupby("arm")[["noise_ap", "conflict_ap"]].mean()

@@ -9,7 +9,7 @@ from experiments.report import paired, results_frame, write_report
 from experiments.runner import GRID_FILE, RESULT_FILE, UPDATES_FILE
 
 
-def _fake_grid(root, accuracy):
+def _fake_grid(root, accuracy, conflict_llr_ap=None):
     """Result files as the runner writes them, with accuracies chosen by the test."""
     from dataclasses import asdict
 
@@ -24,6 +24,8 @@ def _fake_grid(root, accuracy):
         if cell.analysed:
             result["analysis"] = {"noise": {"average_precision": 0.9, "chance_average_precision": 0.1},
                                   "conflict": {"average_precision": 0.5, "chance_average_precision": 0.05}}
+            if conflict_llr_ap is not None:
+                result["analysis"]["conflict"]["same_person_llr_average_precision"] = conflict_llr_ap
         (cell_dir / RESULT_FILE).write_text(json.dumps(result))
         counts = np.array([2, 3, 25, 30])
         negative = {"pfc": np.array([40, 40, 8, 8]) if cell.arm.sample_rate < 1 else np.array([90, 90, 90, 90])}
@@ -60,6 +62,19 @@ def test_verdicts_follow_the_numbers(tmp_path):
     # positives (2+3+25+30) * 2 = 120 and negatives 96 over 10 steps
     assert "held on average 12 positive classes and 10 sampled negatives" in claim1
     assert "flipped labels at ≥ 9.0x chance; split identities at ≤ 10.0x chance" in text
+
+
+@pytest.mark.parametrize("llr_ap", [None, 0.7])
+def test_conflict_llr_column_appears_only_when_the_grid_was_analysed_with_it(tmp_path, llr_ap):
+    _fake_grid(tmp_path, lambda cell: 0.9, conflict_llr_ap=llr_ap)
+    out = tmp_path / "RESULTS.md"
+    write_report(tmp_path, out)
+    claim4 = out.read_text().split("## 4.")[1].split("## ")[0]
+    if llr_ap is None:
+        assert "same-person LLR" not in claim4
+    else:
+        assert "| arm | seeds | noise AP | conflict AP | conflict AP by same-person LLR |" in claim4
+        assert "| 0.500 ± 0.000 | 0.700 ± 0.000 |" in claim4
 
 
 def test_report_refuses_a_directory_without_a_grid_or_cells(tmp_path):
