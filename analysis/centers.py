@@ -276,11 +276,18 @@ class Centers:
         return self.counts > 0
 
 
-def class_sums(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Per-class sums of embeddings ``float32 [C, D]`` (one scatter-add, no Python loop)."""
+def class_sums(embeddings: np.ndarray, labels: np.ndarray, num_classes: int,
+               chunk_rows: int = 65536) -> np.ndarray:
+    """Per-class sums of embeddings ``float32 [C, D]``, accumulated in float64.
+
+    Rows are converted a block at a time: a float64 copy of millions of embeddings would
+    need twice the memory of the (possibly memory-mapped) embeddings themselves.
+    """
     sums = torch.zeros(num_classes, embeddings.shape[1], dtype=torch.float64)
-    sums.index_add_(0, torch.from_numpy(np.asarray(labels, dtype=np.int64)),
-                    torch.from_numpy(np.asarray(embeddings)).double())
+    labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    for start in range(0, len(labels), chunk_rows):
+        block = torch.from_numpy(np.asarray(embeddings[start:start + chunk_rows])).double()
+        sums.index_add_(0, labels[start:start + chunk_rows], block)
     return sums.float().numpy()
 
 
