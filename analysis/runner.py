@@ -175,7 +175,7 @@ class Analysis:
             if model is not None:
                 llr = table["same_person_llr"].to_numpy()
                 llr = np.where(np.isnan(llr), -np.finfo(np.float64).max, llr)  # classes without images: last
-                scores.append(score_detection("conflict by same-person LLR", llr, truth, flagged, total))
+                scores.append(score_detection("conflict by same-person LLR", llr, truth, llr > 0, total))
         score = scores[0] if scores else None
         nearest = nearest[np.isfinite(nearest)]
         figures: dict[str, Any] = {
@@ -183,6 +183,7 @@ class Analysis:
             "flagged pairs": int(table["flagged"].sum()),
             "flagged pairs found beyond the k nearest (range search)": table.attrs["pairs_beyond_k"],
             "threshold (cosine)": threshold,
+            "pairs with same-person LLR > 0 (the data favour one person)": int((table["same_person_llr"] > 0).sum()),
             "median nearest-other-center cosine": float(np.median(nearest)),
             "99th percentile nearest-other-center cosine": float(np.percentile(nearest, 99)),
         }
@@ -212,12 +213,17 @@ class Analysis:
                      "under two labels (ground truth), when known.")
         summary = {"pairs": len(table), "flagged": int(table["flagged"].sum()),
                    "threshold": threshold, "threshold_rule": "default" if chosen_by_default else "--threshold",
-                   "centers": centers.source, "pairs_beyond_k": table.attrs["pairs_beyond_k"]}
+                   "centers": centers.source, "pairs_beyond_k": table.attrs["pairs_beyond_k"],
+                   "llr_positive_pairs": int((table["same_person_llr"] > 0).sum())}
         if scores:
             self._score_block(report, scores, "conflict_pr.png", "split label pairs")
             summary["ground_truth"] = scores[0].figures()
             if len(scores) > 1:
-                summary["ground_truth"]["same_person_llr_average_precision"] = round(scores[1].average_precision, 4)
+                llr_score = scores[1]
+                summary["ground_truth"].update({
+                    "same_person_llr_average_precision": round(llr_score.average_precision, 4),
+                    "llr_positive_precision": round(llr_score.precision, 4),
+                    "llr_positive_recall": round(llr_score.recall, 4)})
         if self.neighbours.info is not None:
             summary["index"] = self.neighbours.info.to_dict()
         self.summary["conflict"] = summary
@@ -359,9 +365,11 @@ class Analysis:
         report.heading(f"Against ground truth ({what})", level=3)
         report.figures(first.figures(), caption=f"{first.task}: precision / recall of the flagged set, "
                                                 "average precision of the ranking")
-        if len(scores) > 1:
-            report.figures({f"average precision, {s.task}": round(s.average_precision, 4) for s in scores[1:]},
-                           caption="the same candidates in other rankings")
+        for other in scores[1:]:
+            report.figures({"average precision": round(other.average_precision, 4),
+                            "flagged": other.flagged, "precision": round(other.precision, 4),
+                            "recall": round(other.recall, 4)},
+                           caption=f"{other.task}: the same candidates ranked by it, and flagged where it is > 0")
         plots.pr_curves([(s.task, s.curve_precision, s.curve_recall, s.average_precision, s.chance_average_precision)
                          for s in scores], self._file(png), title=f"precision-recall against {what}")
         report.image(png, f"Precision-recall curves of the {first.task} rankings against the ground truth "

@@ -40,6 +40,10 @@ def test_report_scores_against_ground_truth(synthetic_run, synthetic_data, tmp_p
         figures = summary[task]["ground_truth"]
         assert 0.0 <= figures["average_precision"] <= 1.0
         assert figures["average_precision"] > figures["chance_average_precision"]
+    llr = pd.read_csv(out / "conflict.csv")["same_person_llr"]
+    assert llr.notna().all()
+    assert summary["conflict"]["llr_positive_pairs"] == int((llr > 0).sum())
+    assert 0.0 <= summary["conflict"]["ground_truth"]["same_person_llr_average_precision"] <= 1.0
     markdown = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
     for text in ("Figures that matter", "Parameters", "Why this threshold", "average_precision", "precision",
