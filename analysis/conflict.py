@@ -107,6 +107,15 @@ def default_conflict_threshold(nearest_other: np.ndarray) -> float:
     return round(max(CONFLICT_FLOOR, median + FENCE_SDS * robust_sd), 4)
 
 
+def conflict_warning(threshold: float) -> Optional[str]:
+    """A warning when no cosine can exceed the threshold (class means bunched near one direction), else None."""
+    if threshold < 1.0:
+        return None
+    return (f"the cosine threshold {threshold:.4f} is not below 1, so no pair can be flagged: this run's class "
+            "means sit almost on one direction (its backbone separates its training classes poorly); rank by "
+            "same_person_llr or set --threshold")
+
+
 def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Optional[float] = None,
                    labels: Optional[np.ndarray] = None, top_label: Optional[np.ndarray] = None,
                    complete_flagged: bool = True,

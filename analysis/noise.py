@@ -33,6 +33,10 @@ DEFAULT_NOISE_THRESHOLD = 0.0
 # is taken as at least MIN_ROBUST_SD, so that a very tight distribution (a well
 # separated toy set) does not turn cosines 0.05 below the median into "outliers".
 OUTLIER_MADS = 4.0
+# Real datasets are estimated to carry up to a few tens of percent of wrong labels
+# (insightface's noise experiments flip 40 %); a rule that flags more than half of the
+# samples is flagging a backbone that does not separate its classes, not label noise.
+MAX_PLAUSIBLE_FLAGGED_SHARE = 0.5
 MIN_ROBUST_SD = 0.05
 
 
@@ -151,6 +155,15 @@ class CleanPlan:
     dropped: int
     relabelled: int
     kept_last: int  # flagged samples kept because they were their class's last one
+
+
+def noise_warning(flagged_share: float) -> Optional[str]:
+    """A warning when the flags cannot be label noise (see MAX_PLAUSIBLE_FLAGGED_SHARE), else None."""
+    if flagged_share <= MAX_PLAUSIBLE_FLAGGED_SHARE:
+        return None
+    return (f"{flagged_share:.0%} of the samples are flagged: more sit nearer another class's center than their "
+            "own than label noise can explain, so this run's backbone does not separate its training classes and "
+            "the flags are no cleaning list (check the run's verification accuracy first)")
 
 
 def clean_plan(table: pd.DataFrame, num_classes: int, relabel: bool = False) -> CleanPlan:

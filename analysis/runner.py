@@ -19,14 +19,14 @@ import pandas as pd
 from analysis import plots
 from analysis.centers import Centers, choose_centers
 from analysis.conflict import (DEFAULT_K, CenterNeighbours, center_neighbours, conflict_table,
-                               conflict_threshold_rationale, default_conflict_threshold)
+                               conflict_threshold_rationale, conflict_warning, default_conflict_threshold)
 from analysis.groundtruth import DetectionScore, conflict_positives, noise_positives, score_detection
 from analysis.index import IndexBuilder, build_index
 from analysis.inputs import AnalysisInput
 from analysis.longtail import (compactness, head_tail, head_tail_summary, longtail_table,
                                sampled_pair_similarities)
-from analysis.noise import (DEFAULT_NOISE_THRESHOLD, SampleNeighbours, clean_plan, noise_table, sample_neighbours,
-                            write_clean_list)
+from analysis.noise import (DEFAULT_NOISE_THRESHOLD, SampleNeighbours, clean_plan, noise_table, noise_warning,
+                            sample_neighbours, write_clean_list)
 from analysis.plda import TwoCovarianceModel, fit_two_covariance
 from analysis.report import Report
 from core.errors import ConfigError, DataError
@@ -201,6 +201,9 @@ class Analysis:
             + ("" if model is not None else " It is empty here: no class has two images to estimate the "
                "within-class spread from."))
         report.figures(figures)
+        warning = conflict_warning(threshold)
+        if warning:
+            report.paragraph(f"**Warning:** {warning}.")
         report.heading("Why this threshold", level=3)
         report.paragraph(conflict_threshold_rationale(threshold, chosen_by_default, nearest, table, score, truth))
         report.table(table, "Most similar class pairs (conflict.csv)")
@@ -215,6 +218,8 @@ class Analysis:
                    "threshold": threshold, "threshold_rule": "default" if chosen_by_default else "--threshold",
                    "centers": centers.source, "pairs_beyond_k": table.attrs["pairs_beyond_k"],
                    "llr_positive_pairs": int((table["same_person_llr"] > 0).sum())}
+        if warning:
+            summary["warning"] = warning
         if scores:
             self._score_block(report, scores, "conflict_pr.png", "split label pairs")
             summary["ground_truth"] = scores[0].figures()
@@ -250,6 +255,9 @@ class Analysis:
         summary: dict[str, Any] = {"samples": len(table), "flagged": int(flagged.sum()),
                                    "threshold": options.noise_threshold,
                                    "outlier_similarity": float(table.attrs["outlier_similarity"])}
+        warning = noise_warning(float(flagged.mean()))
+        if warning:
+            summary["warning"] = warning
         if options.write_clean is not None:
             plan = clean_plan(table, inputs.num_classes, relabel=options.relabel)
             lines = write_clean_list(options.write_clean, plan, inputs.dataset, sources.records, sources.paths)
@@ -273,6 +281,8 @@ class Analysis:
             "another class (probable flipped labels) and samples far from their own center (outliers) rank "
             "first. Flagged: score above the threshold, or own similarity below the outlier cutoff (median "
             "minus 4 robust standard deviations of all own similarities).")
+        if warning:
+            report.paragraph(f"**Warning:** {warning}.")
         report.figures(figures)
         report.table(table.drop(columns=[c for c in ("record", "path") if table[c].isna().all()
                                          or (table[c] == "").all()]),
@@ -453,4 +463,6 @@ def headline(summary: dict[str, Any]) -> list[str]:
         else:
             lines.append(f"Long tail: {lt['classes']:,} classes, {lt['head_classes']:,} head / "
                          f"{lt['tail_classes']:,} tail")
+    lines += [f"Warning ({task}): {summary[task]['warning']}" for task in ("conflict", "noise")
+              if "warning" in summary.get(task, {})]
     return lines

@@ -6,10 +6,10 @@ import pytest
 
 from analysis.centers import Centers, class_means
 from analysis.conflict import (CONFLICT_COLUMNS, CONFLICT_FLOOR, center_neighbours, conflict_table,
-                               default_conflict_threshold)
+                               conflict_warning, default_conflict_threshold)
 from analysis.groundtruth import conflict_positives, noise_positives, score_detection
 from analysis.index import BruteForceIndex
-from analysis.noise import NOISE_COLUMNS, clean_plan, noise_table, sample_neighbours
+from analysis.noise import NOISE_COLUMNS, clean_plan, noise_table, noise_warning, sample_neighbours
 from analysis.plda import fit_two_covariance
 from core.data.synthetic import SyntheticEmbeddingConfig, make_synthetic_embeddings
 from core.errors import DataError
@@ -188,3 +188,22 @@ def test_default_threshold_is_a_robust_fence_with_a_floor():
     values = rng.normal(0.6, 0.05, 1000)
     assert default_conflict_threshold(values) == pytest.approx(0.6 + 2.5 * 0.05, abs=0.01)
     assert default_conflict_threshold(rng.normal(0.0, 0.05, 1000)) == CONFLICT_FLOOR
+
+
+def test_flags_that_cannot_mean_what_they_say_come_with_a_warning():
+    rng = np.random.default_rng(0)
+    bunched = rng.normal(0.992, 0.005, size=600).clip(max=0.9999)  # class means of a collapsed backbone
+    spread = rng.normal(0.70, 0.05, size=600)
+    assert "no pair can be flagged" in conflict_warning(default_conflict_threshold(bunched))
+    assert conflict_warning(default_conflict_threshold(spread)) is None
+    assert noise_warning(0.5) is None
+    assert noise_warning(0.75).startswith("75% of the samples are flagged")
+
+
+def test_warnings_reach_the_console_headline():
+    from analysis.runner import headline
+
+    summary = {"conflict": {"flagged": 0, "pairs": 10, "threshold": 1.01, "warning": "W1"},
+               "noise": {"flagged": 9, "samples": 10}}
+    assert headline(summary)[-1] == "Warning (conflict): W1"
+    assert not [line for line in headline({"noise": {"flagged": 1, "samples": 10}}) if "Warning" in line]
