@@ -102,6 +102,35 @@ def histogram(values: np.ndarray, xlabel: str, title: str, path: str | Path,
     return save_figure(figure, path)
 
 
+def pair_scatter(x: np.ndarray, y: np.ndarray, smaller_count: np.ndarray, xlabel: str, ylabel: str, title: str,
+                 path: str | Path, x_line: Optional[float] = None, y_line: Optional[float] = None,
+                 highlight: Optional[np.ndarray] = None, highlight_label: str = "") -> Path:
+    """Class pairs on two scores (symlog y); dot size grows with the smaller class's image count."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    size = 4 + 6 * np.log2(np.maximum(np.asarray(smaller_count, dtype=np.float64), 1))
+    marked = np.zeros(len(x), dtype=bool) if highlight is None else np.asarray(highlight, dtype=bool)
+    rows = _subsample(len(x))
+    rows = np.union1d(rows, np.flatnonzero(marked))  # never drop a highlighted pair
+    figure = Figure(figsize=(6.4, 4.6))
+    axes = figure.add_subplot()
+    plain = rows[~marked[rows]]
+    axes.scatter(x[plain], y[plain], s=size[plain], color="tab:blue", alpha=0.35, linewidths=0, label="other pairs")
+    if marked.any():
+        axes.scatter(x[marked], y[marked], s=size[marked], color="tab:red", alpha=0.85, linewidths=0,
+                     label=highlight_label)
+    if x_line is not None:
+        axes.axvline(x_line, color="black", linestyle="--", linewidth=1, label=f"{xlabel} = {x_line:.3f}")
+    if y_line is not None:
+        axes.axhline(y_line, color="grey", linestyle=":", linewidth=1, label=f"{ylabel} = {y_line:g}")
+    axes.set_yscale("symlog", linthresh=1.0)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(f"{ylabel} (symlog)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="upper left")
+    return save_figure(figure, path)
+
+
 def head_tail_histograms(head_pairs: np.ndarray, tail_pairs: np.ndarray, head_nearest: np.ndarray,
                          tail_nearest: np.ndarray, head_label: str, tail_label: str, path: str | Path) -> Path:
     """Inter-center similarity of head vs tail classes: sampled pairs, and nearest other center."""

@@ -214,6 +214,15 @@ class Analysis:
                         highlight_label="split identities (ground truth)")
         report.image("conflict_similarity.png", "Similarity of candidate pairs; red: pairs that are one person "
                      "under two labels (ground truth), when known.")
+        if model is not None:
+            plots.pair_scatter(sims, table["same_person_llr"].to_numpy(),
+                               np.minimum(table["count_a"], table["count_b"]).to_numpy(), "cosine",
+                               "same-person LLR", "candidate pairs: cosine vs same-person LLR",
+                               self._file("conflict_llr.png"), x_line=threshold, y_line=0.0, highlight=truth,
+                               highlight_label="split identities (ground truth)")
+            report.image("conflict_llr.png", "Each candidate pair by cosine and by same-person LLR; bigger dots: "
+                         "more images on the pair's smaller label. Small pairs need a higher cosine for the same "
+                         "evidence, which is what the LLR accounts for.")
         summary = {"pairs": len(table), "flagged": int(table["flagged"].sum()),
                    "threshold": threshold, "threshold_rule": "default" if chosen_by_default else "--threshold",
                    "centers": centers.source, "pairs_beyond_k": table.attrs["pairs_beyond_k"],

@@ -27,7 +27,7 @@ def test_report_scores_against_ground_truth(synthetic_run, synthetic_data, tmp_p
     out = tmp_path / "report"
     output = invoke("report", synthetic_run, "--out", out)  # --data defaults to the run's own data
     for name in ("conflict.csv", "noise.csv", "longtail.csv", "report.html", "report.md", "summary.json",
-                 "conflict_pr.png", "noise_pr.png", "conflict_similarity.png", "noise_score.png",
+                 "conflict_pr.png", "noise_pr.png", "conflict_similarity.png", "conflict_llr.png", "noise_score.png",
                  "longtail_norm.png", "longtail_compactness.png", "longtail_nearest.png", "longtail_updates.png",
                  "longtail_head_tail.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
