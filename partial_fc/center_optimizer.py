@@ -53,10 +53,14 @@ class _RowOptimizer(nn.Module):
         values = store if rows is None else store[rows]
         return values.to(self.compute_dtype)
 
-    def write(self, store: torch.Tensor, rows: Optional[torch.Tensor], values: torch.Tensor) -> None:
+    def write(self, store: torch.Tensor, rows: Optional[torch.Tensor], values: torch.Tensor,
+              leaders: Optional[torch.Tensor] = None) -> None:
+        """``leaders`` (see ``update``): every copy of a repeated row writes its leader's rounding."""
         if values is store:
             return
         values = stochastic_round(values, store.dtype, self.rounding_generator)
+        if leaders is not None:
+            values = values[leaders]
         if rows is None:
             store.copy_(values)
         else:
@@ -76,15 +80,22 @@ class RowSGD(_RowOptimizer):
                                                             dtype=storage_dtype or dtype))
 
     @torch.no_grad()
-    def update(self, centers: torch.Tensor, rows: Optional[torch.Tensor], grad: torch.Tensor, lr: float) -> None:
-        """Update ``centers[rows]`` (all rows when ``rows`` is None) from their gradient."""
+    def update(self, centers: torch.Tensor, rows: Optional[torch.Tensor], grad: torch.Tensor, lr: float,
+               leaders: Optional[torch.Tensor] = None) -> None:
+        """Update ``centers[rows]`` (all rows when ``rows`` is None) from their gradient.
+
+        ``rows`` may repeat a row when every copy carries the same (summed) gradient and
+        ``leaders`` gives, per position, one position of the same row: each copy then
+        computes the same new values and writes the same rounding, so the row is
+        updated once, as if the rows were unique, without a host-syncing ``unique``.
+        """
         weight = self.read(centers, rows)
         buffer = self.read(self.momentum_buffer, rows)
         grad = grad.to(weight.dtype).add(weight, alpha=self.weight_decay)
         buffer.mul_(self.momentum).add_(grad)
         weight.add_(buffer, alpha=-lr)
-        self.write(centers, rows, weight)
-        self.write(self.momentum_buffer, rows, buffer)
+        self.write(centers, rows, weight, leaders)
+        self.write(self.momentum_buffer, rows, buffer, leaders)
 
 
 class RowAdamW(_RowOptimizer):
@@ -103,7 +114,9 @@ class RowAdamW(_RowOptimizer):
         self.register_buffer("row_steps", torch.zeros(num_rows, device=device, dtype=torch.int64))
 
     @torch.no_grad()
-    def update(self, centers: torch.Tensor, rows: Optional[torch.Tensor], grad: torch.Tensor, lr: float) -> None:
+    def update(self, centers: torch.Tensor, rows: Optional[torch.Tensor], grad: torch.Tensor, lr: float,
+               leaders: Optional[torch.Tensor] = None) -> None:
+        """As ``RowSGD.update``; a repeated row's step count also advances once (same value written)."""
         beta1, beta2 = self.betas
         index = slice(None) if rows is None else rows
         weight = self.read(centers, rows)
@@ -119,9 +132,9 @@ class RowAdamW(_RowOptimizer):
         bias_correction2_sqrt = (1 - beta2 ** steps).sqrt()
         denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
         weight.addcdiv_(exp_avg, denom * bias_correction1 / lr, value=-1.0)
-        self.write(centers, rows, weight)
-        self.write(self.exp_avg, rows, exp_avg)
-        self.write(self.exp_avg_sq, rows, exp_avg_sq)
+        self.write(centers, rows, weight, leaders)
+        self.write(self.exp_avg, rows, exp_avg, leaders)
+        self.write(self.exp_avg_sq, rows, exp_avg_sq, leaders)
 
 
 def build_center_optimizer(name: str, num_rows: int, dim: int, momentum: float, weight_decay: float,

@@ -82,6 +82,23 @@ def shift_past(drawn: torch.Tensor, excluded: torch.Tensor, valid: Optional[torc
     return drawn + torch.searchsorted(shifted, drawn, right=True)
 
 
+def first_occurrence(values: torch.Tensor) -> torch.Tensor:
+    """Per position, the position of the first occurrence of its value.
+
+    Fixed-size tensors only (a stable sort, a running maximum, a scatter), so merging
+    the rows of several micro-batches never waits for the host the way ``unique`` does.
+    """
+    order = torch.argsort(values, stable=True)
+    ordered = values[order]
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    positions = torch.arange(len(values), device=values.device)
+    group_start = torch.cummax(torch.where(starts, positions, 0), dim=0).values
+    leaders = torch.empty_like(order)
+    leaders[order] = order[group_start]
+    return leaders
+
+
 def stratified_columns(local: torch.Tensor, in_shard: torch.Tensor, total: int, count: int,
                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` sorted columns: every distinct positive plus stratified random negatives, all
@@ -204,6 +221,7 @@ class PartialFCSampler(ClassSampler):
         if not self._pending:
             return
         indices = [index for index, _ in self._pending]
+        leaders = None
         if len(self._pending) == 1:
             rows, grad = self._pending[0]
         elif any(index is None for index in indices):
@@ -214,12 +232,14 @@ class PartialFCSampler(ClassSampler):
                 else:
                     grad.index_add_(0, index, part)
         else:
-            rows, inverse = torch.unique(torch.cat(indices), return_inverse=True)
-            grad = torch.zeros(rows.numel(), self.centers.shape[1], device=self.centers.device,
-                               dtype=self._pending[0][1].dtype)
-            grad.index_add_(0, inverse, torch.cat([part for _, part in self._pending]))
+            # Micro-batches may share rows: every copy gets the row's summed gradient and
+            # the optimizer writes each row once (see RowSGD.update).
+            rows = torch.cat(indices)
+            leaders = first_occurrence(rows)
+            parts = torch.cat([part for _, part in self._pending])
+            grad = torch.zeros_like(parts).index_add_(0, leaders, parts)[leaders]
         self._pending.clear()
-        self.center_optimizer.update(self.centers, rows, grad, lr)
+        self.center_optimizer.update(self.centers, rows, grad, lr, leaders)
 
     def sharded_state_names(self) -> list[str]:
         names = ["centers", "positive_updates", "negative_updates"]

@@ -3,7 +3,7 @@ import torch
 
 from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
-from partial_fc.center_optimizer import stochastic_round
+from partial_fc.center_optimizer import RowSGD, stochastic_round
 from partial_fc.sampler import PartialFCSampler
 
 
@@ -20,6 +20,20 @@ def test_stochastic_rounding_picks_a_neighbour_and_is_unbiased():
     torch.testing.assert_close(fraction_up, torch.tensor([0.3, 0.3]), atol=0.015, rtol=0)
     # round-to-nearest would map every value to 1.0: a bias of 0.3 steps
     torch.testing.assert_close(rounded.mean(0), values[0], atol=0.02 * 2 ** -7, rtol=0)
+
+
+def test_repeated_rows_write_their_leaders_rounding():
+    """Copies of one row carry equal values but draw different rounding noise; the leader's wins everywhere."""
+    optimizer = RowSGD(4, 256, storage_dtype=torch.bfloat16)
+    optimizer.rounding_generator = torch.Generator().manual_seed(0)
+    store = torch.zeros(4, 256, dtype=torch.bfloat16)
+    values = (1.0 + 0.5 * 2 ** -7 * torch.rand(256, generator=torch.Generator().manual_seed(1))).repeat(3, 1)
+    rows, leaders = torch.tensor([2, 0, 2]), torch.tensor([0, 1, 0])
+    optimizer.write(store, rows, values, leaders)
+    expected = stochastic_round(values, torch.bfloat16, torch.Generator().manual_seed(0))
+    assert not torch.equal(expected[0], expected[2])  # without the leaders the last copy's rounding would land
+    assert torch.equal(store[2], expected[0]) and torch.equal(store[0], expected[1])
+    assert not store[[1, 3]].any()
 
 
 def test_bfloat16_store_keeps_updates_far_below_its_resolution():

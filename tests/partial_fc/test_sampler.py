@@ -5,7 +5,8 @@ import torch.nn.functional as F
 from core.errors import ConfigError
 from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
-from partial_fc.sampler import PartialFCSampler, class_shard, init_centers, sample_without, stratified_columns
+from partial_fc.sampler import (PartialFCSampler, class_shard, first_occurrence, init_centers, sample_without,
+                                stratified_columns)
 
 
 
@@ -187,8 +188,47 @@ def test_bad_sample_rate_or_sampling():
         PartialFCSampler(10, 4, sample_rate=0.5, sampling="topk")
 
 
+def test_first_occurrence_points_every_copy_at_the_first():
+    assert first_occurrence(torch.tensor([5, 3, 5, 7, 3, 5])).tolist() == [0, 1, 0, 3, 1, 0]
+    values = torch.randint(20, (500,), generator=torch.Generator().manual_seed(0))
+    expected = [values.tolist().index(v) for v in values.tolist()]
+    assert first_occurrence(values).tolist() == expected
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("sampling", ["uniform", "stratified"])
+def test_accumulated_sampled_micro_batches_update_each_touched_row_once(optimizer, sampling):
+    """Two micro-batches sharing rows: the same step as summing their gradients over the union of rows."""
+    import copy
+
+    torch.manual_seed(4)
+    margin = build_margin("arcface", scale=8.0)
+    sampler = PartialFCSampler(40, 5, sample_rate=0.25, optimizer=optimizer, dtype=torch.float64, sampling=sampling)
+    for _ in range(2):  # non-zero momentum / moments first
+        _run_step(sampler, torch.randn(6, 5, requires_grad=True), torch.randint(40, (6,)), margin)
+    reference = copy.deepcopy(sampler)
+    for _ in range(2):
+        selection = sampler.select(torch.randn(6, 5, requires_grad=True), torch.randint(40, (6,)), {})
+        (MarginSoftmaxLoss(margin)(selection) / 2).backward()
+        sampler.collect(selection)
+    pending = [(index.clone(), grad.clone()) for index, grad in sampler._pending]
+    sampler.step(0.1)
+    shared = set(pending[0][0].tolist()) & set(pending[1][0].tolist())
+    assert shared  # otherwise this test would not exercise repeated rows
+    rows = torch.unique(torch.cat([index for index, _ in pending]))
+    dense = torch.zeros(40, 5)
+    for index, grad in pending:
+        dense.index_add_(0, index, grad)
+    reference.center_optimizer.update(reference.centers, rows, dense[rows], 0.1)
+    torch.testing.assert_close(sampler.centers, reference.centers, rtol=1e-12, atol=1e-14)
+    for name, buffer in reference.center_optimizer.named_buffers():
+        torch.testing.assert_close(dict(sampler.center_optimizer.named_buffers())[name], buffer, rtol=1e-12,
+                                   atol=1e-14)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs only exist on CUDA")
-def test_stratified_step_never_waits_for_the_host():
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_stratified_step_never_waits_for_the_host(micro_batches):
     device = torch.device("cuda")
     sampler = PartialFCSampler(100_000, 64, sample_rate=0.1, sampling="stratified", device=device,
                                dtype=torch.float32)
@@ -199,9 +239,10 @@ def test_stratified_step_never_waits_for_the_host():
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        selection = sampler.select(embeddings, labels, {})
-        loss_fn(selection).backward()
-        sampler.collect(selection)
+        for _ in range(micro_batches):  # two: the rows of both selections are merged without unique()
+            selection = sampler.select(embeddings, labels, {})
+            loss_fn(selection).backward()
+            sampler.collect(selection)
         sampler.step(0.1)
     finally:
         torch.cuda.set_sync_debug_mode("default")
