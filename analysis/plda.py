@@ -70,6 +70,10 @@ def _chunks(rows: np.ndarray) -> list[np.ndarray]:
     return [rows[start:start + _CHUNK] for start in range(0, len(rows), _CHUNK)]
 
 
+def _class_means(sums: np.ndarray, counts: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    return sums[rows].astype(np.float64) / counts[rows, None]
+
+
 def fit_two_covariance(embeddings: np.ndarray, labels: np.ndarray, num_classes: int,
                        shrinkage: float = DEFAULT_SHRINKAGE) -> TwoCovarianceModel:
     """Estimate the within / between covariances from labelled embeddings and diagonalise them jointly.
@@ -96,7 +100,7 @@ def fit_two_covariance(embeddings: np.ndarray, labels: np.ndarray, num_classes: 
         scatter += chunk.T @ chunk
     class_scatter, mean_scatter, mean_sum = np.zeros((dim, dim)), np.zeros((dim, dim)), np.zeros(dim)
     for chunk in _chunks(rows):
-        means = sums[chunk].astype(np.float64) / counts[chunk, None]
+        means = _class_means(sums, counts, chunk)
         class_scatter += means.T @ sums[chunk].astype(np.float64)
         mean_scatter += means.T @ means
         mean_sum += means.sum(axis=0)
@@ -111,6 +115,6 @@ def fit_two_covariance(embeddings: np.ndarray, labels: np.ndarray, num_classes: 
     variances, projection = variances[informative], projection[:, informative]
     coordinates = np.zeros((num_classes, len(variances)), dtype=np.float32)  # 2 GB at 1M classes x 512
     for chunk in _chunks(rows):
-        coordinates[chunk] = (sums[chunk].astype(np.float64) / counts[chunk, None] - center) @ projection
+        coordinates[chunk] = (_class_means(sums, counts, chunk) - center) @ projection
     return TwoCovarianceModel(coordinates=coordinates, counts=counts.astype(np.int64), between=variances,
                               shrinkage=float(shrinkage))

@@ -165,6 +165,7 @@ class Analysis:
         table = conflict_table(centers, self.neighbours, threshold, inputs.labels, self.samples.top_label,
                                pair_llr=None if model is None else model.pair_llr)
         write_csv(table, self._file("conflict.csv"))
+        llr_positive_pairs = int((table["same_person_llr"] > 0).sum())
         scores: list[DetectionScore] = []
         truth = None
         if inputs.ground_truth is not None and inputs.ground_truth.get("split_pairs") is not None:
@@ -183,7 +184,7 @@ class Analysis:
             "flagged pairs": int(table["flagged"].sum()),
             "flagged pairs found beyond the k nearest (range search)": table.attrs["pairs_beyond_k"],
             "threshold (cosine)": threshold,
-            "pairs with same-person LLR > 0 (the data favour one person)": int((table["same_person_llr"] > 0).sum()),
+            "pairs with same-person LLR > 0 (the data favour one person)": llr_positive_pairs,
             "median nearest-other-center cosine": float(np.median(nearest)),
             "99th percentile nearest-other-center cosine": float(np.percentile(nearest, 99)),
         }
@@ -226,7 +227,7 @@ class Analysis:
         summary = {"pairs": len(table), "flagged": int(table["flagged"].sum()),
                    "threshold": threshold, "threshold_rule": "default" if chosen_by_default else "--threshold",
                    "centers": centers.source, "pairs_beyond_k": table.attrs["pairs_beyond_k"],
-                   "llr_positive_pairs": int((table["same_person_llr"] > 0).sum())}
+                   "llr_positive_pairs": llr_positive_pairs}
         if warning:
             summary["warning"] = warning
         if scores:
