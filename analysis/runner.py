@@ -208,6 +208,10 @@ class Analysis:
         report.heading("Why this threshold", level=3)
         report.paragraph(conflict_threshold_rationale(threshold, chosen_by_default, nearest, table, score, truth))
         report.table(table, "Most similar class pairs (conflict.csv)")
+        if model is not None:
+            report.table(table.sort_values("same_person_llr", ascending=False, kind="stable", na_position="last"),
+                         "Pairs most likely to be one person (conflict.csv sorted by same_person_llr): the order "
+                         "in which to review them")
         sims = table["similarity"].to_numpy()
         plots.histogram(sims, "cosine similarity of the pair's centers", "candidate class pairs",
                         self._file("conflict_similarity.png"), threshold=threshold,

@@ -59,9 +59,12 @@ def peak_bytes(device: torch.device) -> int:
 
 
 def run_isolated(module: str, job: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
-    """Run ``python -m module --job JSON`` in a fresh process and return its JSON result."""
-    completed = subprocess.run([sys.executable, "-m", module, "--job", json.dumps(job)], capture_output=True,
-                               text=True, timeout=timeout)
+    """Run ``python -m module --job JSON`` in a fresh process and return its JSON result (or ``{"error": …}``)."""
+    try:
+        completed = subprocess.run([sys.executable, "-m", module, "--job", json.dumps(job)], capture_output=True,
+                                   text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
     if completed.returncode != 0:
         return {"error": (completed.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(completed.stdout.strip().splitlines()[-1])

@@ -24,19 +24,34 @@ def _chunk_cosines(embeddings: torch.Tensor, weights: torch.Tensor, dtype: torch
     return (embeddings.to(dtype) @ weights.to(dtype).t()).to(accumulate).clamp_(-1.0, 1.0)
 
 
+def _target_columns(targets: torch.Tensor, start: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's target column within the chunk ``[start, start + width)`` (clamped) and whether it lies there.
+
+    Fixed shapes instead of boolean-mask indexing: a mask index runs ``nonzero``, which
+    waits for the GPU once per chunk, twice per step, in a path meant to be sync-free.
+    """
+    local = targets - start
+    return local.clamp(0, width - 1).unsqueeze(1), (local >= 0) & (local < width)
+
+
+def _set_targets(block: torch.Tensor, columns: torch.Tensor, in_chunk: torch.Tensor, values: torch.Tensor) -> None:
+    """Write ``values`` into each row's target column where it falls in this chunk; other rows keep theirs."""
+    current = block.gather(1, columns).squeeze(1)
+    block.scatter_(1, columns, torch.where(in_chunk, values.to(block.dtype), current).unsqueeze(1))
+
+
 class _ChunkedMarginCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, embeddings: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor,
                 margin: CombinedMargin, chunk: int, dtype: torch.dtype) -> torch.Tensor:
-        rows = torch.arange(embeddings.shape[0], device=embeddings.device)
         cos_target = (embeddings * weights[targets]).sum(dim=1).clamp(-1.0, 1.0)
         target_logit = margin.scale * margin.target_function(cos_target)
         row_max = torch.full_like(cos_target, float("-inf"))
         total = torch.zeros_like(cos_target)
         for start in range(0, weights.shape[0], chunk):
             logits = _chunk_cosines(embeddings, weights[start:start + chunk], dtype).mul_(margin.scale)
-            in_chunk = (targets >= start) & (targets < start + chunk)
-            logits[rows[in_chunk], targets[in_chunk] - start] = target_logit[in_chunk].to(logits.dtype)
+            columns, in_chunk = _target_columns(targets, start, logits.shape[1])
+            _set_targets(logits, columns, in_chunk, target_logit)
             new_max = torch.maximum(row_max, logits.max(dim=1).values)
             total = total * torch.exp(row_max - new_max) + torch.exp(logits - new_max.unsqueeze(1)).sum(dim=1)
             row_max = new_max
@@ -50,7 +65,6 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
         embeddings, weights, targets, cos_target, log_normaliser = ctx.saved_tensors
         margin, chunk, dtype = ctx.margin, ctx.chunk, ctx.dtype
         batch = embeddings.shape[0]
-        rows = torch.arange(batch, device=embeddings.device)
         with torch.enable_grad():
             probe = cos_target.detach().requires_grad_(True)
             (margin_slope,) = torch.autograd.grad(margin.target_function(probe).sum(), probe)
@@ -63,14 +77,13 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
         for start in range(0, weights.shape[0], chunk):
             block = weights[start:start + chunk]
             logits = _chunk_cosines(embeddings, block, dtype).mul_(margin.scale)
-            in_chunk = (targets >= start) & (targets < start + chunk)
-            local_rows, local_cols = rows[in_chunk], targets[in_chunk] - start
-            logits[local_rows, local_cols] = target_logit[in_chunk].to(logits.dtype)
+            columns, in_chunk = _target_columns(targets, start, logits.shape[1])
+            _set_targets(logits, columns, in_chunk, target_logit)
             # d loss / d cosine: scale * softmax for every column; the target column also
             # subtracts 1 and goes through the margin's slope.
             grad_cos = torch.exp(logits - log_normaliser.unsqueeze(1)).mul_(margin.scale * scale)
-            target_prob = grad_cos[local_rows, local_cols]
-            grad_cos[local_rows, local_cols] = (target_prob - margin.scale * scale) * margin_slope[in_chunk]
+            target_prob = grad_cos.gather(1, columns).squeeze(1)
+            _set_targets(grad_cos, columns, in_chunk, (target_prob - margin.scale * scale) * margin_slope)
             grad_embeddings += (grad_cos.to(dtype) @ block.to(dtype)).to(grad_embeddings.dtype)
             grad_weights[start:start + chunk] = (grad_cos.t().to(dtype) @ embeddings.to(dtype)).to(grad_weights.dtype)
         return grad_embeddings, grad_weights, None, None, None, None

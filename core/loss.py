@@ -72,14 +72,17 @@ class MarginSoftmaxLoss(nn.Module):
 
     Selections of at least ``chunk_columns`` columns without masks, filtering or
     sharding (a single-process Partial FC head) take the chunked path of
-    core/chunked_loss.py, with bf16 GEMMs on CUDA; ``chunk_columns=None`` always uses
-    the simple path.
+    core/chunked_loss.py, with bf16 GEMMs on CUDA unless ``bf16_on_cuda`` is off (a
+    trainer run with ``--amp off`` keeps them in float32); ``chunk_columns=None`` always
+    uses the simple path.
     """
 
-    def __init__(self, margin: CombinedMargin, chunk_columns: Optional[int] = 65536) -> None:
+    def __init__(self, margin: CombinedMargin, chunk_columns: Optional[int] = 65536,
+                 bf16_on_cuda: bool = True) -> None:
         super().__init__()
         self.margin = margin
         self.chunk_columns = chunk_columns
+        self.bf16_on_cuda = bf16_on_cuda
 
     def _chunked(self, selection: Selection) -> bool:
         return (self.chunk_columns is not None and selection.weights.shape[0] >= self.chunk_columns
@@ -96,7 +99,7 @@ class MarginSoftmaxLoss(nn.Module):
     def forward(self, selection: Selection) -> torch.Tensor:
         if self._chunked(selection):
             from core.chunked_loss import chunked_margin_cross_entropy
-            dtype = torch.bfloat16 if selection.weights.is_cuda else None
+            dtype = torch.bfloat16 if selection.weights.is_cuda and self.bf16_on_cuda else None
             return chunked_margin_cross_entropy(selection.embeddings, selection.weights, selection.targets,
                                                 self.margin, self.chunk_columns, dtype)
         if selection.sharded_columns:

@@ -118,7 +118,7 @@ class Trainer:
                                      len(self.dataset))
         self.criterion = MarginSoftmaxLoss(build_margin(
             config.margin, config.scale, config.margin_m, tuple(config.margin_combined),
-            config.straight_through, config.interclass_threshold))
+            config.straight_through, config.interclass_threshold), bf16_on_cuda=self.amp_dtype is not None)
         self.optimizer = build_optimizer(config, list(self.backbone.parameters()) + self.sampler.extra_parameters())
 
         self.batch_sampler = self._batch_sampler()
@@ -248,14 +248,17 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for micro in range(self.config.accumulate):
             images, labels, *keys = next(micro_batches)
-            images = random_horizontal_flip(images, self.flip_generator).to(
-                self.device, non_blocking=True, memory_format=self.memory_format)
+            # Copied first, flipped on the device: the loader's pinned batch copies asynchronously, where a
+            # flipped copy made on the host would be pageable and stall until the GPU reached the copy.
+            images = random_horizontal_flip(images.to(self.device, non_blocking=True), self.flip_generator)
+            images = images.contiguous(memory_format=self.memory_format)
             labels = labels.to(self.device, non_blocking=True)
             extras = {"images": images}
             if keys:  # [B, k, 3, H, W], each key flipped independently of its query
-                flipped = random_horizontal_flip(keys[0].flatten(0, 1), self.flip_generator).to(
-                    self.device, non_blocking=True, memory_format=self.memory_format)
-                extras["key_images"] = flipped.unflatten(0, keys[0].shape[:2])
+                key_images = keys[0].to(self.device, non_blocking=True).flatten(0, 1)
+                flipped = random_horizontal_flip(key_images, self.flip_generator)
+                extras["key_images"] = flipped.contiguous(memory_format=self.memory_format).unflatten(
+                    0, keys[0].shape[:2])
             autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                         else nullcontext())
             # DDP reduces gradients only on the last micro-batch of an accumulated step.

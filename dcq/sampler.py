@@ -104,7 +104,7 @@ class DCQSampler(ClassSampler):
         if self.world_size > 1:
             flat = all_gather_no_grad(flat)
             generator = torch.Generator().manual_seed(self.ema_updates * 1_000_003 + 17)  # == steps, on the host
-            order = torch.randperm(flat.shape[0], generator=generator).to(flat.device)
+            order = torch.randperm(flat.shape[0], generator=generator).to(flat.device, non_blocking=True)
             chunk = flat.shape[0] // self.world_size
             mine = self.encoder(flat[order[self.rank * chunk:(self.rank + 1) * chunk]]).float()
             features = mine.new_empty(flat.shape[0], mine.shape[1])

@@ -54,5 +54,5 @@ class ModelInputTransform:
 def random_horizontal_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Flip each image of an NCHW batch left-right with probability 1/2."""
     flip = torch.rand(batch.shape[0], generator=generator) < 0.5
-    flip = flip.to(batch.device).view(-1, 1, 1, 1)
+    flip = flip.to(batch.device, non_blocking=True).view(-1, 1, 1, 1)  # a blocking copy would wait for the GPU
     return torch.where(flip, batch.flip(-1), batch)

@@ -45,6 +45,10 @@ def test_report_scores_against_ground_truth(synthetic_run, synthetic_data, tmp_p
     assert summary["conflict"]["llr_positive_pairs"] == int((llr > 0).sum())
     assert 0.0 <= summary["conflict"]["ground_truth"]["same_person_llr_average_precision"] <= 1.0
     markdown = (out / "report.md").read_text()
+    review_order = markdown.split("Pairs most likely to be one person", 1)[1]
+    first_row = [cell.strip() for cell in review_order.split("\n|", 3)[3].split("|")[:2]]
+    top = pd.read_csv(out / "conflict.csv").nlargest(1, "same_person_llr").iloc[0]
+    assert first_row == [str(top["label_a"]), str(top["label_b"])]
     html = (out / "report.html").read_text()
     for text in ("Figures that matter", "Parameters", "Why this threshold", "average_precision", "precision",
                  "recall", "Most similar class pairs", "Most suspect samples", "Most frequent classes"):

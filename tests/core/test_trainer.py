@@ -141,3 +141,21 @@ def test_compiled_backbone_trains_like_eager(tiny_rec, tmp_path):
         batches = trainer._micro_batches()
         losses[compiled] = torch.stack([trainer.train_step(batches) for _ in range(3)]).cpu()
     torch.testing.assert_close(losses[True], losses[False], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs only exist on CUDA")
+@pytest.mark.parametrize("changes", [dict(method="pfc", pfc_sampling="stratified"), dict(method="dcq")],
+                         ids=["pfc-stratified", "dcq"])
+def test_a_whole_training_step_never_waits_for_the_host(tiny_rec, tmp_path, changes):
+    # Only the uniform Partial FC sampler syncs (by design); the data loader is left out by pre-fetching.
+    trainer = Trainer(_config(tiny_rec, device="cuda", amp="bf16", val=[], **changes), tmp_path / "run",
+                      progress=False)
+    batches = trainer._micro_batches()
+    prefetched = [next(batches) for _ in range(2)]
+    trainer.train_step(iter(prefetched[:1]))  # warm-up: lazy initialisations may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        trainer.train_step(iter(prefetched[1:]))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

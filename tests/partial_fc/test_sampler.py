@@ -228,21 +228,26 @@ def test_accumulated_sampled_micro_batches_update_each_touched_row_once(optimize
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host syncs only exist on CUDA")
 @pytest.mark.parametrize("micro_batches", [1, 2])
-def test_stratified_step_never_waits_for_the_host(micro_batches):
+@pytest.mark.parametrize("chunk_columns", [None, 4096])  # 4096: the ~10K-column selection takes the chunked loss
+def test_stratified_step_never_waits_for_the_host(micro_batches, chunk_columns):
     device = torch.device("cuda")
     sampler = PartialFCSampler(100_000, 64, sample_rate=0.1, sampling="stratified", device=device,
                                dtype=torch.float32)
-    loss_fn = MarginSoftmaxLoss(build_margin("arcface"))
+    loss_fn = MarginSoftmaxLoss(build_margin("arcface"), chunk_columns=chunk_columns)
     embeddings = torch.randn(128, 64, device=device, dtype=torch.float32, requires_grad=True)
     labels = torch.randint(100_000, (128,), device=device)
-    _run_step(sampler, embeddings, labels, build_margin("arcface"))  # warm-up: lazy initialisations may sync
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
+
+    def step() -> None:
         for _ in range(micro_batches):  # two: the rows of both selections are merged without unique()
             selection = sampler.select(embeddings, labels, {})
             loss_fn(selection).backward()
             sampler.collect(selection)
         sampler.step(0.1)
+
+    step()  # warm-up: lazy initialisations may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
     finally:
         torch.cuda.set_sync_debug_mode("default")

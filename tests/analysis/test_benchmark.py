@@ -1,0 +1,42 @@
+"""The analysis benchmark times the path a real analysis takes, so its figures must match that path's output."""
+
+import numpy as np
+import pytest
+
+from analysis.benchmark import run_analysis_benchmark
+from analysis.centers import class_means
+from analysis.conflict import center_neighbours, conflict_table
+from analysis.plda import fit_two_covariance
+from core.data.synthetic import SyntheticEmbeddingConfig, make_synthetic_embeddings
+from core.errors import ConfigError
+
+CLASSES, DIM, IMAGES = 400, 16, 3
+
+
+def _reference_table():
+    embeddings, labels, _ = make_synthetic_embeddings(SyntheticEmbeddingConfig(
+        num_classes=CLASSES, dim=DIM, min_images=IMAGES, max_images=IMAGES, clusters=CLASSES // 100, seed=0))
+    centers = class_means(embeddings, labels, CLASSES)
+    model = fit_two_covariance(embeddings, labels, CLASSES)
+    return conflict_table(centers, center_neighbours(centers, 5), threshold=None, pair_llr=model.pair_llr)
+
+
+def test_images_per_class_times_the_class_mean_path_with_same_person_ratios():
+    result = run_analysis_benchmark(CLASSES, dim=DIM, images_per_class=IMAGES)
+    reference = _reference_table()
+    assert result["pairs"] == len(reference)
+    assert result["flagged"] == int(reference["flagged"].sum())
+    assert result["llr_positive_pairs"] == int((reference["same_person_llr"] > 0).sum())
+    assert np.isfinite(reference["same_person_llr"]).all()
+    assert result["plda_fit_s"] >= 0 and result["images_per_class"] == IMAGES
+
+
+def test_centers_only_skips_the_same_person_fit():
+    result = run_analysis_benchmark(CLASSES, dim=DIM)
+    assert result["llr_positive_pairs"] is None
+    assert result["method"] == "exact" and result["pairs"] >= CLASSES * 5 // 2
+
+
+def test_negative_images_per_class_is_refused():
+    with pytest.raises(ConfigError, match="--images-per-class"):
+        run_analysis_benchmark(CLASSES, dim=DIM, images_per_class=-1)
