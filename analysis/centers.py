@@ -227,6 +227,9 @@ def cached_embeddings(run: RunInfo, data_path: Path, dataset, device: torch.devi
                       workers: int = 0, progress: bool = True) -> tuple[np.ndarray, Path, bool]:
     """Embeddings of ``dataset`` under ``run``, from ``RUN/analysis_cache`` when still valid.
 
+    They come back memory-mapped (read-only): every analysis reads them in chunks, so a
+    dataset's embeddings need not fit in memory next to the analysis.
+
     Returns ``(embeddings, cache file, whether it was a cache hit)``. A new cache file is
     filled through a memory map beside its final name and renamed into place when
     complete, so an interrupted run never leaves a truncated cache behind.
@@ -238,7 +241,7 @@ def cached_embeddings(run: RunInfo, data_path: Path, dataset, device: torch.devi
     dim = int(run.config["embedding_size"])
     if path.is_file():
         try:
-            embeddings = np.load(path)
+            embeddings = np.load(path, mmap_mode="r")
         except (OSError, ValueError):
             embeddings = None
         if embeddings is not None and embeddings.shape == (len(dataset), dim):
@@ -253,7 +256,7 @@ def cached_embeddings(run: RunInfo, data_path: Path, dataset, device: torch.devi
     atomic_write_json(path.with_suffix(".json"), {
         "checkpoint": str(run.checkpoint.resolve()), "data": str(Path(data_path).resolve()),
         "num_samples": len(dataset), "dim": dim})
-    return np.load(path), path, False
+    return np.load(path, mmap_mode="r"), path, False
 
 
 @dataclass
@@ -277,16 +280,19 @@ class Centers:
 
 
 def class_sums(embeddings: np.ndarray, labels: np.ndarray, num_classes: int,
-               chunk_rows: int = 65536) -> np.ndarray:
+               chunk_rows: int = 65536, unit_rows: bool = False) -> np.ndarray:
     """Per-class sums of embeddings ``float32 [C, D]``, accumulated in float64.
 
     Rows are converted a block at a time: a float64 copy of millions of embeddings would
     need twice the memory of the (possibly memory-mapped) embeddings themselves.
+    ``unit_rows`` L2-normalises each row before it is added.
     """
     sums = torch.zeros(num_classes, embeddings.shape[1], dtype=torch.float64)
     labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     for start in range(0, len(labels), chunk_rows):
-        block = torch.from_numpy(np.asarray(embeddings[start:start + chunk_rows])).double()
+        block = torch.from_numpy(np.array(embeddings[start:start + chunk_rows], dtype=np.float64))
+        if unit_rows:
+            block = F.normalize(block, dim=1)
         sums.index_add_(0, labels[start:start + chunk_rows], block)
     return sums.float().numpy()
 

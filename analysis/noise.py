@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from analysis.centers import Centers, class_sums
 from analysis.index import IndexBuilder, build_index, normalize_rows
@@ -38,6 +39,8 @@ OUTLIER_MADS = 4.0
 # samples is flagging a backbone that does not separate its classes, not label noise.
 MAX_PLAUSIBLE_FLAGGED_SHARE = 0.5
 MIN_ROBUST_SD = 0.05
+# Samples per search: the normalised copy of a chunk is 512 MB at 512-d, whatever the dataset size.
+SAMPLE_CHUNK_ROWS = 262_144
 
 
 @dataclass
@@ -56,13 +59,14 @@ class SampleNeighbours:
 
 
 def sample_neighbours(embeddings: np.ndarray, labels: np.ndarray, centers: Centers,
-                      index_builder: IndexBuilder = build_index, progress: bool = False) -> SampleNeighbours:
+                      index_builder: IndexBuilder = build_index, progress: bool = False,
+                      chunk_rows: int = SAMPLE_CHUNK_ROWS) -> SampleNeighbours:
     """Similarities of every sample to its own center and to the nearest other center.
 
     One kNN search (k=2) over the centers answers "nearest other" for all samples: the
-    own center can take at most one of the two places.
+    own center can take at most one of the two places. Samples are read ``chunk_rows`` at
+    a time, so ``embeddings`` may be a memory map far larger than memory.
     """
-    embeddings = normalize_rows(embeddings)
     labels = np.asarray(labels, dtype=np.int64)
     if len(embeddings) != len(labels):
         raise DataError(f"{len(embeddings)} embeddings but {len(labels)} labels")
@@ -75,40 +79,41 @@ def sample_neighbours(embeddings: np.ndarray, labels: np.ndarray, centers: Cente
     present = np.flatnonzero(centers.present)
     index = index_builder(unit[present])
     k = min(2, len(present))
-    sims, rows = index.search(embeddings, k, progress=progress)
-    found = np.where(rows >= 0, present[np.maximum(rows, 0)], -1)
-    first_is_own = found[:, 0] == labels
-    if k == 2:
-        nearest_label = np.where(first_is_own, found[:, 1], found[:, 0])
-        nearest_similarity = np.where(first_is_own, sims[:, 1], sims[:, 0])
-    else:
-        nearest_label = np.where(first_is_own, -1, found[:, 0])
-        nearest_similarity = np.where(first_is_own, -np.inf, sims[:, 0])
-    nearest_similarity = np.where(nearest_label >= 0, nearest_similarity, -1.0).astype(np.float32)
-
     leave_one_out = centers.source == "means"
     if leave_one_out:
-        own = _leave_one_out_similarity(embeddings, labels, num_classes)
-    else:
-        own = np.einsum("ij,ij->i", embeddings, unit[labels])
-    return SampleNeighbours(own_similarity=own.astype(np.float32), nearest_label=nearest_label.astype(np.int64),
-                            nearest_similarity=nearest_similarity, leave_one_out=leave_one_out)
+        sums = class_sums(embeddings, labels, num_classes, chunk_rows=chunk_rows, unit_rows=True)
+        counts = np.bincount(labels, minlength=num_classes)
+    own = np.empty(len(labels), dtype=np.float32)
+    nearest_label = np.empty(len(labels), dtype=np.int64)
+    nearest_similarity = np.empty(len(labels), dtype=np.float32)
+    for start in tqdm(range(0, len(labels), chunk_rows), desc="samples vs centers", unit="chunk",
+                      disable=not progress, leave=False):
+        stop = start + chunk_rows
+        x, own_labels = normalize_rows(embeddings[start:stop]), labels[start:stop]
+        sims, rows = index.search(x, k)
+        found = np.where(rows >= 0, present[np.maximum(rows, 0)], -1)
+        first_is_own = found[:, 0] == own_labels
+        if k == 2:
+            nearest = np.where(first_is_own, found[:, 1], found[:, 0])
+            similarity = np.where(first_is_own, sims[:, 1], sims[:, 0])
+        else:
+            nearest = np.where(first_is_own, -1, found[:, 0])
+            similarity = np.where(first_is_own, -np.inf, sims[:, 0])
+        nearest_label[start:stop] = nearest
+        nearest_similarity[start:stop] = np.where(nearest >= 0, similarity, -1.0)
+        own[start:stop] = (_leave_one_out_similarity(x, own_labels, sums, counts) if leave_one_out
+                           else np.einsum("ij,ij->i", x, unit[own_labels]))
+    return SampleNeighbours(own_similarity=own, nearest_label=nearest_label, nearest_similarity=nearest_similarity,
+                            leave_one_out=leave_one_out)
 
 
-def _leave_one_out_similarity(embeddings: np.ndarray, labels: np.ndarray, num_classes: int,
-                              chunk: int = 65_536) -> np.ndarray:
+def _leave_one_out_similarity(unit_rows: np.ndarray, labels: np.ndarray, unit_sums: np.ndarray,
+                              counts: np.ndarray) -> np.ndarray:
     """cos(x, mean of the other samples of x's class); a single-sample class keeps cos(x, x) = 1."""
-    sums = class_sums(embeddings, labels, num_classes)
-    counts = np.bincount(labels, minlength=num_classes)
-    out = np.empty(len(labels), dtype=np.float32)
-    for start in range(0, len(labels), chunk):
-        x = embeddings[start:start + chunk]
-        own = labels[start:start + chunk]
-        rest = sums[own] - x
-        norms = np.linalg.norm(rest, axis=1)
-        value = np.einsum("ij,ij->i", x, rest) / np.maximum(norms, 1e-12)
-        out[start:start + chunk] = np.where(counts[own] > 1, value, 1.0)
-    return out
+    rest = unit_sums[labels] - unit_rows
+    norms = np.linalg.norm(rest, axis=1)
+    value = np.einsum("ij,ij->i", unit_rows, rest) / np.maximum(norms, 1e-12)
+    return np.where(counts[labels] > 1, value, 1.0)
 
 
 def outlier_cutoff(own_similarity: np.ndarray, mads: float = OUTLIER_MADS) -> float:

@@ -207,3 +207,39 @@ def test_warnings_reach_the_console_headline():
                "noise": {"flagged": 9, "samples": 10}}
     assert headline(summary)[-1] == "Warning (conflict): W1"
     assert not [line for line in headline({"noise": {"flagged": 1, "samples": 10}}) if "Warning" in line]
+
+
+@pytest.mark.parametrize("source", ["means", "store"])
+def test_chunked_sample_search_equals_one_pass(noisy, source):
+    embeddings, labels, truth, centers, samples = noisy
+    if source == "store":
+        centers = Centers(vectors=centers.vectors * 3.0, source="store", counts=centers.counts)
+    whole = sample_neighbours(embeddings, labels, centers, BruteForceIndex, chunk_rows=len(labels))
+    chunked = sample_neighbours(embeddings, labels, centers, BruteForceIndex, chunk_rows=97)
+    np.testing.assert_array_equal(chunked.nearest_label, whole.nearest_label)
+    np.testing.assert_allclose(chunked.nearest_similarity, whole.nearest_similarity, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(chunked.own_similarity, whole.own_similarity, rtol=0, atol=1e-6)
+
+
+def test_memory_mapped_embeddings_are_read_in_chunks(tmp_path):
+    # 60 MB of embeddings on disk; the search may hold a few chunks of them, never a copy of all.
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "embeddings.npy"
+    stored = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(120_000, 128))
+    labels = rng.integers(0, 50, len(stored))
+    for start in range(0, len(stored), 10_000):
+        stored[start:start + 10_000] = rng.normal(size=(10_000, 128))
+    stored.flush()
+    del stored
+    embeddings = np.load(path, mmap_mode="r")
+    centers = class_means(embeddings, labels, 50)
+    tracemalloc.start()
+    try:
+        samples = sample_neighbours(embeddings, labels, centers, BruteForceIndex, chunk_rows=8192)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < embeddings.nbytes / 3, f"peak {peak / 2**20:.1f} MiB for {embeddings.nbytes / 2**20:.1f} MiB"
+    assert (samples.nearest_label >= 0).all() and np.isfinite(samples.own_similarity).all()
