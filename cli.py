@@ -19,14 +19,23 @@ from core.errors import FaceQueueError
 
 
 class _Group(click.Group):
-    """Turns FaceQueueError into a one-line message and exit code 2."""
+    """Turns FaceQueueError and OSError (a path that cannot be read or written) into one line and exit code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except FaceQueueError as exc:
-            click.echo(f"error: {exc}", err=True)
+        except (FaceQueueError, OSError) as exc:
+            click.echo(f"error: {_one_line(exc)}", err=True)
             sys.exit(2)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error's own message; a DataLoader worker's re-raised error carries the worker's traceback."""
+    message = str(exc)
+    if "Original Traceback" in message:  # the last line is "module.ErrorType: the original message"
+        last = message.strip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return message
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,10 +98,7 @@ def main() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def train(config_file: Optional[str], quiet: bool, **options: Any) -> None:
     """Train with Partial FC (--method pfc) or DCQ (--method dcq); with no --data, on synthetic identities."""
-    import torch
-
-    from core.config import TrainConfig, load_config
-    from core.checkpoint import find_checkpoint
+    from core.config import load_config, resume_config
     from core.trainer import Trainer, metrics_summary
 
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
@@ -100,9 +106,10 @@ def train(config_file: Optional[str], quiet: bool, **options: Any) -> None:
     if "compile_backbone" in options:  # `compile` would shadow the builtin as a parameter name
         options["compile"] = options.pop("compile_backbone")
     if "resume" in options:
-        saved = torch.load(find_checkpoint(options["resume"]), map_location="cpu", weights_only=False)["config"]
-        config = TrainConfig(**saved).replace(**options)
-        run_dir = Path(options["resume"])
+        if config_file is not None:
+            raise FaceQueueError("--config cannot be combined with --resume: a resumed run keeps the config it was "
+                                 "trained with; give flags for what may change (--epochs, --max-steps, --val, ...)")
+        run_dir, config = resume_config(options)
     else:
         config = load_config(config_file, options)
         run_dir = Path(config.out or f"runs/{config.method}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -112,6 +119,9 @@ def train(config_file: Optional[str], quiet: bool, **options: Any) -> None:
     trainer = Trainer(config, run_dir, progress=not quiet)
     if config.resume:
         trainer.resume(config.resume)
+        if trainer.step >= trainer.last_step:
+            raise FaceQueueError(f"--resume {run_dir}: the run already finished its {trainer.step} steps; give "
+                                 "--epochs (or --max-steps) beyond them to train on")
     metrics = trainer.fit()
     if trainer.context.is_main:
         minutes = (time.perf_counter() - started) / 60
@@ -194,7 +204,8 @@ def make_synthetic(out: str, identities: int, heldout: int, flip_noise: float, s
         min_images=min_images, max_images=max_images, seed=seed))
     click.echo(f"Wrote {summary['num_images']} images of {summary['num_classes']} classes to {out} "
                f"({summary.get('num_flipped', 0)} flipped labels, {summary.get('num_split_pairs', 0)} split pairs).")
-    click.echo(f"Next: python cli.py data inspect {out} --plot {Path(out) / 'counts.png'}  |  "
+    plot = Path(out).with_name(Path(out).name + "-counts.png")  # beside the dataset: regenerating replaces it whole
+    click.echo(f"Next: python cli.py data inspect {out} --plot {plot}  |  "
                f"python cli.py train --method pfc --data {out}")
 
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -128,15 +129,9 @@ class RunInfo:
 
 def load_run(run: str | Path) -> RunInfo:
     """Read a run directory (or checkpoint file) on CPU; a clear error when there is none."""
-    from core.checkpoint import find_checkpoint
+    from core.checkpoint import read_checkpoint
 
-    checkpoint = find_checkpoint(run)
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise DataError(f"{checkpoint}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(state, dict) or "config" not in state or "eval_backbone" not in state:
-        raise DataError(f"{checkpoint}: not a facequeue training checkpoint (no config / eval_backbone)")
+    checkpoint, state = read_checkpoint(run)
     stats = run_class_statistics(state, checkpoint.parent)
     return RunInfo(path=Path(run), checkpoint=checkpoint, config=dict(state["config"]),
                    method=stats.method, num_classes=int(state["num_classes"]),
@@ -176,8 +171,14 @@ def _stat_key(path: Path) -> list[Any]:
     return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def embedding_cache_key(run: RunInfo, data_path: Path, labels: np.ndarray) -> str:
-    """Identity of (checkpoint, data): any retraining or data edit gives a new key."""
+def embedding_cache_key(run: RunInfo, data_path: Path, labels: np.ndarray,
+                        files: Optional[Sequence[str]] = None) -> str:
+    """Identity of (checkpoint, data): any retraining or data edit gives a new key.
+
+    ``files`` are a folder's or list's samples (image paths or ``file.rec#KEY``): an image
+    replaced in place, or a .rec its references point into, changes the key even though
+    the folder or list file itself did not change.
+    """
     data_path = Path(data_path)
     parts: list[Any] = [_stat_key(run.checkpoint)]
     root = data_path.parent if data_path.suffix == ".rec" else data_path
@@ -185,8 +186,26 @@ def embedding_cache_key(run: RunInfo, data_path: Path, labels: np.ndarray) -> st
         parts += [_stat_key(root / "train.rec"), _stat_key(root / "train.idx")]
     else:
         parts.append(_stat_key(data_path))
+    if files is not None:
+        parts.append(_files_key(files))
     parts.append(hashlib.sha1(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest())
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
+
+
+def _files_key(files: Sequence[str]) -> str:
+    digest = hashlib.sha1()
+    record_files: set[str] = set()
+    for name in files:
+        name = str(name)
+        if "#" in name and name.rsplit("#", 1)[0].endswith(".rec"):
+            record_files.add(name.rsplit("#", 1)[0])
+            continue
+        stat = os.stat(name)
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    for rec in sorted(record_files):
+        for path in (Path(rec), Path(rec).with_suffix(".idx")):
+            digest.update(json.dumps(_stat_key(path)).encode())
+    return digest.hexdigest()
 
 
 @torch.no_grad()
@@ -236,7 +255,7 @@ def cached_embeddings(run: RunInfo, data_path: Path, dataset, device: torch.devi
     """
     from core.io import atomic_path, atomic_write_json
 
-    key = embedding_cache_key(run, data_path, dataset.labels)
+    key = embedding_cache_key(run, data_path, dataset.labels, getattr(dataset, "paths", None))
     path = run.cache_dir / f"{key}.npy"
     dim = int(run.config["embedding_size"])
     if path.is_file():

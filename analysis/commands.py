@@ -8,6 +8,7 @@ so that the main CLI prints it as one line.
 
 from __future__ import annotations
 
+import math
 import shlex
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -59,20 +60,51 @@ def _run(which: tuple[str, ...], run: str, data: Optional[str], out: str, device
         raise ConfigError(f"--k must be >= 1, got {options['k']}")
     if options.get("relabel") and not options.get("write_clean"):
         raise ConfigError("--relabel changes what --write-clean writes; give --write-clean FILE too")
+    for name, low, high in THRESHOLD_RANGES:
+        value = options.get(name)
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            raise ConfigError(f"{OPTION_NAMES[name]} must be a number in [{low}, {high}], got {value}")
     inputs = load_analysis_input(run, data, device=device, batch_size=batch_size, workers=workers,
-                                 progress=not quiet)
+                                 progress=not quiet, centers=centers)
     analysis_options = AnalysisOptions(index_method=index_method, centers=centers, progress=not quiet,
                                        **{k: v for k, v in options.items() if v is not None})
     return run_analyses(inputs, out_dir, which, analysis_options)
 
 
 def _echo_written(analysis) -> None:
+    from analysis.runner import warnings
+
     for path in analysis.written:
         click.echo(f"  {path}")
+    for line in warnings(analysis.summary):
+        click.echo(line)
+
+
+def _next_report(common: dict[str, Any]) -> str:
+    return (f"Next: python cli.py analyze report {shlex.quote(common['run'])}{_data_flag(common['data'])} "
+            f"--out {shlex.quote(common['out'])}   (conflict, noise and long tail in one report)")
+
+
+def _next_after_clean(analysis, write_clean: str) -> str:
+    """Train on the cleaned list, unless it was withheld because the flags are not credible."""
+    clean = analysis.summary["noise"].get("clean", {})
+    if not clean.get("written"):
+        run = shlex.quote(str(analysis.inputs.run.path))
+        return f"Next: check the run's verification accuracy (python cli.py eval {run}) before cleaning with it"
+    return f"Next: python cli.py train --method {analysis.inputs.run.method} --data {shlex.quote(write_clean)}"
 
 
 def _data_flag(data: Optional[str]) -> str:
     return f" --data {shlex.quote(data)}" if data else ""
+
+
+# Options given as cosines (or a difference of two) must lie in their range: nan, inf or a
+# cosine of 2 would flag nothing or everything without a word.
+THRESHOLD_RANGES = (("conflict_threshold", -1.0, 1.0), ("noise_threshold", -2.0, 2.0),
+                    ("outlier_similarity", -1.0, 1.0))
+OPTION_NAMES = {"conflict_threshold": "--threshold (conflict)",
+                "noise_threshold": "--threshold of analyze noise (--noise-threshold of analyze report)",
+                "outlier_similarity": "--outlier-threshold"}
 
 
 @click.group(name="analyze")
@@ -93,8 +125,7 @@ def conflict(k: int, threshold: Optional[float], **common: Any) -> None:
     click.echo(f"Wrote {summary['pairs']:,} candidate pairs, {summary['flagged']:,} flagged "
                f"(cosine > {summary['threshold']}):")
     _echo_written(analysis)
-    click.echo(f"Next: python cli.py analyze noise {shlex.quote(common['run'])}{_data_flag(common['data'])} "
-               f"--out {shlex.quote(common['out'])}")
+    click.echo(_next_report(common))
 
 
 @analyze.command()
@@ -115,11 +146,7 @@ def noise(threshold: float, outlier_threshold: Optional[float], write_clean: Opt
     summary = analysis.summary["noise"]
     click.echo(f"Scored {summary['samples']:,} samples, {summary['flagged']:,} flagged:")
     _echo_written(analysis)
-    if write_clean:
-        click.echo(f"Next: python cli.py train --method {analysis.inputs.run.method} --data {shlex.quote(write_clean)}")
-    else:
-        click.echo(f"Next: python cli.py analyze longtail {shlex.quote(common['run'])}{_data_flag(common['data'])} "
-                   f"--out {shlex.quote(common['out'])}")
+    click.echo(_next_after_clean(analysis, write_clean) if write_clean else _next_report(common))
 
 
 @analyze.command()
@@ -131,8 +158,7 @@ def longtail(**common: Any) -> None:
     click.echo(f"Analysed {summary['classes']:,} classes ({summary['head_classes']:,} head, "
                f"{summary['tail_classes']:,} tail):")
     _echo_written(analysis)
-    click.echo(f"Next: python cli.py analyze report {shlex.quote(common['run'])}{_data_flag(common['data'])} "
-               f"--out {shlex.quote(common['out'])}")
+    click.echo(_next_report(common))
 
 
 @analyze.command()
@@ -153,13 +179,15 @@ def report(k: int, threshold: Optional[float], noise_threshold: float, write_cle
                     relabel=relabel, **common)
     from analysis.runner import headline
 
-    for line in headline(analysis.summary):
+    for line in headline(analysis.summary, with_warnings=False):
         click.echo(line)
     click.echo("Wrote:")
     _echo_written(analysis)
     if write_clean:
-        click.echo(f"Next: python cli.py train --method {analysis.inputs.run.method} --data {shlex.quote(write_clean)}")
+        click.echo(_next_after_clean(analysis, write_clean))
+    elif "warning" in analysis.summary["noise"]:
+        click.echo(f"Next: open {Path(common['out']) / 'report.html'}")
     else:
         click.echo(f"Next: open {Path(common['out']) / 'report.html'}, or clean the data with: python cli.py "
-                   f"analyze noise {shlex.quote(common['run'])}{_data_flag(common['data'])} --out "
+                   f"analyze report {shlex.quote(common['run'])}{_data_flag(common['data'])} --out "
                    f"{shlex.quote(common['out'])} --write-clean {shlex.quote(str(Path(common['out']) / 'clean.txt'))}")

@@ -15,7 +15,7 @@ import numpy as np
 
 from analysis.centers import RunInfo, cached_embeddings, load_run, resolve_data_path
 from core.data.base import FaceDataset
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 
 
 @dataclass
@@ -59,7 +59,7 @@ def sample_sources(dataset) -> SampleSources:
     if keys is not None:
         return SampleSources(records=np.asarray(keys, dtype=np.int64), paths=None)
     paths = getattr(dataset, "paths", None)
-    if paths is not None:
+    if paths is not None and not any("#" in str(p) for p in paths):  # "file.rec#KEY" entries name records
         return SampleSources(records=None, paths=[str(p) for p in paths])
     records, file_paths = [], []
     for index in range(len(dataset)):
@@ -88,19 +88,41 @@ def open_analysis_dataset(run: RunInfo, data_path: Path) -> "FaceDataset":
 
 
 def load_analysis_input(run: str | Path, data: Optional[str] = None, device: str = "auto",
-                        batch_size: int = 256, workers: int = 0, progress: bool = True) -> AnalysisInput:
-    """Run + data + (cached) embeddings + ground truth, validated."""
+                        batch_size: int = 256, workers: int = 0, progress: bool = True,
+                        centers: str = "auto") -> AnalysisInput:
+    """Run + data + (cached) embeddings + ground truth, validated (everything that can be, before embedding)."""
     from core.data.synthetic import load_ground_truth
     from core.distributed import resolve_device
 
     info = load_run(run)
+    if centers == "store" and info.statistics.centers is None:
+        raise ConfigError(f"--centers store: a {info.method.upper()} run has no center store; use --centers means")
     data_path = resolve_data_path(info, data)
     dataset = open_analysis_dataset(info, data_path)
+    ground_truth = load_ground_truth(data_root(data_path))
+    if ground_truth is not None:
+        check_ground_truth(ground_truth, data_root(data_path), data_path, len(dataset), info.num_classes)
     torch_device = resolve_device(device)
     embeddings, cache_file, hit = cached_embeddings(info, data_path, dataset, torch_device, batch_size, workers,
                                                     progress)
     labels = np.asarray(dataset.labels, dtype=np.int64)
     return AnalysisInput(run=info, data_path=data_path, dataset=dataset, labels=labels, embeddings=embeddings,
-                         sources=sample_sources(dataset),
-                         ground_truth=load_ground_truth(data_root(data_path)), cache_file=cache_file,
+                         sources=sample_sources(dataset), ground_truth=ground_truth, cache_file=cache_file,
                          cache_hit=hit)
+
+
+def check_ground_truth(truth: dict, root: Path, data_path: Path, num_images: int, num_classes: int) -> None:
+    """Refuse a ground_truth.json written for other data: its scores would be silently wrong.
+
+    A list file (a cleaned subset, say) may hold fewer images than the set the ground
+    truth describes, but never other classes.
+    """
+    counts = truth.get("counts", {})
+    where = root / "ground_truth.json"
+    if counts.get("num_classes") not in (None, num_classes):
+        raise DataError(f"{where}: describes {counts['num_classes']} classes but the data has {num_classes}; "
+                        "it belongs to another dataset (move it away to analyse without scores)")
+    subset = Path(data_path).is_file()
+    if counts.get("num_images") not in (None, num_images) and not (subset and num_images < counts["num_images"]):
+        raise DataError(f"{where}: describes {counts['num_images']} images but {data_path} holds {num_images}; "
+                        "it belongs to another dataset (move it away to analyse without scores)")

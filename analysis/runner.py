@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -33,6 +36,9 @@ from core.errors import ConfigError, DataError
 from core.io import atomic_path, atomic_write_json
 
 SUMMARY_JSON = "summary.json"
+# Every file an analyze command may write in --out; a new command replaces all of them.
+OUTPUT_PATTERNS = ("conflict*.csv", "conflict*.png", "noise*.csv", "noise*.png", "longtail*.csv", "longtail*.png",
+                   "report.html", "report.md", SUMMARY_JSON)
 
 
 @dataclass
@@ -70,7 +76,6 @@ class Analysis:
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.options.k < 1:
             raise ConfigError(f"--k must be >= 1, got {self.options.k}")
         if self.index_builder is None:
@@ -272,15 +277,18 @@ class Analysis:
         warning = noise_warning(float(flagged.mean()))
         if warning:
             summary["warning"] = warning
-        if options.write_clean is not None:
+        if options.write_clean is not None and warning:
+            figures["clean list"] = f"not written ({options.write_clean}): the flags are not credible"
+            summary["clean"] = {"path": str(options.write_clean), "written": False}
+        elif options.write_clean is not None:
             plan = clean_plan(table, inputs.num_classes, relabel=options.relabel)
             lines = write_clean_list(options.write_clean, plan, inputs.dataset, sources.records, sources.paths)
             self.written.append(Path(options.write_clean))
             figures.update({"clean list": str(options.write_clean), "clean list samples": lines,
                             "dropped": plan.dropped, "relabelled": plan.relabelled,
                             "flagged but kept (last sample of their class)": plan.kept_last})
-            summary["clean"] = {"path": str(options.write_clean), "samples": lines, "dropped": plan.dropped,
-                                "relabelled": plan.relabelled, "kept_last": plan.kept_last}
+            summary["clean"] = {"path": str(options.write_clean), "written": True, "samples": lines,
+                                "dropped": plan.dropped, "relabelled": plan.relabelled, "kept_last": plan.kept_last}
         score = None
         truth_by_row = None
         if inputs.ground_truth is not None:
@@ -426,23 +434,65 @@ def _json_default(value: Any) -> Any:
 
 def run_analyses(inputs: AnalysisInput, out_dir: Path, which: tuple[str, ...], options: AnalysisOptions,
                  index_builder: Optional[IndexBuilder] = None) -> Analysis:
-    """Run the named analyses (conflict, noise, longtail) into one report in ``out_dir``."""
-    analysis = Analysis(inputs, Path(out_dir), options, index_builder)
-    body = Report(title="")
-    for name in which:
-        getattr(analysis, name)(body)
-    titles = {"conflict": "Conflict", "noise": "Noise", "longtail": "Long-tail"}
-    title = " + ".join(titles[name] for name in which) + f" analysis of {inputs.run.path}"
-    report = Report(title=title)
-    if len(which) > 1:
-        report.heading("Figures that matter")
-        report.bullets(headline(analysis.summary))
-    report.heading("Parameters")
-    analysis.parameters(report, ", ".join(which))
-    report.blocks.extend(body.blocks)
-    analysis.written.extend(report.write(out_dir))
-    analysis.write_summary()
+    """Run the named analyses (conflict, noise, longtail) into one report in ``out_dir``.
+
+    Files are written into a staging folder inside ``out_dir`` and moved in only when
+    every analysis has finished, replacing all outputs of an earlier analyze command: the
+    folder never holds one command's CSV beside another's report, nor half of a failed one.
+    """
+    out_dir = Path(out_dir)
+    check_write_clean(options.write_clean, inputs.data_path, out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise ConfigError(f"--out {out_dir}: cannot be a directory ({exc.strerror}: {exc.filename})") from exc
+    staging = Path(tempfile.mkdtemp(prefix=".analysis-", dir=out_dir))
+    try:
+        analysis = Analysis(inputs, staging, options, index_builder)
+        body = Report(title="")
+        for name in which:
+            getattr(analysis, name)(body)
+        titles = {"conflict": "Conflict", "noise": "Noise", "longtail": "Long-tail"}
+        title = " + ".join(titles[name] for name in which) + f" analysis of {inputs.run.path}"
+        report = Report(title=title)
+        if len(which) > 1:
+            report.heading("Figures that matter")
+            report.bullets(headline(analysis.summary))
+        report.heading("Parameters")
+        analysis.parameters(report, ", ".join(which))
+        report.blocks.extend(body.blocks)
+        analysis.written.extend(report.write(staging))
+        analysis.write_summary()
+        _publish(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    analysis.out_dir = out_dir
+    analysis.written = [out_dir / path.name if path.parent == staging else path for path in analysis.written]
     return analysis
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Replace the previous analyze outputs in ``out_dir`` by the staged ones (other files stay)."""
+    for pattern in OUTPUT_PATTERNS:
+        for stale in out_dir.glob(pattern):
+            if stale.is_file():
+                stale.unlink()
+    for path in staging.iterdir():
+        os.replace(path, out_dir / path.name)
+
+
+def check_write_clean(target: Optional[Path], data_path: Path, out_dir: Path) -> None:
+    """Refuse a --write-clean path that would overwrite the analysed data or this command's own outputs."""
+    if target is None:
+        return
+    target = Path(target).resolve()
+    data_path = Path(data_path).resolve()
+    if target == data_path or (data_path.is_dir() and data_path in target.parents and target.exists()):
+        raise ConfigError(f"--write-clean {target}: would overwrite the analysed data ({data_path}); "
+                          "write the cleaned list to a new file")
+    if target.parent == Path(out_dir).resolve() and any(target.match(p) for p in OUTPUT_PATTERNS):
+        raise ConfigError(f"--write-clean {target}: is one of the files this command writes in --out; "
+                          "choose another name (for example clean.txt)")
 
 
 def _ground_truth_clause(section: dict[str, Any], truth: str) -> str:
@@ -456,8 +506,8 @@ def _ground_truth_clause(section: dict[str, Any], truth: str) -> str:
             + f", precision {g['precision']:.3f}, recall {g['recall']:.3f}")
 
 
-def headline(summary: dict[str, Any]) -> list[str]:
-    """One line per analysis with the figures that matter (console and report top)."""
+def headline(summary: dict[str, Any], with_warnings: bool = True) -> list[str]:
+    """One line per analysis with the figures that matter (console and report top), then any warnings."""
     lines = []
     if "conflict" in summary:
         c = summary["conflict"]
@@ -477,6 +527,14 @@ def headline(summary: dict[str, Any]) -> list[str]:
         else:
             lines.append(f"Long tail: {lt['classes']:,} classes, {lt['head_classes']:,} head / "
                          f"{lt['tail_classes']:,} tail")
-    lines += [f"Warning ({task}): {summary[task]['warning']}" for task in ("conflict", "noise")
-              if "warning" in summary.get(task, {})]
+    return lines + (warnings(summary) if with_warnings else [])
+
+
+def warnings(summary: dict[str, Any]) -> list[str]:
+    """``Warning (task): …`` lines for the analyses whose flags cannot mean what they say."""
+    lines = [f"Warning ({task}): {summary[task]['warning']}" for task in ("conflict", "noise")
+             if "warning" in summary.get(task, {})]
+    clean = summary.get("noise", {}).get("clean")
+    if clean is not None and not clean["written"]:
+        lines.append(f"--write-clean {clean['path']} was not written: these flags would drop good data")
     return lines

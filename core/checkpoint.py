@@ -38,6 +38,24 @@ def find_checkpoint(path: str | Path) -> Path:
     return candidate
 
 
+def load_file(path: Path, map_location: Any = "cpu", **options: Any) -> Any:
+    """``torch.load``, with a DataError naming the file when it is truncated or not a checkpoint at all."""
+    try:
+        return torch.load(path, map_location=map_location, **options)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        raise DataError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {detail})") from exc
+
+
+def read_checkpoint(run: str | Path, map_location: Any = "cpu") -> tuple[Path, dict[str, Any]]:
+    """A run's (or a checkpoint file's) path and state, checked to be one of this project's checkpoints."""
+    checkpoint = find_checkpoint(run)
+    state = load_file(checkpoint, map_location, weights_only=False)
+    if not isinstance(state, dict) or "config" not in state or "eval_backbone" not in state:
+        raise DataError(f"{checkpoint}: not a facequeue training checkpoint (no config / eval_backbone)")
+    return checkpoint, state
+
+
 def save_checkpoint(run_dir: Path, state: dict[str, Any], sampler: ClassSampler, step: int,
                     context: DistributedContext) -> Path:
     """Write shards (every rank) then ``checkpoint.pt`` (rank 0); ``state`` lacks the sampler."""
@@ -83,7 +101,7 @@ def read_rows(run_dir: Path, state: dict[str, Any], name: str, start: int, count
         path = run_dir / shard["file"]
         if not path.is_file():
             raise DataError(f"{run_dir / CHECKPOINT_NAME}: its shard {path} is missing")
-        tensors = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["tensors"]
+        tensors = load_file(path, mmap=True, weights_only=True)["tensors"]
         parts.append(tensors[name][lo - shard["start"]:hi - shard["start"]].clone())
     table = torch.cat(parts) if parts else torch.empty(0)
     if table.shape[0] != count:

@@ -8,6 +8,7 @@ different model than the one the researcher asked for.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -72,6 +73,21 @@ class TrainConfig:
     flip_noise: float = 0.05
     split: float = 0.05
 
+    def validate(self) -> "TrainConfig":
+        """Types (YAML gives strings as readily as numbers) and ranges, before anything is built or written."""
+        hints = typing.get_type_hints(TrainConfig)
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if not _matches(value, hints[item.name]):
+                raise ConfigError(f"{_option(item.name)}: expected {_describe(hints[item.name])}, got {value!r}")
+        for name, low, inclusive in _LOWER_BOUNDS:
+            value = getattr(self, name)
+            if value is not None and (value < low or (value == low and not inclusive)):
+                raise ConfigError(f"{_option(name)} must be {'>=' if inclusive else '>'} {low}, got {value}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"{_option('momentum')} must be in [0, 1), got {self.momentum}")
+        return self
+
     def replace(self, **changes: Any) -> "TrainConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
@@ -80,6 +96,42 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# (key, bound, bound allowed): the options whose range is simple enough to state here.
+_LOWER_BOUNDS = (("batch_size", 1, True), ("epochs", 1, True), ("accumulate", 1, True), ("lr", 0.0, False),
+                 ("weight_decay", 0.0, True), ("grad_clip", 0.0, True), ("warmup_epochs", 0.0, True),
+                 ("lr_power", 0.0, False), ("max_steps", 1, True), ("workers", 0, True),
+                 ("checkpoint_every", 0, True), ("log_every", 1, True), ("val_every", 0, True),
+                 ("embedding_size", 1, True), ("synthetic_identities", 2, True))
+
+
+def _option(name: str) -> str:
+    return f"{name} (--{name.replace('_', '-')})"
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return any(_matches(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union:
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is list:
+        return "a list of " + ("numbers" if args[0] is float else "strings" if args[0] is str else _describe(args[0]))
+    return "null" if hint is type(None) else ("a number" if hint is float else hint.__name__)
 
 
 def config_keys() -> list[str]:
@@ -103,8 +155,36 @@ def load_config(path: Optional[str | Path], overrides: dict[str, Any]) -> TrainC
         if unknown:
             raise ConfigError(f"--config {path}: unknown key(s) {', '.join(unknown)}; "
                               f"valid keys are {', '.join(config_keys())}")
+        if isinstance(values.get("val"), str):  # one file written as a string rather than a list
+            values["val"] = [values["val"]]
         config = config.replace(**values)
-    return config.replace(**{k: v for k, v in overrides.items() if v is not None})
+    return config.replace(**{k: v for k, v in overrides.items() if v is not None}).validate()
+
+
+# What a resumed run cannot change: the model, the data and its order, and the shapes of the
+# saved state. Schedule and runtime options (--epochs, --max-steps, --lr, --val, --device,
+# --workers, logging, checkpointing) may change.
+RESUME_FIXED_KEYS = ("method", "data", "backbone", "embedding_size", "input_size", "batch_size", "accumulate",
+                     "optimizer", "center_dtype", "queue_size", "k_shot", "identity_sampling", "seed",
+                     "synthetic_identities", "flip_noise", "split")
+
+
+def resume_config(options: dict[str, Any]) -> tuple[Path, TrainConfig]:
+    """The run directory and config of ``options['resume']``, with the flags that may change applied."""
+    from core.checkpoint import read_checkpoint
+
+    checkpoint, state = read_checkpoint(options["resume"])
+    run_dir = checkpoint.parent
+    if options.get("out") is not None and Path(options["out"]).resolve() != run_dir.resolve():
+        raise ConfigError(f"--out {options['out']}: a resumed run continues in its own directory ({run_dir}); "
+                          "copy that directory first to branch the run")
+    saved = TrainConfig(**state["config"])
+    changed = [f"--{key.replace('_', '-')} {options[key]} (the run has {getattr(saved, key)})"
+               for key in RESUME_FIXED_KEYS if key in options and options[key] != getattr(saved, key)]
+    if changed:
+        raise ConfigError(f"--resume {run_dir}: {'; '.join(changed)}. A resumed run keeps its method, model, data "
+                          "and batch layout; train a new run to change them")
+    return run_dir, saved.replace(**{**options, "resume": str(run_dir), "out": str(run_dir)}).validate()
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

@@ -13,11 +13,11 @@ import torch
 from torch import nn
 
 from core.backbones import build_backbone
-from core.checkpoint import find_checkpoint
+from core.checkpoint import read_checkpoint
 
 
 def load_checkpoint(run: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    return torch.load(find_checkpoint(run), map_location=device, weights_only=False)
+    return read_checkpoint(run, device)[1]
 
 
 def load_evaluation_backbone(run: str | Path, device: torch.device, online: bool = False) -> tuple[nn.Module, int]:

@@ -47,3 +47,13 @@ def atomic_write_json(path: str | Path, value: Any) -> None:
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def read_json(path: str | Path) -> Any:
+    """A JSON file's value, or a DataError naming the file when it is missing, truncated or not JSON."""
+    from core.errors import DataError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read JSON ({type(exc).__name__}: {exc})") from exc

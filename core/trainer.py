@@ -33,8 +33,8 @@ from core.data.transforms import random_horizontal_flip
 from core.distributed import DistributedContext, init_distributed, resolve_device
 from core.errors import ConfigError, DataError, TrainingError
 from core.evaluation import embed_images, evaluate_pairs
-from core.checkpoint import CHECKPOINT_NAME, find_checkpoint, sampler_state_for, save_checkpoint
-from core.io import atomic_write_json
+from core.checkpoint import CHECKPOINT_NAME, read_checkpoint, sampler_state_for, save_checkpoint
+from core.io import atomic_path, atomic_write_json
 from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
 
@@ -63,6 +63,16 @@ def build_optimizer(config: TrainConfig, parameters: list[nn.Parameter]) -> torc
     raise ConfigError(f"--optimizer must be sgd or adamw, got {config.optimizer!r}")
 
 
+def _write_environment(path: Path, device: torch.device, resumed_at: int) -> None:
+    """env.json: where the run started; a resume appends where and when it went on, keeping the original."""
+    environment = _environment(device)
+    if resumed_at > 0 and path.is_file():
+        previous = json.loads(path.read_text())
+        previous.setdefault("resumed", []).append({**environment, "step": resumed_at})
+        environment = previous
+    atomic_write_json(path, environment)
+
+
 def _environment(device: torch.device) -> dict[str, Any]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -82,14 +92,12 @@ class Trainer:
                  dataset: Optional[FaceDataset] = None) -> None:
         """``dataset``: an already prepared dataset instead of ``config.data`` (the step benchmark's
         in-memory images over a million labels, which no file on disk needs to hold)."""
-        config = resolve_method_defaults(config)
+        config = resolve_method_defaults(config.validate())
         self.config = config
         self.run_dir = Path(run_dir)
         self.device = resolve_device(config.device)
         self.context: DistributedContext = init_distributed(self.device)
         self.progress = progress and self.context.is_main
-        if config.accumulate < 1 or config.batch_size < 1 or config.epochs < 1:
-            raise ConfigError("--batch-size, --epochs and accumulate must be >= 1")
         amp = "bf16" if config.amp == "auto" and self.device.type == "cuda" else config.amp
         if amp not in ("auto", "bf16", "off"):
             raise ConfigError(f"amp must be auto, bf16 or off; got {config.amp!r}")
@@ -101,8 +109,16 @@ class Trainer:
         self.dataset = dataset if dataset is not None else prepare_dataset(
             self.data_root or config.data, self.input_size, config.cache_images, progress=self.progress)
         self.num_classes = self.dataset.num_classes
+        if self.num_classes < 2:
+            raise DataError(f"--data {config.data}: holds {self.num_classes} class; a softmax over identities "
+                            "needs at least 2")
         self.val_files = list(config.val) or default_val_files(self.data_root)
+        # Read now, not at the first evaluation: a missing or corrupt --val file must not cost the steps before it.
         self._val_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if self.context.is_main:
+            from core.data.verification_bin import load_verification_pairs
+            for path in self.val_files:
+                self._val_pairs[path] = load_verification_pairs(path)
 
         self.backbone = build_backbone(config.backbone, config.embedding_size, self.input_size).to(self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -204,8 +220,7 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint written by any number of processes."""
-        checkpoint = find_checkpoint(path)
-        state = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        checkpoint, state = read_checkpoint(path, self.device)
         sampler_state = sampler_state_for(checkpoint.parent, state, *self.sampler.shard_range())
         self.load_state_dict(state, {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
                                      for k, v in sampler_state.items()})
@@ -297,12 +312,12 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to the end (or ``max_steps``), evaluating and checkpointing on the way."""
         config = self.config
-        last_step = min(self.total_steps, config.max_steps or self.total_steps)
+        last_step = self.last_step
         if self.context.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / "config.yaml")
-            atomic_write_json(self.run_dir / "env.json", _environment(self.device))
-        log = _CsvLog(self.run_dir / "log.csv", self.context.is_main)
+            _write_environment(self.run_dir / "env.json", self.device, resumed_at=self.step)
+        log = _CsvLog(self.run_dir / "log.csv", self.context.is_main, keep_through_step=self.step)
         board = _tensorboard(self.run_dir) if self.context.is_main else None
         micro_batches = self._micro_batches()
         images_per_step = config.batch_size * config.accumulate * self.context.world_size
@@ -351,6 +366,11 @@ class Trainer:
             _plot_log(self.run_dir)
         return self.metrics
 
+    @property
+    def last_step(self) -> int:
+        """The step this run stops at: the schedule's end, or ``--max-steps`` before it."""
+        return min(self.total_steps, self.config.max_steps or self.total_steps)
+
     def _should_validate(self, epoch_done: bool, last_step: int) -> bool:
         if not self.val_files or self.step == last_step:
             return False
@@ -375,9 +395,6 @@ class Trainer:
         if not self.context.is_main:
             return results
         for path in self.val_files:
-            if path not in self._val_pairs:
-                from core.data.verification_bin import load_verification_pairs
-                self._val_pairs[path] = load_verification_pairs(path)
             images, issame = self._val_pairs[path]
             embeddings = embed_images(model, images, self.input_size, device=self.device, progress=self.progress)
             results[Path(path).stem] = evaluate_pairs(embeddings, issame)
@@ -389,12 +406,21 @@ class _CsvLog:
 
     FIELDS = ["step", "epoch", "loss", "lr", "img_per_s"]
 
-    def __init__(self, path: Path, enabled: bool) -> None:
+    def __init__(self, path: Path, enabled: bool, keep_through_step: int = 0) -> None:
+        """Rows after ``keep_through_step`` (the checkpoint being resumed, 0 for a new run) are dropped:
+        they were logged by an interrupted run after its last checkpoint and are about to be redone."""
         self.path = path
         self.enabled = enabled
-        if enabled and not path.exists():
-            with open(path, "w", newline="") as handle:
-                csv.DictWriter(handle, self.FIELDS).writeheader()
+        if not enabled:
+            return
+        kept = []
+        if path.exists() and keep_through_step > 0:
+            with open(path, newline="") as handle:
+                kept = [row for row in csv.DictReader(handle) if int(row["step"]) <= keep_through_step]
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, self.FIELDS)
+            writer.writeheader()
+            writer.writerows(kept)
 
     def write(self, row: dict[str, Any]) -> None:
         if self.enabled:

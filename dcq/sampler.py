@@ -29,6 +29,9 @@ def resolve_queue_size(queue_size: float, num_classes: int, num_images: Optional
     """``--queue-size``: a count when >= 1, a fraction of the classes when < 1 (0.1 = 10 %)."""
     if queue_size <= 0:
         raise ConfigError(f"--queue-size must be > 0 (a count, or a fraction of the classes), got {queue_size}")
+    if queue_size >= 1 and queue_size != int(queue_size):
+        raise ConfigError(f"--queue-size {queue_size}: a count must be a whole number (a fraction of the classes "
+                          "must be below 1)")
     size = int(round(queue_size * num_classes)) if queue_size < 1 else int(queue_size)
     if size < 1:
         raise ConfigError(f"--queue-size {queue_size} of {num_classes} classes leaves an empty queue")

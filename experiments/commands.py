@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from core.errors import ConfigError
+
 
 @click.group()
 def experiment() -> None:
@@ -24,6 +26,8 @@ def run_command(out: str, quick: bool, device: str, only: int | None) -> None:
     from experiments.grid import FULL, QUICK, grid_cells
     from experiments.runner import run_grid
 
+    if only is not None and only < 1:
+        raise ConfigError(f"--cells must be >= 1 (the first N cells of the grid), got {only}")
     scale = QUICK if quick else FULL
     started = time.perf_counter()
     total = len(grid_cells(scale)[:only])

@@ -8,7 +8,7 @@ backbone), which removes most of the data-draw variance from the comparison.
 
 from __future__ import annotations
 
-import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -20,7 +20,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from analysis.plots import save_figure
 from core.errors import DataError
-from core.io import atomic_write_text
+from core.io import atomic_write_text, read_json
 from experiments.grid import ARMS, DCQ, NOISY_FLIP, NOISY_SPLIT, PFC_01, PFC_03, SOFTMAX, filtered
 from experiments.runner import GRID_FILE, UPDATES_FILE, load_results
 
@@ -125,7 +125,16 @@ def _holds(condition: bool, *differences: PairedDifference) -> Optional[bool]:
 def cell_updates(grid_dir: Path, frame: pd.DataFrame, dataset: str, arm: str) -> list[tuple[Any, Any]]:
     """``(row, per-class counters)`` of every finished cell of one arm on one dataset."""
     rows = frame[(frame.dataset == dataset) & (frame.arm == arm)].itertuples()
-    return [(row, np.load(grid_dir / "cells" / row.name / UPDATES_FILE)) for row in rows]
+    return [(row, _load_updates(grid_dir / "cells" / row.name / UPDATES_FILE)) for row in rows]
+
+
+def _load_updates(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path) as stored:
+            return {name: stored[name] for name in stored.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:  # missing, truncated, not an npz
+        raise DataError(f"{path}: cannot read the cell's update counters ({type(exc).__name__}: {exc}); delete the "
+                        "cell's result.json to rerun it") from exc
 
 
 # -- claims ------------------------------------------------------------------------------
@@ -316,7 +325,7 @@ def write_report(grid_dir: Path, out: Path) -> list[Path]:
     grid_file = grid_dir / GRID_FILE
     if not grid_file.exists():
         raise DataError(f"{grid_dir}: no {GRID_FILE}; run `python cli.py experiment run --out {grid_dir}` first")
-    grid = json.loads(grid_file.read_text())
+    grid = read_json(grid_file)
     results = load_results(grid_dir)
     if not results:
         raise DataError(f"{grid_dir}/cells: no finished cell (result.json) to report")

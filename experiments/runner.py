@@ -17,8 +17,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from core.errors import ConfigError
-from core.io import atomic_write_json
+from core.errors import ConfigError, DataError
+from core.io import atomic_write_json, read_json
 from experiments.grid import DATASETS, Cell, GridScale, grid_cells
 
 GRID_FILE = "grid.json"
@@ -48,7 +48,7 @@ def _check_grid_file(out: Path, scale: GridScale) -> None:
     grid_file = out / GRID_FILE
     wanted = {"scale": asdict(scale)}
     if grid_file.exists():
-        saved = json.loads(grid_file.read_text())
+        saved = read_json(grid_file)
         if saved.get("scale") != json.loads(json.dumps(wanted["scale"])):
             raise ConfigError(f"{out} holds a {saved.get('scale', {}).get('name', 'different')} grid with other "
                               f"settings; resume it with the same flags or pick another --out")
@@ -129,10 +129,19 @@ def run_cell(cell: Cell, scale: GridScale, data: Path, cell_dir: Path, device: s
     return result
 
 
+RESULT_KEYS = ("dataset", "arm", "seed", "name")
+
+
 def load_results(out: Path) -> list[dict[str, Any]]:
-    """Every finished cell's result (in directory-name order)."""
-    files = sorted((out / "cells").glob(f"*/{RESULT_FILE}"))
-    return [json.loads(path.read_text()) for path in files]
+    """Every finished cell's result (in directory-name order); a damaged one is an error naming its file."""
+    results = []
+    for path in sorted((out / "cells").glob(f"*/{RESULT_FILE}")):
+        result = read_json(path)
+        if not isinstance(result, dict) or any(key not in result for key in RESULT_KEYS):
+            raise DataError(f"{path}: not a cell result (needs {', '.join(RESULT_KEYS)}); delete it to rerun "
+                            "that cell")
+        results.append(result)
+    return results
 
 
 def run_grid(out: Path, scale: GridScale, device: str = "cpu",

@@ -8,6 +8,7 @@ can all work from arrays without touching images.
 from __future__ import annotations
 
 import io
+import re
 from abc import ABC, abstractmethod
 from typing import Callable, Optional
 
@@ -57,7 +58,8 @@ def decode_image(encoded: bytes, where: str) -> np.ndarray:
         with Image.open(io.BytesIO(encoded)) as img:
             return np.asarray(img.convert("RGB"))
     except Exception as exc:  # PIL raises many types for corrupt data
-        raise DataError(f"{where}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+        detail = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))  # PIL names the buffer, not the file
+        raise DataError(f"{where}: cannot decode image ({type(exc).__name__}: {detail})") from exc
 
 
 def encode_image(image: np.ndarray, quality: int = 95) -> bytes:

@@ -59,6 +59,9 @@ __all__ = [
 
 GROUND_TRUTH_FILE = "ground_truth.json"
 PREVIEW_FILE = "preview.png"
+# Everything make_synthetic_dataset writes: the only files it may replace.
+_GENERATED_FILES = frozenset({"train.rec", "train.idx", "property", "val.bin", "val_tail.bin", GROUND_TRUTH_FILE,
+                              PREVIEW_FILE})
 _FORMAT = "facequeue-synthetic-v1"
 
 # Stream ids: each purpose draws from its own generator so options stay independent.
@@ -993,7 +996,7 @@ def _default_workers() -> int:
 
 
 def _check_destination(out_dir: Path) -> None:
-    """Refuse to replace anything but an earlier synthetic dataset or an empty folder."""
+    """Refuse to replace anything but an earlier synthetic dataset (its own files only) or an empty folder."""
     if out_dir.exists():
         if not out_dir.is_dir():
             raise DataError(f"{out_dir}: exists and is not a directory; cannot write a synthetic dataset there")
@@ -1001,6 +1004,12 @@ def _check_destination(out_dir: Path) -> None:
             raise DataError(
                 f"{out_dir}: directory is not empty and holds no {GROUND_TRUTH_FILE}; refusing to replace "
                 "data that is not a synthetic dataset")
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in _GENERATED_FILES)
+        if foreign:
+            raise DataError(
+                f"{out_dir}: besides an earlier synthetic dataset it holds {', '.join(foreign[:5])}"
+                f"{' …' if len(foreign) > 5 else ''}, which regenerating would delete; move them or choose "
+                "another --out")
 
 
 def _install(tmp: Path, out_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pandas as pd
 import pytest
@@ -68,14 +69,17 @@ def test_each_command_writes_its_csv_with_the_documented_schema(synthetic_run, s
     assert list(conflict.columns) == CONFLICT_COLUMNS
     assert conflict["similarity"].is_monotonic_decreasing
     assert (conflict["flagged"] == (conflict["similarity"] > 0.2)).all()
-    assert "Next: python cli.py analyze noise" in output
+    assert "Next: python cli.py analyze report" in output
 
     output = invoke("noise", synthetic_run, "--data", synthetic_data, "--out", out)
     noise = pd.read_csv(out / "noise.csv")
     assert list(noise.columns) == NOISE_COLUMNS
     assert len(noise) == 62 and noise["score"].is_monotonic_decreasing
     assert sorted(noise["record"]) == list(range(1, 63)) and noise["path"].isna().all()
-    assert "Next: python cli.py analyze longtail" in output
+    assert "Next: python cli.py analyze report" in output
+    # a new command replaces the previous one's outputs: no conflict.csv beside a noise-only report
+    assert not list(out.glob("conflict*")) and list(json.loads((out / "summary.json").read_text())) == ["noise"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no staging folder left behind
 
     output = invoke("longtail", synthetic_run, "--data", synthetic_data, "--out", out)
     longtail = pd.read_csv(out / "longtail.csv")
@@ -104,6 +108,12 @@ def test_embeddings_are_cached_per_checkpoint_and_data(folder_run, folder_data, 
     invoke("noise", folder_run, "--data", folder_data, "--out", tmp_path / "c")
     assert "(computed)" in (tmp_path / "c" / "report.md").read_text()
     assert len(list((folder_run / "analysis_cache").glob("*.npy"))) == len(cached) + 1
+    image = sorted(folder_data.rglob("*.png"))[0]  # replaced in place: the folder itself looks unchanged
+    stat = image.stat()
+    image.write_bytes(image.read_bytes())
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    invoke("noise", folder_run, "--data", folder_data, "--out", tmp_path / "d")
+    assert "(computed)" in (tmp_path / "d" / "report.md").read_text()
 
 
 def test_dcq_run_uses_class_means_and_reports_queue_residency(dcq_run, tmp_path):
@@ -165,15 +175,51 @@ def test_mislabelled_images_rank_first(folder_run, folder_data, tmp_path):
 def test_write_clean_of_rec_data_references_records(synthetic_run, synthetic_data, tmp_path):
     clean = tmp_path / "clean.lst"
     invoke("noise", synthetic_run, "--out", tmp_path / "out", "--write-clean", clean,
-           "--threshold", "-2")  # flags every sample: each class keeps only its most typical one
+           "--threshold", "0.5")  # this toy run separates its classes poorly: a margin keeps the flags credible
     lines = clean.read_text().splitlines()
     noise = pd.read_csv(tmp_path / "out" / "noise.csv").set_index("record")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["noise"]["clean"]
     rec = str((synthetic_data / "train.rec").resolve())
-    assert len(lines) == 15 and sorted(int(line.rsplit(" ", 1)[1]) for line in lines) == list(range(15))
+    assert summary["written"] and len(lines) == summary["samples"] == len(noise) - summary["dropped"]
+    kept = set()
     for line in lines:
         reference, label = line.rsplit(" ", 1)
         path, key = reference.rsplit("#", 1)
         assert path == rec and int(label) == noise.loc[int(key), "label"]
+        kept.add(int(key))
+    assert set(noise.index[~noise["flagged"]]) <= kept
+    # the cleaned list analysed in turn: its samples keep their record keys
+    relisted = pd.read_csv(invoke_and_read(synthetic_run, clean, tmp_path / "again") / "noise.csv")
+    assert sorted(relisted["record"]) == sorted(kept)
+
+
+def invoke_and_read(run, data, out):
+    invoke("noise", run, "--data", data, "--out", out)
+    return out
+
+
+def test_no_cleaning_list_from_flags_that_are_not_credible(synthetic_run, tmp_path):
+    clean = tmp_path / "clean.lst"
+    output = invoke("noise", synthetic_run, "--out", tmp_path / "out", "--write-clean", clean,
+                    "--threshold", "-2")  # flags every sample
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())["noise"]
+    assert summary["flagged"] == summary["samples"] and summary["clean"] == {"path": str(clean), "written": False}
+    assert not clean.exists()
+    assert "Warning (noise): 100% of the samples are flagged" in output and "was not written" in output
+    assert "cli.py train" not in output and "cli.py eval" in output
+
+
+def test_write_clean_never_overwrites_the_data_or_the_outputs(folder_run, folder_data, tmp_path):
+    listed = tmp_path / "data.txt"
+    listed.write_text("".join(f"{path} {label}\n" for path, label in
+                              ((p, int(p.parent.name[-1])) for p in sorted(folder_data.rglob("*.png")))))
+    before = listed.read_text()
+    with pytest.raises(ConfigError, match="would overwrite the analysed data"):
+        invoke("noise", folder_run, "--data", listed, "--out", tmp_path / "out", "--write-clean", listed)
+    assert listed.read_text() == before
+    with pytest.raises(ConfigError, match="one of the files this command writes"):
+        invoke("noise", folder_run, "--data", folder_data, "--out", tmp_path / "out", "--write-clean",
+               tmp_path / "out" / "noise.csv")
 
 
 def test_bad_inputs_are_clear_errors(folder_run, folder_data, tmp_path):
@@ -195,3 +241,20 @@ def test_bad_inputs_are_clear_errors(folder_run, folder_data, tmp_path):
     assert result.exit_code == 2 and "is a file" in result.output
     with pytest.raises(ConfigError, match="--k"):
         invoke("conflict", folder_run, "--out", tmp_path / "x", "--k", "0")
+
+
+def test_ground_truth_of_other_data_is_refused_before_embedding(folder_run, folder_data, synthetic_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(folder_data, data)
+    shutil.copy(synthetic_data / "ground_truth.json", data / "ground_truth.json")  # 15 classes, not 6
+    with pytest.raises(DataError, match="ground_truth.json: describes 15 classes but the data has 6"):
+        invoke("noise", folder_run, "--data", data, "--out", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, value", [("--threshold", "nan"), ("--threshold", "2"),
+                                           ("--outlier-threshold", "inf")])
+def test_thresholds_outside_their_range_are_refused(folder_run, tmp_path, option, value):
+    command = "conflict" if option == "--threshold" else "noise"
+    with pytest.raises(ConfigError, match=option):
+        invoke(command, folder_run, "--out", tmp_path / "out", option, value)

@@ -63,13 +63,26 @@ def test_config_file_and_flag_precedence(tiny_rec, tmp_path):
     (["--data", "/nonexistent/data"], "no such file"),
     (["--resume", "{tmp}"], "no checkpoint found"),
     (["--config", "{tmp}/bad.yaml"], "unknown key(s) sample_rat"),
+    (["--config", "{tmp}/typed.yaml"], "epochs (--epochs): expected int, got 'ten'"),
     (["--data", "{tmp}/empty"], "no identity sub-folders"),
+    (["--data", "{tmp}/one"], "holds 1 class"),
+    (["--lr", "-1"], "lr (--lr) must be > 0.0"),
+    (["--log-every", "0"], "log_every (--log-every) must be >= 1"),
+    (["--out", "{tmp}/afile/run"], "afile"),  # an OSError (not a directory) is one line too
 ])
 def test_bad_input_prints_one_clear_line(tmp_path, args, message):
     (tmp_path / "bad.yaml").write_text("sample_rat: 0.1\n")
+    (tmp_path / "typed.yaml").write_text("epochs: ten\n")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("")
+    for index in range(2):
+        from PIL import Image
+        (tmp_path / "one" / "only").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (index * 90, 0, 0)).save(tmp_path / "one" / "only" / f"{index}.png")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    result = CliRunner().invoke(main, ["train", *args, "--out", str(tmp_path / "run"), "--quiet"])
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(main, ["train", *args, "--quiet", "--input-size", "16", "--workers", "0"])
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
@@ -111,3 +124,45 @@ def test_strict_k_shot_rejects_small_identities(tmp_path):
     result = CliRunner().invoke(main, ["train", "--method", "dcq", "--data", str(data), "--strict-k-shot",
                                        "--queue-size", "5", "--out", str(tmp_path / "run"), *TRAIN_FLAGS])
     assert result.exit_code == 2 and "--k-shot 1 (strict)" in result.output
+
+
+def test_resume_keeps_the_run_it_continues(tiny_rec, tmp_path):
+    run = tmp_path / "run"
+    _run("train", "--data", tiny_rec, "--out", run, "--max-steps", 2, *TRAIN_FLAGS)
+    before = (run / "checkpoint.pt").read_bytes()
+    cases = [(["--out", tmp_path / "branch"], "a resumed run continues in its own directory"),
+             (["--config", tmp_path / "any.yaml"], "--config cannot be combined with --resume"),
+             (["--embedding-size", "32"], "--embedding-size 32 (the run has 16)"),
+             (["--method", "dcq"], "--method dcq (the run has pfc)")]
+    (tmp_path / "any.yaml").write_text("lr: 0.5\n")
+    for extra, message in cases:
+        result = CliRunner().invoke(main, ["train", "--resume", str(run), *[str(a) for a in extra], "--quiet"])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert (run / "checkpoint.pt").read_bytes() == before and not (tmp_path / "branch").exists()
+    # the checkpoint file itself names the run too; the run goes on to its --max-steps
+    result = _run("train", "--resume", run / "checkpoint.pt", "--max-steps", 4, "--quiet")
+    assert result.exit_code == 0 and "for 4 steps" in result.output, result.output
+    finished = CliRunner().invoke(main, ["train", "--resume", str(run), "--max-steps", "4", "--quiet"])
+    assert finished.exit_code == 2 and "already finished its 4 steps" in finished.output
+
+
+def test_a_truncated_checkpoint_is_one_line_naming_the_file(tiny_rec, tmp_path):
+    run = tmp_path / "run"
+    _run("train", "--data", tiny_rec, "--out", run, "--max-steps", 1, *TRAIN_FLAGS)
+    data = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    for command in (["train", "--resume", str(run)], ["eval", str(run), "--val", str(tiny_rec / "val.bin")],
+                    ["export", str(run), "--out", str(tmp_path / "m.pt")]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2 and f"{run / 'checkpoint.pt'}: cannot read checkpoint" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_an_error_raised_in_a_loader_worker_prints_its_own_message():
+    from cli import _one_line
+    from core.errors import DataError
+
+    raised = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                       "last):\n  File \"x.py\", line 1, in f\ncore.errors.DataError: /d/3.jpg: image file not found\n")
+    assert _one_line(raised) == "/d/3.jpg: image file not found"
+    assert _one_line(DataError("plain message")) == "plain message"

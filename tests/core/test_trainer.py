@@ -1,4 +1,6 @@
 
+import json
+
 import pytest
 import torch
 
@@ -159,3 +161,35 @@ def test_a_whole_training_step_never_waits_for_the_host(tiny_rec, tmp_path, chan
         trainer.train_step(iter(prefetched[1:]))
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_resume_drops_log_rows_after_the_checkpoint_and_keeps_the_first_environment(tiny_rec, tmp_path):
+    run = tmp_path / "run"
+    Trainer(_config(tiny_rec, max_steps=5, val=[]), run, progress=False).fit()
+    first_environment = json.loads((run / "env.json").read_text())
+    with open(run / "log.csv", "a") as handle:  # an interrupted run logged two steps past its checkpoint
+        handle.write("6,0,1.0,0.1,10.0\n7,0,1.0,0.1,10.0\n")
+    resumed = Trainer(_config(tiny_rec, max_steps=8, val=[]), run, progress=False)
+    resumed.resume(run)
+    resumed.fit()
+    steps = [int(line.split(",")[0]) for line in (run / "log.csv").read_text().splitlines()[1:]]
+    assert steps == list(range(1, 9))
+    environment = json.loads((run / "env.json").read_text())
+    assert environment["argv"] == first_environment["argv"] and [r["step"] for r in environment["resumed"]] == [5]
+
+
+def test_a_new_run_starts_its_log_anew(tiny_rec, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.csv").write_text("step,epoch,loss,lr,img_per_s\n3,0,9.0,0.1,1.0\n")  # a failed run's rows
+    Trainer(_config(tiny_rec, max_steps=2, val=[]), run, progress=False).fit()
+    assert [line.split(",")[0] for line in (run / "log.csv").read_text().splitlines()] == ["step", "1", "2"]
+
+
+def test_a_bad_val_file_fails_before_any_step(tiny_rec, tmp_path):
+    corrupt = tmp_path / "corrupt.bin"
+    corrupt.write_bytes((tiny_rec / "val.bin").read_bytes()[:100])
+    for val, message in ((tmp_path / "missing.bin", "not found"), (corrupt, "corrupt.bin")):
+        with pytest.raises(DataError, match=message):
+            Trainer(_config(tiny_rec, val=[str(val)]), tmp_path / "run", progress=False)
+        assert not (tmp_path / "run").exists()

@@ -105,6 +105,8 @@ def test_queue_size_options():
         resolve_queue_size(0, 1000)
     with pytest.raises(ConfigError, match="larger than the dataset"):
         resolve_queue_size(5000, 1000, num_images=2000)
+    with pytest.raises(ConfigError, match="a whole number"):
+        resolve_queue_size(2.5, 1000)
 
 
 def test_strict_k_shot_needs_enough_images():

@@ -85,3 +85,17 @@ def test_report_refuses_a_directory_without_a_grid_or_cells(tmp_path):
     (tmp_path / GRID_FILE).write_text(json.dumps({"scale": asdict(FULL)}))
     with pytest.raises(DataError, match="no finished cell"):
         write_report(tmp_path, tmp_path / "RESULTS.md")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda root, cell: (root / GRID_FILE).write_text('{"scale": '), "grid.json: cannot read JSON"),
+    (lambda root, cell: (cell / RESULT_FILE).write_text('{"arm": '), "result.json: cannot read JSON"),
+    (lambda root, cell: (cell / RESULT_FILE).write_text("{}"), "result.json: not a cell result"),
+    (lambda root, cell: (cell / UPDATES_FILE).write_bytes(b"PK\x03\x04 truncated"), "updates"),
+])
+def test_a_damaged_grid_file_is_an_error_naming_it(tmp_path, damage, message):
+    _fake_grid(tmp_path, lambda cell: 0.9)
+    cell = next(path for path in sorted((tmp_path / "cells").iterdir()) if "pfc" in path.name)
+    damage(tmp_path, cell)
+    with pytest.raises(DataError, match=message):
+        write_report(tmp_path, tmp_path / "RESULTS.md")

@@ -214,6 +214,10 @@ def test_refuses_to_replace_foreign_data_and_replaces_its_own(tiny, tmp_path):
     make_synthetic_dataset(target, replace(small, seed=9), progress=False, workers=1)
     assert load_ground_truth(target)["seed"] == 9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign", "own"]
+    (target / "counts.png").write_bytes(b"a user's plot")  # kept beside an earlier synthetic set: not replaced
+    with pytest.raises(DataError, match="counts.png, which regenerating would delete"):
+        make_synthetic_dataset(target, small, progress=False, workers=1)
+    assert load_ground_truth(target)["seed"] == 9 and (target / "counts.png").read_bytes() == b"a user's plot"
 
 
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
