@@ -218,7 +218,10 @@ def inspect(path: str, as_json: bool, plot: Optional[str]) -> None:
     from core.data.inspect import inspect_path, plot_class_histogram
 
     summary = inspect_path(path)
-    if plot and "counts" in summary:
+    if plot and "counts" not in summary:
+        raise FaceQueueError(f"--plot {plot}: {path} holds verification pairs, not classes; the histogram of "
+                             "images per class needs a dataset")
+    if plot:
         plot_class_histogram(summary["counts"], plot, title=str(path))
     public = {k: v for k, v in summary.items() if k != "counts"}
     if as_json:
@@ -227,7 +230,7 @@ def inspect(path: str, as_json: bool, plot: Optional[str]) -> None:
         return
     for key, value in public.items():
         click.echo(f"{key}: {value}")
-    if plot and "counts" in summary:
+    if plot:
         click.echo(f"histogram: {plot}")
 
 

@@ -143,7 +143,7 @@ class Analysis:
             "embedding size": int(inputs.embeddings.shape[1]),
             "centers (--centers)": self.options.centers,
             "embeddings": f"{inputs.cache_file} ({'cache hit' if inputs.cache_hit else 'computed'})",
-            "k": self.options.k,
+            "k": self._k_used(computed),
             "conflict threshold": self.summary.get("conflict", {}).get("threshold"),
             "noise threshold": self.options.noise_threshold if "noise" in self.summary else None,
             "ground truth": "yes (ground_truth.json beside the data)" if inputs.ground_truth else "none",
@@ -155,6 +155,12 @@ class Analysis:
         if info is not None:
             values["nearest-neighbour index"] = info.describe()
         report.figures({k: v for k, v in values.items() if v is not None}, caption="")
+
+    def _k_used(self, computed: dict[str, Any]) -> Any:
+        """--k, or what it was cut to when fewer other classes exist."""
+        neighbours = computed.get("neighbours")
+        used = neighbours.labels.shape[1] if neighbours is not None else self.options.k
+        return self.options.k if used == self.options.k else f"{used} (--k {self.options.k}: only {used} other classes)"
 
     # -- conflict ----------------------------------------------------------------------
     def conflict(self, report: Report) -> dict[str, Any]:

@@ -258,3 +258,8 @@ def test_thresholds_outside_their_range_are_refused(folder_run, tmp_path, option
     command = "conflict" if option == "--threshold" else "noise"
     with pytest.raises(ConfigError, match=option):
         invoke(command, folder_run, "--out", tmp_path / "out", option, value)
+
+
+def test_the_report_states_the_k_actually_used(folder_run, tmp_path):
+    invoke("conflict", folder_run, "--out", tmp_path / "out", "--k", "100")  # 6 classes: 5 others at most
+    assert "5 (--k 100: only 5 other classes)" in (tmp_path / "out" / "report.md").read_text()

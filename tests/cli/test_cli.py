@@ -166,3 +166,8 @@ def test_an_error_raised_in_a_loader_worker_prints_its_own_message():
                        "last):\n  File \"x.py\", line 1, in f\ncore.errors.DataError: /d/3.jpg: image file not found\n")
     assert _one_line(raised) == "/d/3.jpg: image file not found"
     assert _one_line(DataError("plain message")) == "plain message"
+
+
+def test_a_histogram_of_a_bin_is_refused_not_skipped(tiny_rec, tmp_path):
+    result = CliRunner().invoke(main, ["data", "inspect", str(tiny_rec / "val.bin"), "--plot", str(tmp_path / "h.png")])
+    assert result.exit_code == 2 and "holds verification pairs, not classes" in result.output
