@@ -65,7 +65,8 @@ def main() -> None:
               help="Partial FC negatives: uniform (default), or stratified (fixed shapes, no host sync per step).")
 @click.option("--interclass-threshold", type=float, help="Zero non-target cosines above this (duplicates).")
 @click.option("--epochs", type=int)
-@click.option("--max-steps", type=int, help="Stop after this many steps (the schedule still spans --epochs).")
+@click.option("--max-steps", type=int, help="Stop after this many steps (the schedule still spans --epochs; 0: no "
+                                           "cap).")
 @click.option("--batch-size", type=int, help="Per-process batch size.")
 @click.option("--accumulate", type=int, help="Micro-batches per optimizer step.")
 @click.option("--lr", type=float)
@@ -120,8 +121,11 @@ def train(config_file: Optional[str], quiet: bool, **options: Any) -> None:
     if config.resume:
         trainer.resume(config.resume)
         if trainer.step >= trainer.last_step:
+            capped = trainer.last_step < trainer.total_steps
+            more = ("--max-steps beyond them (0: no cap)" if capped else
+                    f"--epochs beyond its {config.epochs} (the schedule is stretched to the new end)")
             raise FaceQueueError(f"--resume {run_dir}: the run already finished its {trainer.step} steps; give "
-                                 "--epochs (or --max-steps) beyond them to train on")
+                                 f"{more} to train on")
     metrics = trainer.fit()
     if trainer.context.is_main:
         minutes = (time.perf_counter() - started) / 60

@@ -50,8 +50,9 @@ def run_analysis_benchmark(classes: int, dim: int = 512, k: int = 5, approximate
 
     from core.data.synthetic import SyntheticEmbeddingConfig, class_centers, make_synthetic_embeddings
 
-    if images_per_class < 0:
-        raise ConfigError(f"--images-per-class must be >= 0, got {images_per_class}")
+    if images_per_class < 0 or images_per_class == 1:
+        raise ConfigError(f"--images-per-class must be 0 (centers only) or >= 2 (the same-person fit needs a "
+                          f"within-class spread), got {images_per_class}")
     clusters = max(1, classes // 100) if clusters is None else clusters
     started = time.perf_counter()
     if images_per_class:

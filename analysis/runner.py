@@ -36,9 +36,13 @@ from core.errors import ConfigError, DataError
 from core.io import atomic_path, atomic_write_json
 
 SUMMARY_JSON = "summary.json"
-# Every file an analyze command may write in --out; a new command replaces all of them.
-OUTPUT_PATTERNS = ("conflict*.csv", "conflict*.png", "noise*.csv", "noise*.png", "longtail*.csv", "longtail*.png",
-                   "report.html", "report.md", SUMMARY_JSON)
+# Every file an analyze command may write in --out; a new command replaces all of them (and nothing else).
+OUTPUT_FILES = frozenset({
+    "conflict.csv", "conflict_similarity.png", "conflict_llr.png", "conflict_pr.png",
+    "noise.csv", "noise_score.png", "noise_pr.png",
+    "longtail.csv", "longtail_norm.png", "longtail_compactness.png", "longtail_nearest.png", "longtail_updates.png",
+    "longtail_head_tail.png", "report.html", "report.md", SUMMARY_JSON})
+STAGED_CLEAN_LIST = ".clean-list"
 
 
 @dataclass
@@ -288,7 +292,9 @@ class Analysis:
             summary["clean"] = {"path": str(options.write_clean), "written": False}
         elif options.write_clean is not None:
             plan = clean_plan(table, inputs.num_classes, relabel=options.relabel)
-            lines = write_clean_list(options.write_clean, plan, inputs.dataset, sources.records, sources.paths)
+            # staged with the other outputs, moved to its place only when the whole command succeeds
+            lines = write_clean_list(self.out_dir / STAGED_CLEAN_LIST, plan, inputs.dataset, sources.records,
+                                     sources.paths)
             self.written.append(Path(options.write_clean))
             figures.update({"clean list": str(options.write_clean), "clean list samples": lines,
                             "dropped": plan.dropped, "relabelled": plan.relabelled,
@@ -469,7 +475,7 @@ def run_analyses(inputs: AnalysisInput, out_dir: Path, which: tuple[str, ...], o
         report.blocks.extend(body.blocks)
         analysis.written.extend(report.write(staging))
         analysis.write_summary()
-        _publish(staging, out_dir)
+        _publish(staging, out_dir, options.write_clean)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     analysis.out_dir = out_dir
@@ -477,12 +483,21 @@ def run_analyses(inputs: AnalysisInput, out_dir: Path, which: tuple[str, ...], o
     return analysis
 
 
-def _publish(staging: Path, out_dir: Path) -> None:
-    """Replace the previous analyze outputs in ``out_dir`` by the staged ones (other files stay)."""
-    for pattern in OUTPUT_PATTERNS:
-        for stale in out_dir.glob(pattern):
-            if stale.is_file():
-                stale.unlink()
+def _publish(staging: Path, out_dir: Path, write_clean: Optional[Path]) -> None:
+    """Replace the previous analyze outputs in ``out_dir`` by the staged ones (other files stay).
+
+    A --write-clean list that was withheld removes an older list at its path: one left
+    there would read as this command's answer.
+    """
+    for name in OUTPUT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    staged_list = staging / STAGED_CLEAN_LIST
+    if write_clean is not None:
+        if staged_list.exists():
+            Path(write_clean).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(staged_list), str(write_clean))
+        else:
+            Path(write_clean).unlink(missing_ok=True)
     for path in staging.iterdir():
         os.replace(path, out_dir / path.name)
 
@@ -493,10 +508,11 @@ def check_write_clean(target: Optional[Path], data_path: Path, out_dir: Path) ->
         return
     target = Path(target).resolve()
     data_path = Path(data_path).resolve()
-    if target == data_path or (data_path.is_dir() and data_path in target.parents and target.exists()):
+    root = data_path.parent if data_path.suffix == ".rec" else data_path  # a .rec's folder holds its .idx too
+    if target == data_path or (root.is_dir() and root in target.parents and target.exists()):
         raise ConfigError(f"--write-clean {target}: would overwrite the analysed data ({data_path}); "
                           "write the cleaned list to a new file")
-    if target.parent == Path(out_dir).resolve() and any(target.match(p) for p in OUTPUT_PATTERNS):
+    if target.parent == Path(out_dir).resolve() and (target.name in OUTPUT_FILES or target.name.startswith(".")):
         raise ConfigError(f"--write-clean {target}: is one of the files this command writes in --out; "
                           "choose another name (for example clean.txt)")
 

@@ -78,6 +78,9 @@ class TrainConfig:
         hints = typing.get_type_hints(TrainConfig)
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
+            if isinstance(value, tuple) and typing.get_origin(hints[item.name]) is list:
+                value = list(value)  # the Python API may pass tuples; saved configs hold lists
+                setattr(self, item.name, value)
             if not _matches(value, hints[item.name]):
                 raise ConfigError(f"{_option(item.name)}: expected {_describe(hints[item.name])}, got {value!r}")
         for name, low, inclusive in _LOWER_BOUNDS:
@@ -101,9 +104,13 @@ class TrainConfig:
 # (key, bound, bound allowed): the options whose range is simple enough to state here.
 _LOWER_BOUNDS = (("batch_size", 1, True), ("epochs", 1, True), ("accumulate", 1, True), ("lr", 0.0, False),
                  ("weight_decay", 0.0, True), ("grad_clip", 0.0, True), ("warmup_epochs", 0.0, True),
-                 ("lr_power", 0.0, False), ("max_steps", 1, True), ("workers", 0, True),
+                 ("lr_power", 0.0, False), ("max_steps", 0, True), ("workers", 0, True),
                  ("checkpoint_every", 0, True), ("log_every", 1, True), ("val_every", 0, True),
                  ("embedding_size", 1, True), ("synthetic_identities", 2, True))
+
+
+_FLOAT_KEYS = {f.name for f in dataclasses.fields(TrainConfig) if typing.get_type_hints(TrainConfig)[f.name]
+               in (float, Optional[float])}
 
 
 def _option(name: str) -> str:
@@ -157,6 +164,12 @@ def load_config(path: Optional[str | Path], overrides: dict[str, Any]) -> TrainC
                               f"valid keys are {', '.join(config_keys())}")
         if isinstance(values.get("val"), str):  # one file written as a string rather than a list
             values["val"] = [values["val"]]
+        for key in _FLOAT_KEYS & set(values):  # PyYAML reads 5e-4 (no dot) as a string
+            if isinstance(values[key], str):
+                try:
+                    values[key] = float(values[key])
+                except ValueError:
+                    pass  # validate() names the key and the value
         config = config.replace(**values)
     return config.replace(**{k: v for k, v in overrides.items() if v is not None}).validate()
 
@@ -180,11 +193,22 @@ def resume_config(options: dict[str, Any]) -> tuple[Path, TrainConfig]:
                           "copy that directory first to branch the run")
     saved = TrainConfig(**state["config"])
     changed = [f"--{key.replace('_', '-')} {options[key]} (the run has {getattr(saved, key)})"
-               for key in RESUME_FIXED_KEYS if key in options and options[key] != getattr(saved, key)]
+               for key in RESUME_FIXED_KEYS if key in options and _differs(key, options[key], saved)]
     if changed:
         raise ConfigError(f"--resume {run_dir}: {'; '.join(changed)}. A resumed run keeps its method, model, data "
                           "and batch layout; train a new run to change them")
     return run_dir, saved.replace(**{**options, "resume": str(run_dir), "out": str(run_dir)}).validate()
+
+
+def _differs(key: str, given: Any, saved: TrainConfig) -> bool:
+    """Whether a flag really changes the run: paths compare resolved, the input size as the model uses it."""
+    had = getattr(saved, key)
+    if key == "data" and given != "synthetic" and had != "synthetic":
+        return Path(given).expanduser().resolve() != Path(had).expanduser().resolve()
+    if key == "input_size":
+        from core.backbones import default_input_size
+        return given != (had or default_input_size(saved.backbone))
+    return given != had
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

@@ -67,7 +67,10 @@ def _write_environment(path: Path, device: torch.device, resumed_at: int) -> Non
     """env.json: where the run started; a resume appends where and when it went on, keeping the original."""
     environment = _environment(device)
     if resumed_at > 0 and path.is_file():
-        previous = json.loads(path.read_text())
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:  # damaged: the original is lost either way, the new entry is not
+            previous = {"damaged_env_json": True}
         previous.setdefault("resumed", []).append({**environment, "step": resumed_at})
         environment = previous
     atomic_write_json(path, environment)
@@ -416,7 +419,8 @@ class _CsvLog:
         kept = []
         if path.exists() and keep_through_step > 0:
             with open(path, newline="") as handle:
-                kept = [row for row in csv.DictReader(handle) if int(row["step"]) <= keep_through_step]
+                kept = [row for row in csv.DictReader(handle)
+                        if (row.get("step") or "").isdigit() and int(row["step"]) <= keep_through_step]
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, self.FIELDS)
             writer.writeheader()

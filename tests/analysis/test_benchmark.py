@@ -37,6 +37,7 @@ def test_centers_only_skips_the_same_person_fit():
     assert result["method"] == "exact" and result["pairs"] >= CLASSES * 5 // 2
 
 
-def test_negative_images_per_class_is_refused():
+@pytest.mark.parametrize("images", [-1, 1])  # one image per class leaves no within-class spread to fit
+def test_images_per_class_without_a_spread_is_refused(images):
     with pytest.raises(ConfigError, match="--images-per-class"):
-        run_analysis_benchmark(CLASSES, dim=DIM, images_per_class=-1)
+        run_analysis_benchmark(CLASSES, dim=DIM, images_per_class=images)

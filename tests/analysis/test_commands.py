@@ -200,6 +200,7 @@ def invoke_and_read(run, data, out):
 
 def test_no_cleaning_list_from_flags_that_are_not_credible(synthetic_run, tmp_path):
     clean = tmp_path / "clean.lst"
+    clean.write_text("an earlier command's list\n")  # must not survive as if it were this command's answer
     output = invoke("noise", synthetic_run, "--out", tmp_path / "out", "--write-clean", clean,
                     "--threshold", "-2")  # flags every sample
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())["noise"]
@@ -220,6 +221,10 @@ def test_write_clean_never_overwrites_the_data_or_the_outputs(folder_run, folder
     with pytest.raises(ConfigError, match="one of the files this command writes"):
         invoke("noise", folder_run, "--data", folder_data, "--out", tmp_path / "out", "--write-clean",
                tmp_path / "out" / "noise.csv")
+    rec = write_rec(tmp_path / "rec", classes=6)
+    with pytest.raises(ConfigError, match="would overwrite the analysed data"):  # --data names the .rec file
+        invoke("noise", folder_run, "--data", rec / "train.rec", "--out", tmp_path / "out", "--write-clean",
+               rec / "train.idx")
 
 
 def test_bad_inputs_are_clear_errors(folder_run, folder_data, tmp_path):

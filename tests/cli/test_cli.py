@@ -139,11 +139,13 @@ def test_resume_keeps_the_run_it_continues(tiny_rec, tmp_path):
         result = CliRunner().invoke(main, ["train", "--resume", str(run), *[str(a) for a in extra], "--quiet"])
         assert result.exit_code == 2 and message in result.output, result.output
     assert (run / "checkpoint.pt").read_bytes() == before and not (tmp_path / "branch").exists()
-    # the checkpoint file itself names the run too; the run goes on to its --max-steps
-    result = _run("train", "--resume", run / "checkpoint.pt", "--max-steps", 4, "--quiet")
+    # the checkpoint file itself names the run too, and the same data named another way is the same data
+    result = _run("train", "--resume", run / "checkpoint.pt", "--max-steps", 4, "--data", f"{tiny_rec}/", "--quiet")
     assert result.exit_code == 0 and "for 4 steps" in result.output, result.output
-    finished = CliRunner().invoke(main, ["train", "--resume", str(run), "--max-steps", "4", "--quiet"])
-    assert finished.exit_code == 2 and "already finished its 4 steps" in finished.output
+    finished = CliRunner().invoke(main, ["train", "--resume", str(run), "--quiet"])
+    assert finished.exit_code == 2 and "already finished its 4 steps; give --max-steps beyond" in finished.output
+    result = _run("train", "--resume", run, "--max-steps", 0, "--quiet")  # 0 lifts the cap: on to the end
+    assert result.exit_code == 0 and "for 6 steps" in result.output, result.output
 
 
 def test_a_truncated_checkpoint_is_one_line_naming_the_file(tiny_rec, tmp_path):
