@@ -89,8 +89,8 @@ def _next_after_clean(analysis, write_clean: str) -> str:
     """Train on the cleaned list, unless it was withheld because the flags are not credible."""
     clean = analysis.summary["noise"].get("clean", {})
     if not clean.get("written"):
-        run = shlex.quote(str(analysis.inputs.run.path))
-        return f"Next: check the run's verification accuracy (python cli.py eval {run}) before cleaning with it"
+        metrics = shlex.quote(str(analysis.inputs.run.checkpoint.parent / "metrics.json"))
+        return f"Next: check the run's verification accuracy ({metrics}) before cleaning with it"
     return f"Next: python cli.py train --method {analysis.inputs.run.method} --data {shlex.quote(write_clean)}"
 
 

@@ -207,7 +207,7 @@ def test_no_cleaning_list_from_flags_that_are_not_credible(synthetic_run, tmp_pa
     assert summary["flagged"] == summary["samples"] and summary["clean"] == {"path": str(clean), "written": False}
     assert not clean.exists()
     assert "Warning (noise): 100% of the samples are flagged" in output and "was not written" in output
-    assert "cli.py train" not in output and "cli.py eval" in output
+    assert "cli.py train" not in output and "metrics.json) before cleaning" in output
 
 
 def test_write_clean_never_overwrites_the_data_or_the_outputs(folder_run, folder_data, tmp_path):
