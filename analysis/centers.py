@@ -300,28 +300,33 @@ class Centers:
 
 def class_sums(embeddings: np.ndarray, labels: np.ndarray, num_classes: int,
                chunk_rows: int = 65536, unit_rows: bool = False) -> np.ndarray:
-    """Per-class sums of embeddings ``float32 [C, D]``, accumulated in float64.
+    """Per-class sums of embeddings ``float32 [C, D]``, each block of rows accumulated in float64.
 
-    Rows are converted a block at a time: a float64 copy of millions of embeddings would
-    need twice the memory of the (possibly memory-mapped) embeddings themselves.
+    Rows are read a block at a time, in order (a memory map streams from disk): a float64
+    copy of millions of embeddings would need twice their memory, and a float64 table of
+    a million classes 4 GB. Each block's per-class partial sums are exact to float64 and
+    then added to the float32 table, one rounding per block a class appears in.
     ``unit_rows`` L2-normalises each row before it is added.
     """
-    sums = torch.zeros(num_classes, embeddings.shape[1], dtype=torch.float64)
-    labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    sums = np.zeros((num_classes, embeddings.shape[1]), dtype=np.float32)
+    labels = np.asarray(labels, dtype=np.int64)
     for start in range(0, len(labels), chunk_rows):
         block = torch.from_numpy(np.array(embeddings[start:start + chunk_rows], dtype=np.float64))
         if unit_rows:
             block = F.normalize(block, dim=1)
-        sums.index_add_(0, labels[start:start + chunk_rows], block)
-    return sums.float().numpy()
+        present, local = np.unique(labels[start:start + chunk_rows], return_inverse=True)
+        partial = torch.zeros(len(present), block.shape[1], dtype=torch.float64)
+        partial.index_add_(0, torch.from_numpy(local.reshape(-1)), block)
+        sums[present] += partial.float().numpy()
+    return sums
 
 
 def class_means(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> Centers:
     """Centers as the mean of each class's unit embeddings (classes with no samples: zero)."""
     counts = np.bincount(labels, minlength=num_classes)
-    sums = class_sums(embeddings, labels, num_classes)
-    means = sums / np.maximum(counts, 1)[:, None].astype(np.float32)
-    return Centers(vectors=means.astype(np.float32), source="means", counts=counts)
+    means = class_sums(embeddings, labels, num_classes)
+    means /= np.maximum(counts, 1)[:, None].astype(np.float32)  # in place: 2 GB at a million classes
+    return Centers(vectors=means, source="means", counts=counts)
 
 
 def store_centers(stats: ClassStatistics, labels: np.ndarray) -> Centers:
