@@ -172,13 +172,20 @@ def test_accumulated_micro_batches_equal_one_batch():
     torch.testing.assert_close(split.centers, whole.centers, rtol=1e-12, atol=1e-14)
 
 
-def test_shards_cover_classes_and_init_is_shard_independent():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the GPU draws its own values"))])
+def test_shards_cover_classes_and_init_is_shard_independent(device):
     shards = [class_shard(10, r, 3) for r in range(3)]
     assert shards == [(0, 4), (4, 3), (7, 3)]
-    whole = init_centers(0, 10, 4, seed=5)
-    parts = torch.cat([init_centers(start, count, 4, seed=5) for start, count in shards])
-    assert torch.equal(whole, parts)
-    assert abs(init_centers(0, 4000, 64, seed=0).std().item() - 0.01) < 5e-4
+    whole = init_centers(0, 10, 4, seed=5, device=torch.device(device))
+    parts = torch.cat([init_centers(start, count, 4, seed=5, device=torch.device(device)) for start, count in shards])
+    assert torch.equal(whole, parts) and whole.device.type == device
+    # rows spanning two draw chunks, sharded across the chunk boundary
+    rows = 1 << 16
+    assert torch.equal(init_centers(rows - 3, 6, 4, seed=1, device=torch.device(device)),
+                       torch.cat([init_centers(rows - 3, 3, 4, seed=1, device=torch.device(device)),
+                                  init_centers(rows, 3, 4, seed=1, device=torch.device(device))]))
+    assert abs(init_centers(0, 4000, 64, seed=0, device=torch.device(device)).std().item() - 0.01) < 5e-4
 
 
 def test_bad_sample_rate_or_sampling():
