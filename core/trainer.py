@@ -115,6 +115,10 @@ class Trainer:
         if self.num_classes < 2:
             raise DataError(f"--data {config.data}: holds {self.num_classes} class; a softmax over identities "
                             "needs at least 2")
+        empty = int((np.bincount(np.asarray(self.dataset.labels), minlength=self.num_classes) == 0).sum())
+        if empty and self.context.is_main:  # e.g. a .rec whose property declares more classes than it holds
+            print(f"warning: --data {config.data}: {empty} of {self.num_classes} classes have no images; they "
+                  "are never a positive (Partial FC keeps a center for each)", file=sys.stderr)
         self.val_files = list(config.val) or default_val_files(self.data_root)
         # Read now, not at the first evaluation: a missing or corrupt --val file must not cost the steps before it.
         self._val_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}

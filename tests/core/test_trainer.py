@@ -1,6 +1,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -193,3 +194,17 @@ def test_a_bad_val_file_fails_before_any_step(tiny_rec, tmp_path):
         with pytest.raises(DataError, match=message):
             Trainer(_config(tiny_rec, val=[str(val)]), tmp_path / "run", progress=False)
         assert not (tmp_path / "run").exists()
+
+
+def test_classes_without_images_are_announced(tmp_path, capsys):
+    from core.data.recordio import write_insightface_rec
+    from core.data.base import encode_image
+
+    rng = np.random.default_rng(0)
+    samples = [(label, encode_image(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))) for label in range(3)
+               for _ in range(4)]
+    write_insightface_rec(tmp_path / "data", samples, 3, image_size=(16, 16))
+    (tmp_path / "data" / "property").write_text("5,16,16")  # edited by hand: 5 classes declared, 3 present
+    trainer = Trainer(_config(tmp_path / "data", val=[]), tmp_path / "run", progress=False)
+    assert trainer.num_classes == 5
+    assert "2 of 5 classes have no images" in capsys.readouterr().err
