@@ -193,12 +193,14 @@ def embedding_cache_key(run: RunInfo, data_path: Path, labels: np.ndarray,
 
 
 def _files_key(files: Sequence[str]) -> str:
+    from core.data.folder import record_reference
+
     digest = hashlib.sha1()
     record_files: set[str] = set()
-    for name in files:
-        name = str(name)
-        if "#" in name and name.rsplit("#", 1)[0].endswith(".rec"):
-            record_files.add(name.rsplit("#", 1)[0])
+    for name in map(str, files):
+        reference = record_reference(name)
+        if reference is not None:
+            record_files.add(reference[0])
             continue
         stat = os.stat(name)
         digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
@@ -321,10 +323,15 @@ def class_sums(embeddings: np.ndarray, labels: np.ndarray, num_classes: int,
     return sums
 
 
-def class_means(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> Centers:
-    """Centers as the mean of each class's unit embeddings (classes with no samples: zero)."""
+def class_means(embeddings: np.ndarray, labels: np.ndarray, num_classes: int,
+                sums: Optional[np.ndarray] = None) -> Centers:
+    """Centers as the mean of each class's unit embeddings (classes with no samples: zero).
+
+    ``sums``: ``class_sums`` of the same rows when the caller already has them (a pass over
+    every embedding saved).
+    """
     counts = np.bincount(labels, minlength=num_classes)
-    means = class_sums(embeddings, labels, num_classes)
+    means = class_sums(embeddings, labels, num_classes) if sums is None else sums.copy()
     means /= np.maximum(counts, 1)[:, None].astype(np.float32)  # in place: 2 GB at a million classes
     return Centers(vectors=means, source="means", counts=counts)
 
@@ -338,7 +345,7 @@ def store_centers(stats: ClassStatistics, labels: np.ndarray) -> Centers:
 
 
 def choose_centers(source: str, purpose: str, stats: ClassStatistics, embeddings: np.ndarray,
-                   labels: np.ndarray) -> Centers:
+                   labels: np.ndarray, sums: Optional[np.ndarray] = None) -> Centers:
     """The centers an analysis uses; ``auto`` depends on the question asked.
 
     ``purpose="detection"`` (conflict, noise): class means of the data's embeddings.
@@ -357,4 +364,4 @@ def choose_centers(source: str, purpose: str, stats: ClassStatistics, embeddings
         source = "store" if purpose == "longtail" and stats.centers is not None else "means"
     if source == "store":
         return store_centers(stats, labels)
-    return class_means(embeddings, labels, stats.num_classes)
+    return class_means(embeddings, labels, stats.num_classes, sums)

@@ -58,8 +58,10 @@ def sample_sources(dataset) -> SampleSources:
     keys = getattr(dataset, "image_keys", None)
     if keys is not None:
         return SampleSources(records=np.asarray(keys, dtype=np.int64), paths=None)
+    from core.data.folder import record_reference
+
     paths = getattr(dataset, "paths", None)
-    if paths is not None and not any("#" in str(p) for p in paths):  # "file.rec#KEY" entries name records
+    if paths is not None and not any(record_reference(p) for p in paths):  # "file.rec#KEY" entries name records
         return SampleSources(records=None, paths=[str(p) for p in paths])
     records, file_paths = [], []
     for index in range(len(dataset)):

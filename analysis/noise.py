@@ -60,12 +60,14 @@ class SampleNeighbours:
 
 def sample_neighbours(embeddings: np.ndarray, labels: np.ndarray, centers: Centers,
                       index_builder: IndexBuilder = build_index, progress: bool = False,
-                      chunk_rows: int = SAMPLE_CHUNK_ROWS) -> SampleNeighbours:
+                      chunk_rows: int = SAMPLE_CHUNK_ROWS, unit_sums: Optional[np.ndarray] = None
+                      ) -> SampleNeighbours:
     """Similarities of every sample to its own center and to the nearest other center.
 
     One kNN search (k=2) over the centers answers "nearest other" for all samples: the
     own center can take at most one of the two places. Samples are read ``chunk_rows`` at
-    a time, so ``embeddings`` may be a memory map far larger than memory.
+    a time, so ``embeddings`` may be a memory map far larger than memory. ``unit_sums``:
+    per-class sums of the L2-normalised rows, when the caller already has them.
     """
     labels = np.asarray(labels, dtype=np.int64)
     if len(embeddings) != len(labels):
@@ -81,7 +83,8 @@ def sample_neighbours(embeddings: np.ndarray, labels: np.ndarray, centers: Cente
     k = min(2, len(present))
     leave_one_out = centers.source == "means"
     if leave_one_out:
-        sums = class_sums(embeddings, labels, num_classes, chunk_rows=chunk_rows, unit_rows=True)
+        sums = (class_sums(embeddings, labels, num_classes, chunk_rows=chunk_rows, unit_rows=True)
+                if unit_sums is None else unit_sums)
         counts = np.bincount(labels, minlength=num_classes)
     own = np.empty(len(labels), dtype=np.float32)
     nearest_label = np.empty(len(labels), dtype=np.int64)

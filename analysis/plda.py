@@ -20,6 +20,7 @@ sum of independent two-dimensional Gaussian terms, one per coordinate.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from scipy import linalg
@@ -75,11 +76,12 @@ def _class_means(sums: np.ndarray, counts: np.ndarray, rows: np.ndarray) -> np.n
 
 
 def fit_two_covariance(embeddings: np.ndarray, labels: np.ndarray, num_classes: int,
-                       shrinkage: float = DEFAULT_SHRINKAGE) -> TwoCovarianceModel:
+                       shrinkage: float = DEFAULT_SHRINKAGE, sums: Optional[np.ndarray] = None) -> TwoCovarianceModel:
     """Estimate the within / between covariances from labelled embeddings and diagonalise them jointly.
 
     Flipped labels inflate the within-class scatter a little; that only makes the
-    ratios more cautious. Embeddings are read in chunks, so a memory-mapped array works.
+    ratios more cautious. Embeddings are read in chunks, so a memory-mapped array works;
+    ``sums`` (``class_sums`` of the same rows) saves one of the two passes over them.
     """
     if not 0.0 <= shrinkage <= 1.0:
         raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
@@ -92,7 +94,8 @@ def fit_two_covariance(embeddings: np.ndarray, labels: np.ndarray, num_classes: 
         raise DataError(f"the same-person ratio needs at least two classes and one class with two or more images; "
                         f"the data has {len(labels)} images in {num_present} classes")
     dim = embeddings.shape[1]
-    sums = class_sums(embeddings, labels, num_classes)  # float32 [C, D]
+    if sums is None:
+        sums = class_sums(embeddings, labels, num_classes)  # float32 [C, D]
     rows = np.flatnonzero(present)
     scatter = np.zeros((dim, dim))
     for start in range(0, len(labels), _CHUNK):

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.centers import Centers, choose_centers
+from analysis.centers import Centers, choose_centers, class_sums
 from analysis.conflict import (DEFAULT_K, CenterNeighbours, center_neighbours, conflict_table,
                                conflict_threshold_rationale, conflict_warning, default_conflict_threshold)
 from analysis.groundtruth import DetectionScore, conflict_positives, noise_positives, score_detection
@@ -87,11 +87,18 @@ class Analysis:
 
     # -- shared computations -----------------------------------------------------------
     @functools.cached_property
+    def class_sums(self) -> np.ndarray:
+        """Per-class sums of the (unit-row) embeddings: one pass shared by the class means, the
+        leave-one-out own centers and the same-person fit."""
+        return class_sums(self.inputs.embeddings, self.inputs.labels, self.inputs.num_classes)
+
+    @functools.cached_property
     def detection_centers(self) -> Centers:
         """Centers that conflict and noise detection compare against."""
         inputs = self.inputs
+        sums = self.class_sums if self.options.centers != "store" else None
         return choose_centers(self.options.centers, "detection", inputs.run.statistics, inputs.embeddings,
-                              inputs.labels)
+                              inputs.labels, sums)
 
     @functools.cached_property
     def longtail_centers(self) -> Centers:
@@ -103,8 +110,10 @@ class Analysis:
 
     @functools.cached_property
     def samples(self) -> SampleNeighbours:
-        return sample_neighbours(self.inputs.embeddings, self.inputs.labels, self.detection_centers,
-                                 self.index_builder, progress=self.options.progress)
+        centers = self.detection_centers
+        return sample_neighbours(self.inputs.embeddings, self.inputs.labels, centers, self.index_builder,
+                                 progress=self.options.progress,
+                                 unit_sums=self.class_sums if centers.source == "means" else None)
 
     @functools.cached_property
     def neighbours(self) -> CenterNeighbours:
@@ -115,7 +124,8 @@ class Analysis:
     def same_person(self) -> Optional[TwoCovarianceModel]:
         """The model behind conflict.csv's ``same_person_llr``; None when no class has two images to fit it."""
         try:
-            return fit_two_covariance(self.inputs.embeddings, self.inputs.labels, self.inputs.num_classes)
+            return fit_two_covariance(self.inputs.embeddings, self.inputs.labels, self.inputs.num_classes,
+                                      sums=self.class_sums)
         except DataError:
             return None
 

@@ -109,8 +109,7 @@ _LOWER_BOUNDS = (("batch_size", 1, True), ("epochs", 1, True), ("accumulate", 1,
                  ("embedding_size", 1, True), ("synthetic_identities", 2, True))
 
 
-_FLOAT_KEYS = {f.name for f in dataclasses.fields(TrainConfig) if typing.get_type_hints(TrainConfig)[f.name]
-               in (float, Optional[float])}
+_FLOAT_KEYS = {name for name, hint in typing.get_type_hints(TrainConfig).items() if hint in (float, Optional[float])}
 
 
 def _option(name: str) -> str:

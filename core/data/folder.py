@@ -42,6 +42,12 @@ def _read_image_file(path: str) -> np.ndarray:
 _RECORD_REFERENCE = re.compile(r"^(?P<rec>.+\.rec)#(?P<key>\d+)$")
 
 
+def record_reference(entry: str) -> Optional[tuple[str, int]]:
+    """``(rec file, key)`` of a ``file.rec#KEY`` list entry; None for an image path."""
+    match = _RECORD_REFERENCE.match(str(entry))
+    return None if match is None else (match["rec"], int(match["key"]))
+
+
 class _PathDataset(FaceDataset):
     """Shared storage for datasets whose samples are image files (or ``file.rec#KEY`` records)."""
 
@@ -50,22 +56,22 @@ class _PathDataset(FaceDataset):
 
     def load_image(self, index: int) -> np.ndarray:
         path = self.paths[index]
-        reference = _RECORD_REFERENCE.match(path)
+        reference = record_reference(path)
         if reference is None:
             return _read_image_file(path)
         from core.data.recordio import RecordIOReader, unpack_record
         readers = self.__dict__.setdefault("_readers", {})
-        rec = reference["rec"]
+        rec, key = reference
         if rec not in readers:
             readers[rec] = RecordIOReader(rec, str(Path(rec).with_suffix(".idx")))
-        where = f"{rec} record {reference['key']}"
-        _, payload = unpack_record(readers[rec].read(int(reference["key"])), where)
+        where = f"{rec} record {key}"
+        _, payload = unpack_record(readers[rec].read(key), where)
         return decode_image(payload, where)
 
     def source_of(self, index: int) -> dict:
-        reference = _RECORD_REFERENCE.match(self.paths[index])
+        reference = record_reference(self.paths[index])
         if reference is not None:
-            return {"record": int(reference["key"]), "path": self.paths[index]}
+            return {"record": reference[1], "path": self.paths[index]}
         return {"path": self.paths[index]}
 
 
