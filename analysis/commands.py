@@ -18,7 +18,6 @@ import click
 from analysis.centers import CENTER_SOURCES
 from analysis.conflict import DEFAULT_K
 from analysis.index import METHODS
-from analysis.noise import DEFAULT_NOISE_THRESHOLD
 from core.errors import ConfigError
 
 
@@ -130,15 +129,16 @@ def conflict(k: int, threshold: Optional[float], **common: Any) -> None:
 
 @analyze.command()
 @_common
-@click.option("--threshold", default=DEFAULT_NOISE_THRESHOLD, show_default=True, type=float,
-              help="Flag samples whose nearest other center beats their own by more than this cosine.")
+@click.option("--threshold", default=None, type=float,
+              help="Flag samples whose nearest other center beats their own by more than this cosine (default: "
+                   "max(0, median + 4 robust sd of all scores); the report explains it).")
 @click.option("--outlier-threshold", type=float, default=None,
               help="Also flag samples whose own-center cosine is below this (default: median - 4 robust sd).")
 @click.option("--write-clean", type=click.Path(dir_okay=False), default=None,
               help="Write a 'path label' list without the flagged samples, usable as --data.")
 @click.option("--relabel", is_flag=True, help="With --write-clean: move flagged samples to their nearest class "
                                               "instead of dropping them.")
-def noise(threshold: float, outlier_threshold: Optional[float], write_clean: Optional[str], relabel: bool,
+def noise(threshold: Optional[float], outlier_threshold: Optional[float], write_clean: Optional[str], relabel: bool,
           **common: Any) -> None:
     """Per-sample label-noise scores (nearer another class than its own, or an outlier) -> noise.csv."""
     analysis = _run(("noise",), noise_threshold=threshold, outlier_similarity=outlier_threshold,
@@ -166,13 +166,14 @@ def longtail(**common: Any) -> None:
 @click.option("--k", default=DEFAULT_K, show_default=True, type=int, help="Nearest other centers per class.")
 @click.option("--threshold", default=None, type=float,
               help="Conflict: cosine above which a pair is flagged (default: adaptive, see 'analyze conflict').")
-@click.option("--noise-threshold", default=DEFAULT_NOISE_THRESHOLD, show_default=True, type=float,
-              help="Noise: margin by which another center must beat a sample's own.")
+@click.option("--noise-threshold", default=None, type=float,
+              help="Noise: margin by which another center must beat a sample's own (default: adaptive, see "
+                   "'analyze noise').")
 @click.option("--write-clean", type=click.Path(dir_okay=False), default=None,
               help="Write a 'path label' list without the flagged samples, usable as --data.")
 @click.option("--relabel", is_flag=True, help="With --write-clean: relabel flagged samples instead of dropping.")
-def report(k: int, threshold: Optional[float], noise_threshold: float, write_clean: Optional[str], relabel: bool,
-           **common: Any) -> None:
+def report(k: int, threshold: Optional[float], noise_threshold: Optional[float], write_clean: Optional[str],
+           relabel: bool, **common: Any) -> None:
     """Conflict, noise and long tail in one report (report.html / report.md)."""
     analysis = _run(("conflict", "noise", "longtail"), k=k, conflict_threshold=threshold,
                     noise_threshold=noise_threshold, write_clean=Path(write_clean) if write_clean else None,

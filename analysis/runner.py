@@ -28,7 +28,7 @@ from analysis.index import IndexBuilder, build_index
 from analysis.inputs import AnalysisInput
 from analysis.longtail import (compactness, head_tail, head_tail_summary, longtail_table,
                                sampled_pair_similarities)
-from analysis.noise import (DEFAULT_NOISE_THRESHOLD, SampleNeighbours, clean_plan, noise_table, noise_warning,
+from analysis.noise import (SampleNeighbours, clean_plan, noise_table, noise_warning,
                             sample_neighbours, write_clean_list)
 from analysis.plda import TwoCovarianceModel, fit_two_covariance
 from analysis.report import Report
@@ -51,7 +51,7 @@ class AnalysisOptions:
 
     k: int = DEFAULT_K
     conflict_threshold: Optional[float] = None  # None: default_conflict_threshold of the run
-    noise_threshold: float = DEFAULT_NOISE_THRESHOLD
+    noise_threshold: Optional[float] = None
     outlier_similarity: Optional[float] = None
     write_clean: Optional[Path] = None
     relabel: bool = False
@@ -159,7 +159,7 @@ class Analysis:
             "embeddings": f"{inputs.cache_file} ({'cache hit' if inputs.cache_hit else 'computed'})",
             "k": self._k_used(computed),
             "conflict threshold": self.summary.get("conflict", {}).get("threshold"),
-            "noise threshold": self.options.noise_threshold if "noise" in self.summary else None,
+            "noise threshold": self.summary.get("noise", {}).get("threshold"),
             "ground truth": "yes (ground_truth.json beside the data)" if inputs.ground_truth else "none",
         }
         for purpose, key in (("conflict / noise centers", "detection_centers"),
@@ -282,17 +282,19 @@ class Analysis:
                             options.outlier_similarity)
         write_csv(table, self._file("noise.csv"))
         flagged = table["flagged"].to_numpy()
+        threshold = float(table.attrs["threshold"])
+        rule = "default" if options.noise_threshold is None else "--threshold"
         figures: dict[str, Any] = {
             "samples": len(table),
             "flagged samples": int(flagged.sum()),
             "flagged share": float(flagged.mean()),
-            "score threshold (nearest other - own similarity)": options.noise_threshold,
+            "score threshold (nearest other - own similarity)": f"{threshold:.4f} ({rule})",
             "outlier cutoff (own similarity)": round(float(table.attrs["outlier_similarity"]), 4),
             "nearer another class's center than their own": int((table["score"] > 0).sum()),
             "own center": "leave-one-out class mean" if self.samples.leave_one_out else "Partial FC center",
         }
         summary: dict[str, Any] = {"samples": len(table), "flagged": int(flagged.sum()),
-                                   "threshold": options.noise_threshold,
+                                   "threshold": round(threshold, 6), "threshold_rule": rule,
                                    "outlier_similarity": float(table.attrs["outlier_similarity"])}
         warning = noise_warning(float(flagged.mean()))
         if warning:
@@ -323,8 +325,12 @@ class Analysis:
             "Each sample's cosine to the center of its own label (`own_similarity`) and to the nearest other "
             "center (`nearest_similarity`, `nearest_label`); `score` = nearest - own, so samples that sit nearer "
             "another class (probable flipped labels) and samples far from their own center (outliers) rank "
-            "first. Flagged: score above the threshold, or own similarity below the outlier cutoff (median "
-            "minus 4 robust standard deviations of all own similarities).")
+            "first. Flagged: score above the threshold, or own similarity below the outlier cutoff. By default "
+            "both are fences 4 robust standard deviations (1.4826 x MAD) from the median of all samples, the "
+            "score's above it and at least 0 (a flagged sample sits nearer another class than its own), the own "
+            "similarity's below it. A fixed margin of 0 flags many clean images of tail classes, whose "
+            "leave-one-out mean is a couple of images; the fence scales with how tightly this backbone "
+            "clusters its classes.")
         if warning:
             report.paragraph(f"**Warning:** {warning}.")
         report.figures(figures)
@@ -333,7 +339,7 @@ class Analysis:
                      "Most suspect samples (noise.csv)")
         scores = table["score"].to_numpy()
         plots.histogram(scores, "score (nearest other - own similarity)", "samples",
-                        self._file("noise_score.png"), threshold=options.noise_threshold,
+                        self._file("noise_score.png"), threshold=threshold,
                         highlight=scores[truth_by_row] if truth_by_row is not None else None,
                         highlight_label="flipped labels (ground truth)")
         report.image("noise_score.png", "Noise score of every sample; red: samples whose label was flipped "

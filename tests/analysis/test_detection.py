@@ -9,7 +9,8 @@ from analysis.conflict import (CONFLICT_COLUMNS, CONFLICT_FLOOR, center_neighbou
                                conflict_warning, default_conflict_threshold)
 from analysis.groundtruth import conflict_positives, noise_positives, score_detection
 from analysis.index import BruteForceIndex
-from analysis.noise import NOISE_COLUMNS, clean_plan, noise_table, noise_warning, sample_neighbours
+from analysis.noise import (NOISE_COLUMNS, clean_plan, noise_table, noise_warning, sample_neighbours,
+                            score_cutoff)
 from analysis.plda import fit_two_covariance
 from core.data.synthetic import SyntheticEmbeddingConfig, make_synthetic_embeddings
 from core.errors import DataError
@@ -26,9 +27,9 @@ def noisy():
     return embeddings, labels, truth, centers, samples
 
 
-def _noise_score(noisy, scores=None):
+def _noise_score(noisy, scores=None, threshold=None):
     embeddings, labels, truth, centers, samples = noisy
-    table = noise_table(samples, labels)
+    table = noise_table(samples, labels, threshold=threshold)
     positive = noise_positives(truth, len(labels))[table["index"].to_numpy()]
     values = table["score"].to_numpy() if scores is None else scores(table)
     return score_detection("noise", values, positive, table["flagged"].to_numpy())
@@ -47,7 +48,11 @@ def test_noise_ranking_finds_flipped_samples(noisy):
     score = _noise_score(noisy)
     assert score.positives == len(noisy[2]["flipped"]["index"]) > 100
     assert score.average_precision >= 0.95
-    assert score.recall >= 0.95 and score.precision > 0.3  # flags margin > 0 or outliers
+    assert score.recall >= 0.95 and score.precision > 0.8
+    # any sample nearer another center (a fixed margin of 0) also flags clean samples that merely sit near a
+    # look-alike class: the same recall at visibly lower precision
+    margin_zero = _noise_score(noisy, threshold=0.0)
+    assert margin_zero.recall >= 0.95 and margin_zero.precision < score.precision - 0.1
     shuffled = _noise_score(noisy, lambda t: np.random.default_rng(0).permutation(t["score"].to_numpy()))
     assert shuffled.average_precision < 0.15
     # "far from its own center" alone (no nearest-other margin) is a visibly weaker detector
@@ -188,6 +193,18 @@ def test_default_threshold_is_a_robust_fence_with_a_floor():
     values = rng.normal(0.6, 0.05, 1000)
     assert default_conflict_threshold(values) == pytest.approx(0.6 + 2.5 * 0.05, abs=0.01)
     assert default_conflict_threshold(rng.normal(0.0, 0.05, 1000)) == CONFLICT_FLOOR
+
+
+def test_default_noise_margin_is_a_robust_fence_never_below_zero():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(-0.2, 0.1, 5000)
+    assert score_cutoff(scores) == pytest.approx(-0.2 + 4 * 0.1, abs=0.02)
+    # a backbone that separates its classes well: the fence would fall below 0, where a sample is still
+    # nearer its own center than any other, so the margin stays 0
+    assert score_cutoff(rng.normal(-0.6, 0.05, 5000)) == 0.0
+    # bunched cosines (a collapsed backbone): the fence shrinks with them instead of flagging half the data
+    bunched = rng.normal(0.0, 0.01, 5000)
+    assert score_cutoff(bunched) == pytest.approx(0.04, abs=0.005) and (bunched > score_cutoff(bunched)).mean() < 0.01
 
 
 def test_flags_that_cannot_mean_what_they_say_come_with_a_warning():
