@@ -148,13 +148,14 @@ def train(config_file: Optional[str], quiet: bool, **options: Any) -> None:
 def eval_command(run: str, val: tuple[str, ...], online: bool, device: str, batch_size: int, as_json: bool) -> None:
     """Verification accuracy (10-fold) and TAR@FAR of a run directory or checkpoint."""
     from core.distributed import resolve_device
-    from core.evaluation import evaluate_bin
+    from core.evaluation import evaluate_bin, val_names
     from core.export import load_evaluation_backbone
     from core.trainer import metrics_json, metrics_summary
 
     torch_device = resolve_device(device)
     model, input_size = load_evaluation_backbone(run, torch_device, online=online)
-    metrics = {Path(path).stem: evaluate_bin(model, path, input_size, torch_device, batch_size) for path in val}
+    metrics = {name: evaluate_bin(model, path, input_size, torch_device, batch_size)
+               for name, path in zip(val_names(val), val)}
     click.echo(metrics_json(metrics) if as_json else metrics_summary(metrics))
 
 
@@ -239,6 +240,24 @@ def inspect(path: str, as_json: bool, plot: Optional[str]) -> None:
 
 
 # -- bench ------------------------------------------------------------------------------------
+class _Rate(click.FloatRange):
+    """A sampling rate in (0, 1]; click's range test lets nan through, since every comparison with it is false."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0, 1.0, min_open=True)
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> float:
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not a number in the range 0<x<=1.", param, ctx)
+        return number
+
+
+_POSITIVE = click.IntRange(min=1)
+_CLASSES = click.IntRange(min=2)
+_RATE = _Rate()
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks that print side-by-side ratios (and absolute figures with the device named)."""
@@ -252,12 +271,12 @@ def _figure(result: dict[str, Any], key: str, spec: str) -> str:
 
 
 @bench.command(name="pfc")
-@click.option("--classes", multiple=True, type=int, default=(100_000, 1_000_000), show_default=True)
-@click.option("--sample-rate", "rates", multiple=True, type=float, default=(0.1,), show_default=True)
-@click.option("--batch-size", default=256, show_default=True)
-@click.option("--dim", default=512, show_default=True)
+@click.option("--classes", multiple=True, type=_CLASSES, default=(100_000, 1_000_000), show_default=True)
+@click.option("--sample-rate", "rates", multiple=True, type=_RATE, default=(0.1,), show_default=True)
+@click.option("--batch-size", default=256, show_default=True, type=_POSITIVE)
+@click.option("--dim", default=512, show_default=True, type=_POSITIVE)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--repeats", default=5, show_default=True, help="Timed steps per configuration (median).")
+@click.option("--repeats", default=5, show_default=True, type=_POSITIVE, help="Timed steps per configuration (median).")
 @click.option("--center-dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
               help="Our center store's dtype (the baseline keeps PartialFC_V2's float32).")
 @click.option("--pfc-sampling", "sampling", type=click.Choice(["uniform", "stratified"]), default="uniform",
@@ -301,13 +320,13 @@ def bench_pfc(classes: tuple[int, ...], rates: tuple[float, ...], batch_size: in
 
 
 @bench.command(name="dcq")
-@click.option("--classes", multiple=True, type=int, default=(10_000, 100_000, 1_000_000), show_default=True)
-@click.option("--queue-size", default=8192, show_default=True)
-@click.option("--sample-rate", default=0.1, show_default=True, help="Partial FC's rate, for comparison.")
-@click.option("--batch-size", default=256, show_default=True)
-@click.option("--dim", default=512, show_default=True)
+@click.option("--classes", multiple=True, type=_CLASSES, default=(10_000, 100_000, 1_000_000), show_default=True)
+@click.option("--queue-size", default=8192, show_default=True, type=_POSITIVE)
+@click.option("--sample-rate", default=0.1, show_default=True, type=_RATE, help="Partial FC's rate, for comparison.")
+@click.option("--batch-size", default=256, show_default=True, type=_POSITIVE)
+@click.option("--dim", default=512, show_default=True, type=_POSITIVE)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--repeats", default=5, show_default=True)
+@click.option("--repeats", default=5, show_default=True, type=_POSITIVE)
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per configuration.")
 def bench_dcq(classes: tuple[int, ...], queue_size: int, sample_rate: float, batch_size: int, dim: int,
               device: str, repeats: int, as_json: bool) -> None:
@@ -342,10 +361,12 @@ def bench_dcq(classes: tuple[int, ...], queue_size: int, sample_rate: float, bat
 @bench.command(name="data")
 @click.option("--data", "data_path", default="synthetic", show_default=True,
               help="A dataset path, or 'synthetic' for the default set.")
-@click.option("--size", default=112, show_default=True, help="Model input size (112: no resize).")
-@click.option("--workers", multiple=True, type=int, default=(0, 2), show_default=True)
-@click.option("--batch-size", default=128, show_default=True)
-@click.option("--images", "max_images", default=4096, show_default=True, help="Images timed per setting.")
+@click.option("--size", default=112, show_default=True, type=click.IntRange(16, 1024),
+              help="Model input size (112: no resize).")
+@click.option("--workers", multiple=True, type=click.IntRange(min=0), default=(0, 2), show_default=True)
+@click.option("--batch-size", default=128, show_default=True, type=_POSITIVE)
+@click.option("--images", "max_images", default=4096, show_default=True, type=_POSITIVE,
+              help="Images timed per setting.")
 def bench_data(data_path: str, size: int, workers: tuple[int, ...], batch_size: int, max_images: int) -> None:
     """Decode + load images/s of the data pipeline with 0 and 2 workers."""
     from benchmarks.common import format_table
@@ -363,10 +384,10 @@ def bench_data(data_path: str, size: int, workers: tuple[int, ...], batch_size: 
 
 @bench.command(name="train")
 @click.option("--method", type=click.Choice(["pfc", "dcq"]), default="pfc", show_default=True)
-@click.option("--processes", multiple=True, type=int, default=(1, 2), show_default=True,
+@click.option("--processes", multiple=True, type=_POSITIVE, default=(1, 2), show_default=True,
               help="Process counts to compare (torchrun for > 1).")
-@click.option("--steps", default=40, show_default=True)
-@click.option("--batch-size", default=64, show_default=True, help="Per-process batch size.")
+@click.option("--steps", default=40, show_default=True, type=_POSITIVE)
+@click.option("--batch-size", default=64, show_default=True, type=_POSITIVE, help="Per-process batch size.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--data", "data_path", default="synthetic", show_default=True)
 def bench_train(method: str, processes: tuple[int, ...], steps: int, batch_size: int, device: str,
@@ -375,6 +396,8 @@ def bench_train(method: str, processes: tuple[int, ...], steps: int, batch_size:
     from benchmarks.common import format_table
     from benchmarks.train_throughput import measure
 
+    if data_path != "synthetic":  # the runs start in the repository root
+        data_path = str(Path(data_path).absolute())
     extra = ["--device", device, "--batch-size", str(batch_size), "--data", data_path, "--workers", "0"]
     figures = {count: measure(count, method, steps, extra) for count in processes}
     base = figures[processes[0]]
@@ -386,17 +409,17 @@ def bench_train(method: str, processes: tuple[int, ...], steps: int, batch_size:
 @bench.command(name="step")
 @click.option("--method", "methods", multiple=True, type=click.Choice(["pfc", "dcq"]), default=("pfc", "dcq"),
               show_default=True)
-@click.option("--batch-size", "batches", multiple=True, type=int,
+@click.option("--batch-size", "batches", multiple=True, type=_POSITIVE,
               help="Per-step batch (repeatable); default 128 and 256 on CUDA, 64 on CPU.")
-@click.option("--classes", type=int, help="Labels of the head; default 1M on CUDA, 100K on CPU.")
-@click.option("--sample-rate", default=0.1, show_default=True, help="Partial FC rate (both sides).")
-@click.option("--queue", default=8192, show_default=True, help="DCQ queue entries (both sides).")
+@click.option("--classes", type=_CLASSES, help="Labels of the head; default 1M on CUDA, 100K on CPU.")
+@click.option("--sample-rate", default=0.1, show_default=True, type=_RATE, help="Partial FC rate (both sides).")
+@click.option("--queue", default=8192, show_default=True, type=_POSITIVE, help="DCQ queue entries (both sides).")
 @click.option("--backbone", help="Default iresnet50 on CUDA, tiny on CPU.")
-@click.option("--input-size", type=int, help="Default 112 on CUDA, 32 on CPU.")
+@click.option("--input-size", type=click.IntRange(min=16), help="Default 112 on CUDA, 32 on CPU.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--compile/--no-compile", "with_compile", default=None,
               help="Include the torch.compile variant (default: on CUDA only).")
-@click.option("--repeats", default=10, show_default=True, help="Timed steps per variant (median).")
+@click.option("--repeats", default=10, show_default=True, type=_POSITIVE, help="Timed steps per variant (median).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per variant.")
 def bench_step(methods: tuple[str, ...], batches: tuple[int, ...], classes: Optional[int], sample_rate: float,
                queue: int, backbone: Optional[str], input_size: Optional[int], device: str,
@@ -408,7 +431,14 @@ def bench_step(methods: tuple[str, ...], batches: tuple[int, ...], classes: Opti
     torch_device = resolve_device(device)
     cuda = torch_device.type == "cuda"
     batches = batches or ((128, 256) if cuda else (64,))
-    common = {"classes": classes or (1_000_000 if cuda else 100_000), "rate": sample_rate, "queue": queue,
+    classes = classes or (1_000_000 if cuda else 100_000)
+    # the step's random faces come two per label: a batch of distinct labels, and DCQ's queue filled
+    needed = max(max(batches), (queue + 1) // 2 if "dcq" in methods else 0)
+    if classes < needed:
+        raise click.BadParameter(f"{classes:,} labels are too few for a batch of {max(batches)}"
+                                 + (f" and a DCQ queue of {queue}" if "dcq" in methods else "")
+                                 + f"; give at least {needed:,}", param_hint="--classes")
+    common = {"classes": classes, "rate": sample_rate, "queue": queue,
               "backbone": backbone or ("iresnet50" if cuda else "tiny"), "size": input_size or (112 if cuda else 32),
               "device": str(torch_device), "warmup": 3, "repeats": repeats}
     variants = {"baseline": {}, "ours fp32": {"amp": "off"}, "ours bf16": {"amp": "bf16"},
@@ -454,9 +484,9 @@ def bench_step(methods: tuple[str, ...], batches: tuple[int, ...], classes: Opti
 
 
 @bench.command(name="analysis")
-@click.option("--classes", multiple=True, type=int, default=(100_000,), show_default=True)
-@click.option("--dim", default=512, show_default=True)
-@click.option("--k", default=5, show_default=True)
+@click.option("--classes", multiple=True, type=_CLASSES, default=(100_000,), show_default=True)
+@click.option("--dim", default=512, show_default=True, type=_POSITIVE)
+@click.option("--k", default=5, show_default=True, type=_POSITIVE)
 @click.option("--approximate/--exact", default=False, help="Force IVF (tuned to recall >= 0.95) or exact search.")
 @click.option("--images-per-class", default=0, show_default=True,
               help="Draw this many embeddings per class and analyse their class means, with the same-person "
@@ -466,6 +496,9 @@ def bench_analysis(classes: tuple[int, ...], dim: int, k: int, approximate: bool
     from analysis.benchmark import run_analysis_benchmark
     from benchmarks.common import format_table
 
+    if k >= min(classes):
+        raise click.BadParameter(f"each class has at most {min(classes) - 1:,} other classes, fewer than {k}",
+                                 param_hint="--k")
     rows = []
     for count in classes:
         result = run_analysis_benchmark(count, dim, k, approximate, progress=True, images_per_class=images_per_class)

@@ -14,9 +14,13 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+#: The repository root: benchmark processes run from it, wherever the CLI was started.
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def device_name(device: torch.device) -> str:
@@ -62,7 +66,7 @@ def run_isolated(module: str, job: dict[str, Any], timeout: float = 1800) -> dic
     """Run ``python -m module --job JSON`` in a fresh process and return its JSON result (or ``{"error": …}``)."""
     try:
         completed = subprocess.run([sys.executable, "-m", module, "--job", json.dumps(job)], capture_output=True,
-                                   text=True, timeout=timeout)
+                                   text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     if completed.returncode != 0:

@@ -67,7 +67,8 @@ def _trainer(job: dict[str, Any], run_dir: str):
                          batch_size=job["batch"], device=job["device"], workers=0, amp=job["amp"],
                          channels_last=job["channels_last"], compile=job["compile"], val=[], seed=0,
                          checkpoint_every=0, **method_options)
-    faces = RandomFaces(job["batch"], job["classes"], job["size"], min_images=job["queue"])
+    queue_images = job["queue"] if job["method"] == "dcq" else 0  # Partial FC has no queue to fill
+    faces = RandomFaces(job["batch"], job["classes"], job["size"], min_images=queue_images)
     dataset = CachedImages(faces, job["size"], progress=False)
     return Trainer(config, run_dir, progress=False, dataset=dataset)
 

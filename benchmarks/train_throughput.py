@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import ROOT
+from core.errors import TrainingError
 
 
 def measure(processes: int, method: str, steps: int, extra: list[str]) -> float:
@@ -28,6 +29,8 @@ def measure(processes: int, method: str, steps: int, extra: list[str]) -> float:
                               "--val-every", str(10 * steps), "--out", str(run), "--quiet", *extra]
         completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if completed.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-2000:]}")
+            lines = completed.stderr.strip().splitlines() or ["no message"]
+            reason = next((line for line in reversed(lines) if line.startswith("error: ")), lines[-1])
+            raise TrainingError(f"bench train with {processes} process(es): {reason.removeprefix('error: ')}")
         log = pd.read_csv(run / "log.csv")
         return statistics.median(log["img_per_s"].iloc[1:].tolist() or log["img_per_s"].tolist())

@@ -213,6 +213,16 @@ def evaluate_pairs(embeddings: np.ndarray, issame: np.ndarray) -> dict:
     }
 
 
+def val_names(paths: Sequence[str | Path]) -> list[str]:
+    """Result names for ``--val`` files: the file stem (``lfw``), or ``folder/stem`` where stems collide.
+
+    Two sets both called ``val.bin`` must not report under one name, or one result is lost.
+    """
+    stems = [Path(path).stem for path in paths]
+    names = [f"{Path(path).parent.name}/{stem}" if stems.count(stem) > 1 else stem for path, stem in zip(paths, stems)]
+    return [str(path) if names.count(name) > 1 else name for path, name in zip(paths, names)]
+
+
 def evaluate_bin(
     model: Callable[[torch.Tensor], torch.Tensor],
     path: str | Path,

@@ -13,31 +13,61 @@ import torch
 from torch import nn
 
 from core.backbones import build_backbone
-from core.checkpoint import read_checkpoint
+from core.checkpoint import CHECKPOINT_NAME, read_checkpoint
+from core.errors import ConfigError, DataError, FaceQueueError
+
+#: What training writes into a run directory: an export must never replace one of them.
+RUN_FILES = (CHECKPOINT_NAME, "config.yaml", "env.json", "log.csv", "metrics.json", "loss.png")
 
 
-def load_checkpoint(run: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    return read_checkpoint(run, device)[1]
+def _build(checkpoint: Path, state: dict[str, Any], device: torch.device, online: bool) -> tuple[nn.Module, int]:
+    config = state["config"]
+    try:
+        model = build_backbone(config["backbone"], config["embedding_size"], state["input_size"])
+        model.load_state_dict(state["backbone" if online else "eval_backbone"])
+    except (FaceQueueError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise DataError(f"{checkpoint}: its weights do not fit the network its config describes "
+                        f"({_first_words(exc)})") from exc
+    return model.to(device).eval(), state["input_size"]
 
 
 def load_evaluation_backbone(run: str | Path, device: torch.device, online: bool = False) -> tuple[nn.Module, int]:
     """The network a run is evaluated with, in eval mode, and its input size."""
-    state = load_checkpoint(run, device)
-    config = state["config"]
-    model = build_backbone(config["backbone"], config["embedding_size"], state["input_size"])
-    model.load_state_dict(state["backbone" if online else "eval_backbone"])
-    return model.to(device).eval(), state["input_size"]
+    checkpoint, state = read_checkpoint(run, device)
+    return _build(checkpoint, state, device, online)
 
 
 def export_backbone(run: str | Path, out: str | Path, fmt: str = "state_dict", online: bool = False) -> int:
-    """Write the evaluation network as a plain state_dict or a traced TorchScript module (atomically)."""
+    """Write the evaluation network as a plain state_dict or a traced TorchScript module (atomically).
+
+    ``out`` may not be one of the run's own files: replacing its checkpoint with an export
+    would leave a run that can be neither resumed nor evaluated.
+    """
     from core.io import atomic_path
 
-    model, input_size = load_evaluation_backbone(run, torch.device("cpu"), online=online)
-    with atomic_path(out) as tmp:
-        if fmt == "state_dict":
-            torch.save(model.state_dict(), tmp)
-        else:
-            example = torch.zeros(1, 3, input_size, input_size)
-            torch.jit.save(torch.jit.trace(model, example), str(tmp))
+    checkpoint, state = read_checkpoint(run, "cpu")
+    target = Path(out)
+    if not target.name:
+        raise ConfigError("--out: a file name is needed")
+    resolved = target.resolve()
+    if resolved.parent == checkpoint.parent.resolve() and (
+            resolved.name in RUN_FILES or resolved.match("sampler-step*-rank*-of-*.pt")):
+        raise ConfigError(f"--out {out}: that is a file of the run {checkpoint.parent} itself; export elsewhere "
+                          "(for example model.pt)")
+    model, input_size = _build(checkpoint, state, torch.device("cpu"), online)
+    try:
+        with atomic_path(out) as tmp:
+            if fmt == "state_dict":
+                torch.save(model.state_dict(), tmp)
+            else:
+                example = torch.zeros(1, 3, input_size, input_size)
+                torch.jit.save(torch.jit.trace(model, example), str(tmp))
+    except RuntimeError as exc:  # torch's file writer reports an unwritable path as a RuntimeError
+        raise DataError(f"--out {out}: cannot write it ({_first_words(exc)})") from exc
     return input_size
+
+
+def _first_words(exc: BaseException, limit: int = 240) -> str:
+    """A multi-line torch message as one line of bounded length."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

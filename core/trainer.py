@@ -32,7 +32,7 @@ from core.data.base import FaceDataset
 from core.data.transforms import random_horizontal_flip
 from core.distributed import DistributedContext, init_distributed, resolve_device
 from core.errors import ConfigError, DataError, TrainingError
-from core.evaluation import embed_images, evaluate_pairs
+from core.evaluation import embed_images, evaluate_pairs, val_names
 from core.checkpoint import CHECKPOINT_NAME, read_checkpoint, sampler_state_for, save_checkpoint
 from core.io import atomic_path, atomic_write_json
 from core.loss import MarginSoftmaxLoss
@@ -401,10 +401,10 @@ class Trainer:
         results: dict[str, Any] = {"_step": self.step}
         if not self.context.is_main:
             return results
-        for path in self.val_files:
+        for name, path in zip(val_names(self.val_files), self.val_files):
             images, issame = self._val_pairs[path]
             embeddings = embed_images(model, images, self.input_size, device=self.device, progress=self.progress)
-            results[Path(path).stem] = evaluate_pairs(embeddings, issame)
+            results[name] = evaluate_pairs(embeddings, issame)
         return results
 
 

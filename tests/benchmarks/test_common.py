@@ -22,3 +22,22 @@ def test_a_job_past_its_time_limit_returns_an_error_instead_of_raising():
 ])
 def test_one_side_of_a_row_shows_its_figure_or_why_it_has_none(result, shown):
     assert _figure(result, "step_ms", ".1f") == shown
+
+
+def test_jobs_run_from_the_repository_root_wherever_the_cli_started(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    job = {"method": "dcq", "classes": 64, "queue": 16, "rate": 0.5, "batch": 4, "dim": 8, "device": "cpu",
+           "warmup": 1, "repeats": 1}
+    result = run_isolated("benchmarks.dcq_head", job)
+    assert "error" not in result, result
+    assert result["state_mib"] > 0
+
+
+def test_data_timing_never_asks_for_more_batches_than_an_epoch_holds(tiny_rec):
+    from benchmarks.data_loading import images_per_second
+    from core.errors import DataError
+
+    # 48 images make three batches of 16: one warms up, two are timed, whatever --images asks for
+    assert images_per_second(tiny_rec, 16, 0, 16, max_images=4096) > 0
+    with pytest.raises(DataError, match="1 batch"):
+        images_per_second(tiny_rec, 16, 0, 32, max_images=4096)

@@ -173,3 +173,60 @@ def test_an_error_raised_in_a_loader_worker_prints_its_own_message():
 def test_a_histogram_of_a_bin_is_refused_not_skipped(tiny_rec, tmp_path):
     result = CliRunner().invoke(main, ["data", "inspect", str(tiny_rec / "val.bin"), "--plot", str(tmp_path / "h.png")])
     assert result.exit_code == 2 and "holds verification pairs, not classes" in result.output
+
+
+def test_export_never_replaces_the_runs_own_files(tiny_rec, tmp_path):
+    run = tmp_path / "run"
+    _run("train", "--data", tiny_rec, "--out", run, "--max-steps", 1, *TRAIN_FLAGS)
+    before = (run / "checkpoint.pt").read_bytes()
+    for target in ["checkpoint.pt", "config.yaml", next(run.glob("sampler-*.pt")).name]:
+        result = CliRunner().invoke(main, ["export", str(run), "--out", str(run / target)])
+        assert result.exit_code == 2 and "a file of the run" in result.output, result.output
+    assert (run / "checkpoint.pt").read_bytes() == before
+    assert _run("export", run, "--out", run / "model.pt").exit_code == 0  # a new file beside them is fine
+
+
+def test_weights_that_do_not_fit_their_config_are_one_line(tiny_rec, tmp_path):
+    import torch
+
+    run = tmp_path / "run"
+    _run("train", "--data", tiny_rec, "--out", run, "--max-steps", 1, *TRAIN_FLAGS)
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state["config"]["embedding_size"] = 32  # trained with 16
+    torch.save(state, tmp_path / "edited.pt")
+    for command in (["eval", str(tmp_path / "edited.pt"), "--val", str(tiny_rec / "val.bin")],
+                    ["export", str(tmp_path / "edited.pt"), "--out", str(tmp_path / "model.pt")]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2 and "edited.pt: its weights do not fit" in result.output
+        assert "size mismatch" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_eval_reports_every_val_file_even_when_names_repeat(tiny_rec, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    _run("train", "--data", tiny_rec, "--out", run, "--max-steps", 2, *TRAIN_FLAGS)
+    other = tmp_path / "other" / "val.bin"
+    other.parent.mkdir()
+    shutil.copy(tiny_rec / "val.bin", other)
+    both = json.loads(_run("eval", run, "--val", tiny_rec / "val.bin", "--val", other, "--json").output)
+    alone = json.loads(_run("eval", run, "--val", tiny_rec / "val.bin", "--json").output)
+    assert set(both) == {f"{tiny_rec.name}/val", "other/val"}
+    for name in both:
+        assert both[name]["accuracy"] == pytest.approx(alone["val"]["accuracy"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pfc", "--sample-rate", "nan"], "'nan' is not a number in the range 0<x<=1"),
+    (["pfc", "--classes", "0"], "0 is not in the range x>=2"),
+    (["dcq", "--queue-size", "0"], "0 is not in the range x>=1"),
+    (["step", "--method", "pfc", "--classes", "100", "--batch-size", "128", "--device", "cpu"], "give at least 128"),
+    (["step", "--method", "dcq", "--classes", "1000", "--batch-size", "8", "--device", "cpu"], "give at least 4,096"),
+    (["analysis", "--classes", "1000", "--k", "5000"], "at most 999 other classes"),
+    (["data", "--batch-size", "0"], "0 is not in the range x>=1"),
+    (["train", "--steps", "0"], "0 is not in the range x>=1"),
+])
+def test_bench_options_are_checked_before_anything_runs(args, message):
+    result = CliRunner().invoke(main, ["bench", *args])
+    assert result.exit_code == 2 and message in result.output, result.output

@@ -15,6 +15,7 @@ from core.evaluation import (
     evaluate_bin,
     evaluate_pairs,
     tar_at_far,
+    val_names,
     verification_accuracy,
 )
 
@@ -260,3 +261,9 @@ def test_embed_images_large_input_goes_through_the_progress_bar_path() -> None:
     embeddings = embed_images(model, images, input_size=2, batch_size=500)
     expected = hand_embeddings(model.weight.detach().double().numpy(), images)
     np.testing.assert_allclose(embeddings, expected, atol=1e-5)
+
+
+def test_val_names_are_stems_unless_two_files_share_one() -> None:
+    assert val_names(["/data/lfw.bin", "/data/agedb_30.bin"]) == ["lfw", "agedb_30"]
+    assert val_names(["/a/val.bin", "/b/val.bin", "/b/lfw.bin"]) == ["a/val", "b/val", "lfw"]
+    assert val_names(["/x/a/val.bin", "/y/a/val.bin"]) == ["/x/a/val.bin", "/y/a/val.bin"]
