@@ -26,8 +26,11 @@ def run_command(out: str, quick: bool, device: str, only: int | None) -> None:
     from experiments.grid import FULL, QUICK, grid_cells
     from experiments.runner import run_grid
 
+    from core.distributed import resolve_device
+
     if only is not None and only < 1:
         raise ConfigError(f"--cells must be >= 1 (the first N cells of the grid), got {only}")
+    resolve_device(device)  # a wrong --device fails now, not after the first cell's data is rendered
     scale = QUICK if quick else FULL
     started = time.perf_counter()
     total = len(grid_cells(scale)[:only])

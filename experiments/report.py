@@ -8,8 +8,11 @@ backbone), which removes most of the data-draw variance from the comparison.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,7 +24,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 from analysis.plots import save_figure
 from core.errors import DataError
 from core.io import atomic_write_text, read_json
-from experiments.grid import ARMS, DCQ, NOISY_FLIP, NOISY_SPLIT, PFC_01, PFC_03, SOFTMAX, filtered
+from experiments.grid import ARMS, DCQ, GridScale, NOISY_FLIP, NOISY_SPLIT, PFC_01, PFC_03, SOFTMAX, filtered
 from experiments.runner import GRID_FILE, UPDATES_FILE, load_results
 
 FAR = "1e-02"
@@ -320,21 +323,45 @@ def passive_updates_table(grid_dir: Path, frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+SCALE_KEYS = tuple(field.name for field in fields(GridScale))
+
+
 def write_report(grid_dir: Path, out: Path) -> list[Path]:
     """RESULTS.md and its PNGs (in ``results/`` beside it)."""
     grid_file = grid_dir / GRID_FILE
     if not grid_file.exists():
         raise DataError(f"{grid_dir}: no {GRID_FILE}; run `python cli.py experiment run --out {grid_dir}` first")
     grid = read_json(grid_file)
+    scale = grid.get("scale") if isinstance(grid, dict) else None
+    missing = [name for name in SCALE_KEYS if not isinstance(scale, dict) or name not in scale]
+    if missing:
+        raise DataError(f"{grid_file}: not a grid description (its scale lacks {', '.join(missing)}); "
+                        f"rerun `python cli.py experiment run --out {grid_dir}` into a new directory")
     results = load_results(grid_dir)
     if not results:
         raise DataError(f"{grid_dir}/cells: no finished cell (result.json) to report")
     frame = results_frame(results)
-    scale = grid["scale"]
     quick = scale["name"] == "quick"
     figures_dir = out.parent / "results"
-    accuracy_png = accuracy_plot(frame, figures_dir / "accuracy.png")
-    passive_png = passive_updates_plot(grid_dir, frame, figures_dir / "passive_updates.png")
+    # Plots are drawn into a staging folder and moved beside the report only once all of it is written:
+    # a report that fails half-way must not leave new plots next to an old RESULTS.md.
+    figures_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".results-", dir=figures_dir.parent))
+    try:
+        written = _write_report(grid_dir, out, grid, scale, quick, frame, staging)
+        figures_dir.mkdir(exist_ok=True)
+        for plot in written[1:]:
+            os.replace(plot, figures_dir / plot.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out] + [figures_dir / plot.name for plot in written[1:]]
+
+
+def _write_report(grid_dir: Path, out: Path, grid: dict[str, Any], scale: dict[str, Any], quick: bool,
+                  frame: pd.DataFrame, staging: Path) -> list[Path]:
+    """RESULTS.md written in place (atomically), its plots in ``staging``; returns [report, plots...]."""
+    accuracy_png = accuracy_plot(frame, staging / "accuracy.png")
+    passive_png = passive_updates_plot(grid_dir, frame, staging / "passive_updates.png")
     label = "QUICK grid (smoke scale, not the record)" if quick else "full grid"
     cell_minutes = (frame.train_seconds.sum() + frame.analysis_seconds.fillna(0).sum()) / 60
     machine = grid.get("machine", {})

@@ -19,7 +19,7 @@ import numpy as np
 
 from core.errors import ConfigError, DataError
 from core.io import atomic_write_json, read_json
-from experiments.grid import DATASETS, Cell, GridScale, grid_cells
+from experiments.grid import ARMS, DATASETS, Cell, GridScale, grid_cells
 
 GRID_FILE = "grid.json"
 RESULT_FILE = "result.json"
@@ -132,14 +132,45 @@ def run_cell(cell: Cell, scale: GridScale, data: Path, cell_dir: Path, device: s
 RESULT_KEYS = ("dataset", "arm", "seed", "name")
 
 
+def _check_result(path: Path, result: Any) -> None:
+    """A result.json must name a cell of this grid and carry numbers where figures go."""
+    def damaged(why: str) -> DataError:
+        return DataError(f"{path}: not a cell result ({why}); delete it to rerun that cell")
+
+    if not isinstance(result, dict) or any(key not in result for key in RESULT_KEYS):
+        raise damaged(f"needs {', '.join(RESULT_KEYS)}")
+    if result["dataset"] not in ARMS:
+        raise damaged(f"dataset {result['dataset']!r} is not one of {', '.join(ARMS)}")
+    if result["arm"] not in [arm.label for arm in ARMS[result["dataset"]]]:
+        raise damaged(f"arm {result['arm']!r} is not an arm of the {result['dataset']} data")
+    if not isinstance(result["seed"], int) or isinstance(result["seed"], bool):
+        raise damaged(f"seed {result['seed']!r} is not a whole number")
+    figures = [("train_seconds", result.get("train_seconds"), None)]
+    for name in ("val", "val_tail"):
+        block = result.get(name, {})
+        if not isinstance(block, dict):
+            raise damaged(f"{name} is not a table of figures")
+        figures.append((f"{name}.accuracy", block.get("accuracy"), (0.0, 1.0)))
+        tar = block.get("tar_at_far", {})
+        for far, value in (tar.items() if isinstance(tar, dict) else [("", tar)]):
+            figures.append((f"{name}.tar_at_far[{far}]", value, (0.0, 1.0)))
+    for name, value, bounds in figures:
+        if value is None and name != "train_seconds":  # a cell may lack a held-out set, never its timing
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise damaged(f"{name} is {value!r}, not a number")
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            raise damaged(f"{name} is {value}, outside [{bounds[0]}, {bounds[1]}]")
+        if bounds is None and value < 0:
+            raise damaged(f"{name} is {value}, below 0")
+
+
 def load_results(out: Path) -> list[dict[str, Any]]:
     """Every finished cell's result (in directory-name order); a damaged one is an error naming its file."""
     results = []
     for path in sorted((out / "cells").glob(f"*/{RESULT_FILE}")):
         result = read_json(path)
-        if not isinstance(result, dict) or any(key not in result for key in RESULT_KEYS):
-            raise DataError(f"{path}: not a cell result (needs {', '.join(RESULT_KEYS)}); delete it to rerun "
-                            "that cell")
+        _check_result(path, result)
         results.append(result)
     return results
 

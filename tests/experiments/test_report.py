@@ -92,10 +92,39 @@ def test_report_refuses_a_directory_without_a_grid_or_cells(tmp_path):
     (lambda root, cell: (cell / RESULT_FILE).write_text('{"arm": '), "result.json: cannot read JSON"),
     (lambda root, cell: (cell / RESULT_FILE).write_text("{}"), "result.json: not a cell result"),
     (lambda root, cell: (cell / UPDATES_FILE).write_bytes(b"PK\x03\x04 truncated"), "updates"),
+    (lambda root, cell: (root / GRID_FILE).write_text('{"scale": 5}'), "grid.json: not a grid description"),
+    (lambda root, cell: _edit_result(cell, dataset="foo"), "dataset 'foo' is not one of clean, noisy"),
+    (lambda root, cell: _edit_result(cell, arm="bogus"), "arm 'bogus' is not an arm of the clean data"),
+    (lambda root, cell: _edit_result(cell, seed="zero"), "seed 'zero' is not a whole number"),
+    (lambda root, cell: _edit_result(cell, val={"accuracy": "abc"}), "val.accuracy is 'abc', not a number"),
+    (lambda root, cell: _edit_result(cell, val={"accuracy": 0.9, "tar_at_far": {"1e-02": -5}}),
+     r"val.tar_at_far\[1e-02\] is -5, outside"),
+    (lambda root, cell: _edit_result(cell, train_seconds=None), "train_seconds is None, not a number"),
 ])
 def test_a_damaged_grid_file_is_an_error_naming_it(tmp_path, damage, message):
     _fake_grid(tmp_path, lambda cell: 0.9)
     cell = next(path for path in sorted((tmp_path / "cells").iterdir()) if "pfc" in path.name)
     damage(tmp_path, cell)
+    out = tmp_path / "docs" / "RESULTS.md"
     with pytest.raises(DataError, match=message):
-        write_report(tmp_path, tmp_path / "RESULTS.md")
+        write_report(tmp_path, out)
+    assert not out.parent.exists() or not any(out.parent.rglob("*"))  # no plots left without their report
+
+
+def _edit_result(cell_dir, **changes):
+    result = json.loads((cell_dir / RESULT_FILE).read_text())
+    (cell_dir / RESULT_FILE).write_text(json.dumps({**result, **changes}))
+
+
+def test_a_report_that_fails_keeps_the_previous_plots(tmp_path):
+    _fake_grid(tmp_path, lambda cell: 0.9)
+    out = tmp_path / "docs" / "RESULTS.md"
+    write_report(tmp_path, out)
+    before = {path.name: path.read_bytes() for path in (out.parent / "results").iterdir()}
+    cells = [path for path in sorted((tmp_path / "cells").iterdir()) if "pfc" in path.name]
+    _edit_result(cells[1], val={"accuracy": 0.5})  # a different accuracy plot would be drawn...
+    (cells[0] / UPDATES_FILE).write_bytes(b"PK\x03\x04 truncated")  # ...before this fails
+    with pytest.raises(DataError, match="updates"):
+        write_report(tmp_path, out)
+    assert {path.name: path.read_bytes() for path in (out.parent / "results").iterdir()} == before
+    assert [path.name for path in out.parent.iterdir() if path.name.startswith(".")] == []

@@ -36,3 +36,15 @@ def test_a_grid_directory_keeps_one_scale(tmp_path):
     run_grid(tmp_path / "grid", MICRO, only=0)
     with pytest.raises(ConfigError, match="micro grid with other settings"):
         run_grid(tmp_path / "grid", replace(MICRO, epochs=2), only=0)
+
+
+def test_a_wrong_device_is_refused_before_anything_is_written(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    out = tmp_path / "grid"
+    result = CliRunner().invoke(main, ["experiment", "run", "--out", str(out), "--quick", "--cells", "1",
+                                       "--device", "bogus"])
+    assert result.exit_code == 2 and "--device must be auto, cpu or cuda" in result.output
+    assert not out.exists()
