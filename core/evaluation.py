@@ -235,4 +235,7 @@ def evaluate_bin(
 
     images, issame = load_verification_pairs(path)
     embeddings = embed_images(model, images, input_size, batch_size=batch_size, device=device)
-    return evaluate_pairs(embeddings, issame)
+    try:
+        return evaluate_pairs(embeddings, issame)
+    except DataError as exc:  # e.g. a set without different-person pairs: say which file
+        raise DataError(f"{path}: {exc}") from exc

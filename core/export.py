@@ -28,6 +28,11 @@ def _build(checkpoint: Path, state: dict[str, Any], device: torch.device, online
     except (FaceQueueError, KeyError, RuntimeError, TypeError, ValueError) as exc:
         raise DataError(f"{checkpoint}: its weights do not fit the network its config describes "
                         f"({_first_words(exc)})") from exc
+    broken = [name for name, value in model.state_dict().items()
+              if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:  # every embedding would be NaN; say so here, naming the file, not at the first metric
+        raise DataError(f"{checkpoint}: non-finite weights in {', '.join(broken[:3])}"
+                        + (f" and {len(broken) - 3} more" if len(broken) > 3 else ""))
     return model.to(device).eval(), state["input_size"]
 
 
@@ -47,8 +52,8 @@ def export_backbone(run: str | Path, out: str | Path, fmt: str = "state_dict", o
 
     checkpoint, state = read_checkpoint(run, "cpu")
     target = Path(out)
-    if not target.name:
-        raise ConfigError("--out: a file name is needed")
+    if not target.name or str(out).endswith(("/", "\\")):
+        raise ConfigError(f"--out {out!r}: a file name is needed (for example model.pt)")
     resolved = target.resolve()
     if resolved.parent == checkpoint.parent.resolve() and (
             resolved.name in RUN_FILES or resolved.match("sampler-step*-rank*-of-*.pt")):

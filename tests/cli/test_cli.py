@@ -230,3 +230,26 @@ def test_eval_reports_every_val_file_even_when_names_repeat(tiny_rec, tmp_path):
 def test_bench_options_are_checked_before_anything_runs(args, message):
     result = CliRunner().invoke(main, ["bench", *args])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_non_finite_weights_and_one_sided_pairs_are_errors_naming_their_file(tiny_rec, tmp_path):
+    import pickle
+
+    import torch
+
+    from core.data.verification_bin import write_verification_bin
+
+    run = tmp_path / "run"
+    _run("train", "--data", tiny_rec, "--out", run, "--max-steps", 1, *TRAIN_FLAGS)
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    state["eval_backbone"]["fc.weight"][0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    for command in (["eval", str(tmp_path / "nan.pt"), "--val", str(tiny_rec / "val.bin")],
+                    ["export", str(tmp_path / "nan.pt"), "--out", str(tmp_path / "model.pt")]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 2 and "nan.pt: non-finite weights in fc.weight" in result.output
+    with open(tiny_rec / "val.bin", "rb") as handle:
+        images, issame = pickle.load(handle)
+    write_verification_bin(tmp_path / "same.bin", images, [True] * len(issame))
+    result = CliRunner().invoke(main, ["eval", str(run), "--val", str(tmp_path / "same.bin")])
+    assert result.exit_code == 2 and f"{tmp_path / 'same.bin'}: ROC needs both same and different" in result.output
