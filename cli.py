@@ -312,7 +312,7 @@ def bench_pfc(classes: tuple[int, ...], rates: tuple[float, ...], batch_size: in
             rows.append([f"{num_classes:,}", rate, _figure(ours, "step_ms", ".1f"), _figure(dense, "step_ms", ".1f"),
                          f"{dense['step_ms'] / ours['step_ms']:.2f}x" if both else "",
                          _figure(ours, "peak_gib", ".2f"), _figure(dense, "peak_gib", ".2f"),
-                         f"{dense['peak_gib'] / max(ours['peak_gib'], 1e-9):.2f}x" if both else ""])
+                         f"{dense['peak_gib'] / ours['peak_gib']:.2f}x" if both and ours["peak_gib"] > 0 else ""])
     if not as_json:
         click.echo(format_table(["classes", "rate", "ours ms", "dense ms", "speed-up", "ours peak GiB",
                                  "dense peak GiB", "memory ratio"], rows))

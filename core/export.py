@@ -22,6 +22,9 @@ RUN_FILES = (CHECKPOINT_NAME, "config.yaml", "env.json", "log.csv", "metrics.jso
 
 def _build(checkpoint: Path, state: dict[str, Any], device: torch.device, online: bool) -> tuple[nn.Module, int]:
     config = state["config"]
+    if online and config.get("method") != "dcq":
+        raise ConfigError(f"--online: {checkpoint} is a {config.get('method')} run, whose only encoder is the one "
+                          "evaluated; --online picks DCQ's online encoder over its momentum encoder")
     try:
         model = build_backbone(config["backbone"], config["embedding_size"], state["input_size"])
         model.load_state_dict(state["backbone" if online else "eval_backbone"])

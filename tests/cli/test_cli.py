@@ -184,6 +184,8 @@ def test_export_never_replaces_the_runs_own_files(tiny_rec, tmp_path):
         assert result.exit_code == 2 and "a file of the run" in result.output, result.output
     assert (run / "checkpoint.pt").read_bytes() == before
     assert _run("export", run, "--out", run / "model.pt").exit_code == 0  # a new file beside them is fine
+    online = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "online.pt"), "--online"])
+    assert online.exit_code == 2 and "is a pfc run" in online.output  # only DCQ has a second encoder
 
 
 def test_weights_that_do_not_fit_their_config_are_one_line(tiny_rec, tmp_path):
