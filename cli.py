@@ -222,6 +222,8 @@ def inspect(path: str, as_json: bool, plot: Optional[str]) -> None:
     """Counts of a dataset (images, classes, images per class) or of a .bin (pairs, positives)."""
     from core.data.inspect import inspect_path, plot_class_histogram
 
+    if plot is not None and Path(plot).suffix.lower() != ".png":
+        raise FaceQueueError(f"--plot {plot!r}: the histogram is a PNG; give a file name ending in .png")
     summary = inspect_path(path)
     if plot and "counts" not in summary:
         raise FaceQueueError(f"--plot {plot}: {path} holds verification pairs, not classes; the histogram of "

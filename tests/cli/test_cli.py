@@ -33,6 +33,10 @@ def test_inspect_plot_writes_png(tiny_rec, tmp_path):
     result = _run("data", "inspect", tiny_rec, "--plot", tmp_path / "hist.png")
     assert "images_per_class_median: 8.0" in result.output
     assert (tmp_path / "hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("hist.txt", "hist"):  # a PNG under another name, or under none, is refused
+        refused = CliRunner().invoke(main, ["data", "inspect", str(tiny_rec), "--plot", str(tmp_path / name)])
+        assert refused.exit_code == 2 and "ending in .png" in refused.output
+    assert not (tmp_path / "hist.txt").exists()
 
 
 def test_train_then_eval_reproduces_metrics(tiny_rec, tmp_path):
