@@ -11,7 +11,6 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -33,7 +32,7 @@ from analysis.noise import (SampleNeighbours, clean_plan, noise_table, noise_war
 from analysis.plda import TwoCovarianceModel, fit_two_covariance
 from analysis.report import Report
 from core.errors import ConfigError, DataError
-from core.io import atomic_path, atomic_write_json
+from core.io import atomic_path, atomic_write_json, staging_folder
 
 SUMMARY_JSON = "summary.json"
 # Every file an analyze command may write in --out; a new command replaces all of them (and nothing else).
@@ -474,8 +473,7 @@ def run_analyses(inputs: AnalysisInput, out_dir: Path, which: tuple[str, ...], o
         out_dir.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError) as exc:
         raise ConfigError(f"--out {out_dir}: cannot be a directory ({exc.strerror}: {exc.filename})") from exc
-    staging = Path(tempfile.mkdtemp(prefix=".analysis-", dir=out_dir))
-    try:
+    with staging_folder(out_dir, ".analysis-") as staging:
         analysis = Analysis(inputs, staging, options, index_builder)
         body = Report(title="")
         for name in which:
@@ -492,8 +490,6 @@ def run_analyses(inputs: AnalysisInput, out_dir: Path, which: tuple[str, ...], o
         analysis.written.extend(report.write(staging))
         analysis.write_summary()
         _publish(staging, out_dir, options.write_clean)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     analysis.out_dir = out_dir
     analysis.written = [out_dir / path.name if path.parent == staging else path for path in analysis.written]
     return analysis

@@ -12,7 +12,7 @@ a run written by 2 processes resumes on 1, 2 or 3.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -36,6 +36,12 @@ def find_checkpoint(path: str | Path) -> Path:
     if not candidate.is_file():
         raise ConfigError(f"{path}: no checkpoint found (expected {candidate})")
     return candidate
+
+
+def non_finite_names(named_values: Iterable[tuple[str, Any]]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity (other values are skipped)."""
+    return [name for name, value in named_values
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
 
 
 def load_file(path: Path, map_location: Any = "cpu", **options: Any) -> Any:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from core.backbones import build_backbone
-from core.checkpoint import CHECKPOINT_NAME, read_checkpoint
+from core.checkpoint import CHECKPOINT_NAME, non_finite_names, read_checkpoint
 from core.errors import ConfigError, DataError, FaceQueueError
 
 #: What training writes into a run directory: an export must never replace one of them.
@@ -31,8 +31,7 @@ def _build(checkpoint: Path, state: dict[str, Any], device: torch.device, online
     except (FaceQueueError, KeyError, RuntimeError, TypeError, ValueError) as exc:
         raise DataError(f"{checkpoint}: its weights do not fit the network its config describes "
                         f"({_first_words(exc)})") from exc
-    broken = [name for name, value in model.state_dict().items()
-              if value.is_floating_point() and not torch.isfinite(value).all()]
+    broken = non_finite_names(model.state_dict().items())
     if broken:  # every embedding would be NaN; say so here, naming the file, not at the first metric
         raise DataError(f"{checkpoint}: non-finite weights in {', '.join(broken[:3])}"
                         + (f" and {len(broken) - 3} more" if len(broken) > 3 else ""))

@@ -33,7 +33,8 @@ from core.data.transforms import random_horizontal_flip
 from core.distributed import DistributedContext, init_distributed, resolve_device
 from core.errors import ConfigError, DataError, TrainingError
 from core.evaluation import embed_images, evaluate_pairs, val_names
-from core.checkpoint import CHECKPOINT_NAME, read_checkpoint, sampler_state_for, save_checkpoint
+from core.checkpoint import (CHECKPOINT_NAME, non_finite_names, read_checkpoint, sampler_state_for,
+                             save_checkpoint)
 from core.io import atomic_path, atomic_write_json
 from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
@@ -235,9 +236,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Write the checkpoint atomically, refusing to replace a good one with non-finite weights."""
         path = self.run_dir / CHECKPOINT_NAME
-        tensors = list(self.backbone.state_dict().items()) + list(self.sampler.state_dict().items())
-        broken = [name for name, value in tensors
-                  if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+        broken = non_finite_names([*self.backbone.state_dict().items(), *self.sampler.state_dict().items()])
         if broken:
             kept = f"the last good checkpoint is {path}" if path.exists() else "no checkpoint was written"
             raise TrainingError(f"step {self.step}: non-finite weights in {', '.join(broken[:3])}; training "

@@ -23,10 +23,9 @@ def run_command(out: str, quick: bool, device: str, only: int | None) -> None:
     """Train (and analyse) every cell of the grid; finished cells are skipped."""
     import time
 
+    from core.distributed import resolve_device
     from experiments.grid import FULL, QUICK, grid_cells
     from experiments.runner import run_grid
-
-    from core.distributed import resolve_device
 
     if only is not None and only < 1:
         raise ConfigError(f"--cells must be >= 1 (the first N cells of the grid), got {only}")

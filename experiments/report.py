@@ -9,8 +9,6 @@ backbone), which removes most of the data-draw variance from the comparison.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,7 +21,7 @@ from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from analysis.plots import save_figure
 from core.errors import DataError
-from core.io import atomic_write_text, read_json
+from core.io import atomic_write_text, read_json, staging_folder
 from experiments.grid import ARMS, DCQ, GridScale, NOISY_FLIP, NOISY_SPLIT, PFC_01, PFC_03, SOFTMAX, filtered
 from experiments.runner import GRID_FILE, UPDATES_FILE, load_results
 
@@ -341,25 +339,21 @@ def write_report(grid_dir: Path, out: Path) -> list[Path]:
     if not results:
         raise DataError(f"{grid_dir}/cells: no finished cell (result.json) to report")
     frame = results_frame(results)
-    quick = scale["name"] == "quick"
     figures_dir = out.parent / "results"
     # Plots are drawn into a staging folder and moved beside the report only once all of it is written:
     # a report that fails half-way must not leave new plots next to an old RESULTS.md.
-    figures_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".results-", dir=figures_dir.parent))
-    try:
-        written = _write_report(grid_dir, out, grid, scale, quick, frame, staging)
+    with staging_folder(out.parent, ".results-") as staging:
+        plots = _write_report(grid_dir, out, grid, frame, staging)
         figures_dir.mkdir(exist_ok=True)
-        for plot in written[1:]:
+        for plot in plots:
             os.replace(plot, figures_dir / plot.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return [out] + [figures_dir / plot.name for plot in written[1:]]
+    return [out] + [figures_dir / plot.name for plot in plots]
 
 
-def _write_report(grid_dir: Path, out: Path, grid: dict[str, Any], scale: dict[str, Any], quick: bool,
-                  frame: pd.DataFrame, staging: Path) -> list[Path]:
-    """RESULTS.md written in place (atomically), its plots in ``staging``; returns [report, plots...]."""
+def _write_report(grid_dir: Path, out: Path, grid: dict[str, Any], frame: pd.DataFrame, staging: Path) -> list[Path]:
+    """RESULTS.md written in place (atomically), its plots in ``staging``; returns the plots."""
+    scale = grid["scale"]
+    quick = scale["name"] == "quick"
     accuracy_png = accuracy_plot(frame, staging / "accuracy.png")
     passive_png = passive_updates_plot(grid_dir, frame, staging / "passive_updates.png")
     label = "QUICK grid (smoke scale, not the record)" if quick else "full grid"
@@ -411,4 +405,4 @@ def _write_report(grid_dir: Path, out: Path, grid: dict[str, Any], scale: dict[s
                                                        grid.get("versions", {}).items()) + ".",
     ]
     atomic_write_text(out, "\n\n".join(sections) + "\n")
-    return [out, accuracy_png] + ([passive_png] if passive_png is not None else [])
+    return [accuracy_png] + ([passive_png] if passive_png is not None else [])
