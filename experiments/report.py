@@ -367,7 +367,7 @@ def _write_report(grid_dir: Path, out: Path, grid: dict[str, Any], frame: pd.Dat
         "the numbers by the report, not written by hand.",
         "## Setup",
         "\n".join([
-            f"- Data: synthetic identities rendered by this project (`core/data/synthetic.py`): "
+            f"- Data: synthetic identities rendered by this project (`core/data/synthetic/`): "
             f"{scale['identities']} training identities, 2–{scale['max_images']} images each (Zipf exponent "
             f"{scale['zipf_exponent']}), {scale['heldout_identities']} held-out identities for `val.bin` "
             f"({scale['val_pairs']} pairs) and `val_tail.bin` (pairs among held-out identities with ≤ 5 images). "
