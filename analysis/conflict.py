@@ -8,21 +8,27 @@ a's samples whose nearest center is b's (and the reverse). For two different peo
 is about zero; for one person under two labels a network cannot tell the labels apart,
 so a sizeable share of each label's images lands on the other's center. A second
 ranking, ``same_person_llr`` (analysis/plda.py), weighs how many images stand behind each
-center, which the cosine cannot: small split identities have noisy means.
+center, which the cosine cannot: small split identities have noisy means. The report's
+conflict section is written here too (``conflict_section``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import pandas as pd
 
+from analysis import plots
 from analysis.centers import Centers
-from analysis.groundtruth import DetectionScore
+from analysis.groundtruth import DetectionScore, conflict_positives, score_detection
 from analysis.index import IndexBuilder, IndexInfo, build_index, normalize_rows, self_neighbours
+from analysis.report import Report, write_csv
 from core.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from analysis.runner import Analysis
 
 CONFLICT_COLUMNS = ["label_a", "label_b", "similarity", "count_a", "count_b", "flagged",
                     "a_samples_nearest_b", "b_samples_nearest_a", "same_person_llr"]
@@ -239,3 +245,100 @@ def conflict_threshold_rationale(threshold: float, chosen_by_default: bool, near
                 parts.append(f"The F1-best threshold on this data would be {best[0]:.4f} (precision {best[1]:.3f}, "
                              f"recall {best[2]:.3f}); it uses the ground truth, which real data does not have.")
     return " ".join(parts)
+
+
+def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
+    """conflict.csv, its histogram and, with ground truth, its PR curve; returns the key figures."""
+    inputs, options = analysis.inputs, analysis.options
+    centers = analysis.detection_centers
+    _, nearest = analysis.neighbours.nearest_other(inputs.num_classes)
+    threshold = options.conflict_threshold
+    chosen_by_default = threshold is None
+    if threshold is None:
+        threshold = default_conflict_threshold(nearest)
+    model = analysis.same_person
+    table = conflict_table(centers, analysis.neighbours, threshold, inputs.labels, analysis.samples.top_label,
+                           pair_llr=None if model is None else model.pair_llr)
+    write_csv(table, analysis.file("conflict.csv"))
+    llr_positive_pairs = int((table["same_person_llr"] > 0).sum())
+    scores: list[DetectionScore] = []
+    truth = None
+    if inputs.ground_truth is not None and inputs.ground_truth.get("split_pairs") is not None:
+        truth, total = conflict_positives(inputs.ground_truth, table["label_a"].to_numpy(),
+                                          table["label_b"].to_numpy(), inputs.num_classes)
+        flagged = table["flagged"].to_numpy()
+        scores.append(score_detection("conflict", table["similarity"].to_numpy(), truth, flagged, total))
+        if model is not None:
+            llr = table["same_person_llr"].to_numpy()
+            llr = np.where(np.isnan(llr), -np.finfo(np.float64).max, llr)  # classes without images: last
+            scores.append(score_detection("conflict by same-person LLR", llr, truth, llr > 0, total))
+    score = scores[0] if scores else None
+    nearest = nearest[np.isfinite(nearest)]
+    figures: dict[str, Any] = {
+        "candidate pairs (k nearest, deduplicated)": len(table),
+        "flagged pairs": int(table["flagged"].sum()),
+        "flagged pairs found beyond the k nearest (range search)": table.attrs["pairs_beyond_k"],
+        "threshold (cosine)": threshold,
+        "pairs with same-person LLR > 0 (the data favour one person)": llr_positive_pairs,
+        "median nearest-other-center cosine": float(np.median(nearest)),
+        "99th percentile nearest-other-center cosine": float(np.percentile(nearest, 99)),
+    }
+    if analysis.neighbours.info is not None:
+        figures["index"] = analysis.neighbours.info.describe()
+    report.heading("Inter-class conflict")
+    report.paragraph(
+        f"Every pair among each class's {table.attrs['k']} nearest other centers, deduplicated, sorted by "
+        "cosine similarity. `a_samples_nearest_b` is the fraction of a's samples whose nearest center is "
+        "b's (and the reverse): near zero for two different people, sizeable when one person carries both "
+        "labels. `same_person_llr` is the log-likelihood ratio (nats) of one person against two under the "
+        "two-covariance (PLDA) model fitted to these embeddings: unlike the cosine it knows that a label "
+        "with two images has a far noisier mean than one with forty, so sorting by it puts small split "
+        "identities ahead of big look-alike pairs."
+        + ("" if model is not None else " It is empty here: no class has two images to estimate the "
+           "within-class spread from."))
+    report.figures(figures)
+    warning = conflict_warning(threshold)
+    if warning:
+        report.paragraph(f"**Warning:** {warning}.")
+    report.heading("Why this threshold", level=3)
+    report.paragraph(conflict_threshold_rationale(threshold, chosen_by_default, nearest, table, score, truth))
+    report.table(table, "Most similar class pairs (conflict.csv)")
+    if model is not None:
+        report.table(table.sort_values("same_person_llr", ascending=False, kind="stable", na_position="last"),
+                     "Pairs most likely to be one person (conflict.csv sorted by same_person_llr): the order "
+                     "in which to review them")
+    sims = table["similarity"].to_numpy()
+    plots.histogram(sims, "cosine similarity of the pair's centers", "candidate class pairs",
+                    analysis.file("conflict_similarity.png"), threshold=threshold,
+                    highlight=sims[truth] if truth is not None else None,
+                    highlight_label="split identities (ground truth)")
+    report.image("conflict_similarity.png", "Similarity of candidate pairs; red: pairs that are one person "
+                 "under two labels (ground truth), when known.")
+    if model is not None:
+        plots.pair_scatter(sims, table["same_person_llr"].to_numpy(),
+                           np.minimum(table["count_a"], table["count_b"]).to_numpy(), "cosine",
+                           "same-person LLR", "candidate pairs: cosine vs same-person LLR",
+                           analysis.file("conflict_llr.png"), x_line=threshold, y_line=0.0, highlight=truth,
+                           highlight_label="split identities (ground truth)")
+        report.image("conflict_llr.png", "Each candidate pair by cosine and by same-person LLR; bigger dots: "
+                     "more images on the pair's smaller label. Small pairs need a higher cosine for the same "
+                     "evidence, which is what the LLR accounts for.")
+    summary = {"pairs": len(table), "flagged": int(table["flagged"].sum()),
+               "threshold": threshold, "threshold_rule": "default" if chosen_by_default else "--threshold",
+               "centers": centers.source, "pairs_beyond_k": table.attrs["pairs_beyond_k"],
+               "llr_positive_pairs": llr_positive_pairs}
+    if warning:
+        summary["warning"] = warning
+    if scores:
+        analysis.score_block(report, scores, "conflict_pr.png", "split label pairs")
+        summary["ground_truth"] = scores[0].figures()
+        if len(scores) > 1:
+            llr_score = scores[1]
+            summary["ground_truth"].update({
+                "same_person_llr_average_precision": round(llr_score.average_precision, 4),
+                "llr_positive_precision": round(llr_score.precision, 4),
+                "llr_positive_recall": round(llr_score.recall, 4)})
+    if analysis.neighbours.info is not None:
+        summary["index"] = analysis.neighbours.info.to_dict()
+    analysis.summary["conflict"] = summary
+    return summary

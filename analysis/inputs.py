@@ -97,8 +97,9 @@ def load_analysis_input(run: str | Path, data: Optional[str] = None, device: str
     from core.distributed import resolve_device
 
     info = load_run(run)
-    if centers == "store" and info.statistics.centers is None:
-        raise ConfigError(f"--centers store: a {info.method.upper()} run has no center store; use --centers means")
+    if centers == "store" and not info.has_stored_centers:
+        raise ConfigError(f"--centers store: the {info.method} run {info.checkpoint} keeps no per-class centers; use "
+                          "--centers means")
     data_path = resolve_data_path(info, data)
     dataset = open_analysis_dataset(info, data_path)
     ground_truth = load_ground_truth(data_root(data_path))

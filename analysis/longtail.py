@@ -5,23 +5,30 @@ nearly every step, so its center is mostly pushed around ("passive updates"); Pa
 FC samples negatives, so tail centers receive far fewer passive updates. This module
 puts the per-class quantities side by side with class frequency: raw center norm,
 compactness of the class's samples around its center, cosine to the nearest other
-center, and the sampler's positive / passive update counters.
+center, and every per-class counter the run's sampler recorded (whatever the method),
+and writes the report's long-tail section.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from analysis import plots
 from analysis.centers import Centers, ClassStatistics
 from analysis.conflict import CenterNeighbours
 from analysis.index import normalize_rows
+from analysis.report import Report, write_csv
 
+if TYPE_CHECKING:
+    from analysis.runner import Analysis
+
+#: The columns every run has; one column per recorded statistic follows them.
 LONGTAIL_COLUMNS = ["label", "count", "center_norm", "compactness", "nearest_other_label",
-                    "nearest_other_similarity", "positive_updates", "negative_updates", "queue_entries",
-                    "queue_steps"]
+                    "nearest_other_similarity"]
 HEAD_FRACTION = 0.2  # the most frequent fifth of the classes
 TAIL_FRACTION = 0.5  # the least frequent half
 PAIR_SAMPLE_CLASSES = 500
@@ -44,28 +51,22 @@ def compactness(embeddings: np.ndarray, labels: np.ndarray, centers: Centers, ch
 
 def longtail_table(centers: Centers, stats: ClassStatistics, neighbours: CenterNeighbours,
                    class_compactness: np.ndarray) -> pd.DataFrame:
-    """One row per class (``LONGTAIL_COLUMNS``), most frequent first.
+    """One row per class (``LONGTAIL_COLUMNS``, then each recorded statistic by name), most frequent first.
 
-    ``center_norm`` is the raw norm of Partial FC's stored center (empty for DCQ, whose
-    class means of unit vectors would only measure compactness again).
+    ``center_norm`` is the raw norm of the method's stored center (empty for class means
+    of unit vectors, whose norm would only measure compactness again).
     """
     num_classes = len(centers.vectors)
     nearest_label, nearest_similarity = neighbours.nearest_other(num_classes)
-    empty = np.full(num_classes, np.nan)
     table = pd.DataFrame({
         "label": np.arange(num_classes, dtype=np.int64),
         "count": centers.counts.astype(np.int64),
-        "center_norm": centers.norms.round(6) if centers.source == "store" else empty,
+        "center_norm": centers.norms.round(6) if centers.source == "store" else np.full(num_classes, np.nan),
         "compactness": np.round(class_compactness, 6),
         "nearest_other_label": nearest_label,
         "nearest_other_similarity": np.round(nearest_similarity.astype(np.float64), 6),
-        "positive_updates": stats.positive_updates.astype(np.int64),
-        "negative_updates": stats.negative_updates.astype(np.int64),
-        "queue_entries": pd.array(stats.queue_entries, dtype="Int64") if stats.queue_entries is not None
-        else pd.array([pd.NA] * num_classes, dtype="Int64"),
-        "queue_steps": pd.array(stats.queue_steps, dtype="Int64") if stats.queue_steps is not None
-        else pd.array([pd.NA] * num_classes, dtype="Int64"),
-    }, columns=LONGTAIL_COLUMNS)
+        **{name: values.astype(np.int64) for name, values in stats.series.items()},
+    }, columns=LONGTAIL_COLUMNS + list(stats.series))
     return table.sort_values(["count", "label"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
@@ -106,22 +107,91 @@ def sampled_pair_similarities(unit: np.ndarray, classes: np.ndarray, candidates:
     return sims[not_self].astype(np.float64)
 
 
-def head_tail_summary(table: pd.DataFrame, split: HeadTail, method: str) -> dict[str, float]:
-    """Median per-class figures of head vs tail classes: the numbers the long-tail story is told with."""
+def head_tail_summary(table: pd.DataFrame, split: HeadTail, stats: ClassStatistics) -> dict[str, float]:
+    """Median per-class figures of head vs tail classes: the numbers the long-tail story is told with.
+
+    The passive / positive ratio is given only when the method records passive updates
+    (a negative counter that moves trained weights): for a method without class weights
+    it would be zero by construction and mean nothing.
+    """
     by_label = table.set_index("label")
     out: dict[str, float] = {}
-    columns = ["compactness", "nearest_other_similarity", "positive_updates", "negative_updates"]
-    if method == "pfc":
-        columns.insert(0, "center_norm")
-    else:
-        columns += ["queue_entries", "queue_steps"]
+    columns = (["center_norm"] if by_label["center_norm"].notna().any() else []) + [
+        "compactness", "nearest_other_similarity", *stats.series]
     for column in columns:
-        values = by_label[column]
-        out[f"head median {column}"] = float(np.nanmedian(values.loc[split.head].astype(float)))
-        out[f"tail median {column}"] = float(np.nanmedian(values.loc[split.tail].astype(float)))
-    positives = by_label["positive_updates"].astype(float)
-    negatives = by_label["negative_updates"].astype(float)
-    ratio = negatives / positives.where(positives > 0)
-    out["head median passive / positive updates"] = float(np.nanmedian(ratio.loc[split.head]))
-    out["tail median passive / positive updates"] = float(np.nanmedian(ratio.loc[split.tail]))
+        values = by_label[column].astype(float)
+        out[f"head median {column}"] = float(np.nanmedian(values.loc[split.head]))
+        out[f"tail median {column}"] = float(np.nanmedian(values.loc[split.tail]))
+    positive, passive = stats.with_role("positive"), stats.passive
+    if positive is not None and passive is not None:
+        positives = by_label[positive["name"]].astype(float)
+        ratio = by_label[passive["name"]].astype(float) / positives.where(positives > 0)
+        out["head median passive / positive updates"] = float(np.nanmedian(ratio.loc[split.head]))
+        out["tail median passive / positive updates"] = float(np.nanmedian(ratio.loc[split.tail]))
     return out
+
+
+def longtail_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
+    """longtail.csv, the per-frequency plots and the report section; returns head vs tail medians."""
+    inputs = analysis.inputs
+    stats = inputs.run.statistics
+    centers = analysis.longtail_centers
+    class_compactness = compactness(inputs.embeddings, inputs.labels, centers)
+    table = longtail_table(centers, stats, analysis.longtail_neighbours, class_compactness)
+    write_csv(table, analysis.file("longtail.csv"))
+    by_label = table.sort_values("label")
+    counts = by_label["count"].to_numpy()
+    split = head_tail(counts, centers.present & (counts > 0))
+    report.heading("Long tail")
+    report.paragraph(
+        f"Per-class figures against class frequency. Head: the {int(round(100 * HEAD_FRACTION))} % most frequent "
+        f"classes (>= {split.head_min_count} images); tail: the {int(round(100 * TAIL_FRACTION))} % least frequent "
+        f"(<= {split.tail_max_count} images). The per-class counters are the ones the run's sampler recorded:"
+        + "".join(f" `{record['name']}`: {record['meaning']}." for record in stats.records))
+    for note in stats.notes:
+        report.paragraph(note)
+    figures = head_tail_summary(table, split, stats)
+    report.figures(figures)
+    has = counts > 0
+    if centers.source == "store":
+        plots.frequency_scatter(counts[has], {"raw center norm": by_label["center_norm"].to_numpy()[has]},
+                                "raw center norm", f"{inputs.run.method}: stored center norm vs frequency",
+                                analysis.file("longtail_norm.png"))
+        report.image("longtail_norm.png", "Raw norm of each class's stored center against its frequency.")
+    plots.frequency_scatter(counts[has], {"compactness": by_label["compactness"].to_numpy()[has]},
+                            "mean cosine of samples to their center", "Compactness vs frequency",
+                            analysis.file("longtail_compactness.png"))
+    report.image("longtail_compactness.png", "Compactness: mean cosine of a class's samples to its center.")
+    plots.frequency_scatter(counts[has], {"nearest other center": by_label["nearest_other_similarity"]
+                                          .to_numpy()[has]},
+                            "cosine to the nearest other center", "Nearest other center vs frequency",
+                            analysis.file("longtail_nearest.png"))
+    report.image("longtail_nearest.png", "Cosine of each class's center to its nearest other center.")
+    if stats.series:
+        series = {record["name"].replace("_", " "): by_label[record["name"]].to_numpy()[has]
+                  for record in stats.records}
+        plots.frequency_scatter(counts[has], series, "count per class (symlog)",
+                                f"{inputs.run.method}: per-class counters vs frequency",
+                                analysis.file("longtail_updates.png"), log_y=True)
+        report.image("longtail_updates.png", "What the sampler counted per class: "
+                     + "; ".join(f"{record['name'].replace('_', ' ')}: {record['meaning']}"
+                                 for record in stats.records) + ".")
+    present = np.flatnonzero(centers.present)
+    position = np.full(len(centers.vectors), -1)
+    neighbours = analysis.longtail_neighbours
+    position[neighbours.present] = np.arange(len(neighbours.present))
+    candidates = position[present]
+    head_pairs = sampled_pair_similarities(neighbours.unit, position[split.head], candidates, seed=0)
+    tail_pairs = sampled_pair_similarities(neighbours.unit, position[split.tail], candidates, seed=1)
+    nearest = by_label["nearest_other_similarity"].to_numpy()
+    plots.head_tail_histograms(head_pairs, tail_pairs, nearest[split.head], nearest[split.tail],
+                               f"head ({len(split.head)} classes)", f"tail ({len(split.tail)} classes)",
+                               analysis.file("longtail_head_tail.png"))
+    report.image("longtail_head_tail.png", "Inter-center similarity of head vs tail classes.")
+    report.table(table, "Most frequent classes (longtail.csv)", max_rows=10)
+    report.table(table.iloc[::-1].reset_index(drop=True), "Least frequent classes", max_rows=10)
+    summary = {"classes": len(table), "head_classes": len(split.head), "tail_classes": len(split.tail),
+               "centers": centers.source,
+               **{key: (None if not np.isfinite(value) else round(value, 6)) for key, value in figures.items()}}
+    analysis.summary["longtail"] = summary
+    return summary

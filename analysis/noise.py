@@ -9,21 +9,31 @@ falls, so outliers (far from every center) rank above clean samples too.
 When centers are class means, each sample's own center is computed without the sample
 itself (leave-one-out): in a tail class of three images a flipped image is a third of
 its own mean and would otherwise look close to it.
+
+A method may bring evidence of its own (sub-center ArcFace: the angle to the class's
+dominant sub-center); its spec's ``noise_signals`` hook returns ``NoiseSignal`` objects,
+which the report's noise section (``noise_section``, written here) scores beside this one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from analysis import plots
 from analysis.centers import Centers, class_sums
+from analysis.groundtruth import noise_positives, score_detection
 from analysis.index import IndexBuilder, build_index, normalize_rows
+from analysis.report import Report, write_csv
 from core.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from analysis.runner import Analysis
 
 NOISE_COLUMNS = ["index", "record", "path", "label", "own_similarity", "nearest_label", "nearest_similarity",
                  "score", "flagged"]
@@ -48,6 +58,22 @@ MAX_PLAUSIBLE_FLAGGED_SHARE = 0.5
 MIN_ROBUST_SD = 0.05
 # Samples per search: the normalised copy of a chunk is 512 MB at 512-d, whatever the dataset size.
 SAMPLE_CHUNK_ROWS = 262_144
+# --write-clean's list is staged beside the other outputs under this name, and moved to its path last.
+STAGED_CLEAN_LIST = ".clean-list"
+
+
+@dataclass
+class NoiseSignal:
+    """A method's own per-sample evidence of a wrong label, scored beside the project's (higher: more suspect).
+
+    ``scores`` and ``flagged`` are in dataset order; ``name`` becomes a noise.csv column.
+    """
+
+    name: str
+    title: str
+    description: str  # how it is computed and what it flags, for the report
+    scores: np.ndarray  # float [N]
+    flagged: np.ndarray  # bool [N]
 
 
 @dataclass
@@ -260,3 +286,97 @@ def write_clean_list(path: str | Path, plan: CleanPlan, dataset, records: Option
     write_list(path, entries, plan.labels[keep].tolist())
     return len(keep)
 
+
+def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
+    """noise.csv, the optional cleaned list, plots and ground-truth scores; returns the key figures."""
+    inputs, options = analysis.inputs, analysis.options
+    sources = inputs.sources
+    table = noise_table(analysis.samples, inputs.labels, sources.records, sources.paths, options.noise_threshold,
+                        options.outlier_similarity)
+    rows = table["index"].to_numpy()
+    signals = analysis.noise_signals
+    for signal in signals:
+        table[signal.name] = np.round(signal.scores[rows], 6)
+        table[f"{signal.name}_flagged"] = signal.flagged[rows]
+    write_csv(table, analysis.file("noise.csv"))
+    flagged = table["flagged"].to_numpy()
+    threshold = float(table.attrs["threshold"])
+    rule = "default" if options.noise_threshold is None else "--threshold"
+    figures: dict[str, Any] = {
+        "samples": len(table),
+        "flagged samples": int(flagged.sum()),
+        "flagged share": float(flagged.mean()),
+        "score threshold (nearest other - own similarity)": f"{threshold:.4f} ({rule})",
+        "outlier cutoff (own similarity)": round(float(table.attrs["outlier_similarity"]), 4),
+        "nearer another class's center than their own": int((table["score"] > 0).sum()),
+        "own center": "leave-one-out class mean" if analysis.samples.leave_one_out else "the method's stored center",
+    }
+    summary: dict[str, Any] = {"samples": len(table), "flagged": int(flagged.sum()),
+                               "threshold": round(threshold, 6), "threshold_rule": rule,
+                               "outlier_similarity": float(table.attrs["outlier_similarity"])}
+    warning = noise_warning(float(flagged.mean()))
+    if warning:
+        summary["warning"] = warning
+    if options.write_clean is not None and warning:
+        figures["clean list"] = f"not written ({options.write_clean}): the flags are not credible"
+        summary["clean"] = {"path": str(options.write_clean), "written": False}
+    elif options.write_clean is not None:
+        plan = clean_plan(table, inputs.num_classes, relabel=options.relabel)
+        # staged with the other outputs, moved to its place only when the whole command succeeds
+        lines = write_clean_list(analysis.out_dir / STAGED_CLEAN_LIST, plan, inputs.dataset, sources.records,
+                                 sources.paths)
+        analysis.written.append(Path(options.write_clean))
+        figures.update({"clean list": str(options.write_clean), "clean list samples": lines,
+                        "dropped": plan.dropped, "relabelled": plan.relabelled,
+                        "flagged but kept (last sample of their class)": plan.kept_last})
+        summary["clean"] = {"path": str(options.write_clean), "written": True, "samples": lines,
+                            "dropped": plan.dropped, "relabelled": plan.relabelled, "kept_last": plan.kept_last}
+    score = None
+    truth_by_row = None
+    if inputs.ground_truth is not None:
+        truth = noise_positives(inputs.ground_truth, len(inputs.labels), sources.records)
+        if truth is not None:
+            truth_by_row = truth[rows]
+            score = score_detection("noise", table["score"].to_numpy(), truth_by_row, flagged)
+    signal_scores = []
+    for signal in signals:
+        entry: dict[str, Any] = {"title": signal.title, "flagged": int(signal.flagged.sum())}
+        if truth_by_row is not None:
+            detection = score_detection(f"noise by {signal.title}", signal.scores[rows], truth_by_row,
+                                        signal.flagged[rows])
+            signal_scores.append(detection)
+            entry["ground_truth"] = detection.figures()
+        summary.setdefault("signals", {})[signal.name] = entry
+    report.heading("Label noise")
+    report.paragraph(
+        "Each sample's cosine to the center of its own label (`own_similarity`) and to the nearest other "
+        "center (`nearest_similarity`, `nearest_label`); `score` = nearest - own, so samples that sit nearer "
+        "another class (probable flipped labels) and samples far from their own center (outliers) rank "
+        "first. Flagged: score above the threshold, or own similarity below the outlier cutoff. By default "
+        "both are fences 4 robust standard deviations (1.4826 x MAD) from the median of all samples, the "
+        "score's above it and at least 0 (a flagged sample sits nearer another class than its own), the own "
+        "similarity's below it. A fixed margin of 0 flags many clean images of tail classes, whose "
+        "leave-one-out mean is a couple of images; the fence scales with how tightly this backbone "
+        "clusters its classes.")
+    if warning:
+        report.paragraph(f"**Warning:** {warning}.")
+    report.figures(figures)
+    for signal in signals:
+        report.paragraph(f"`{signal.name}` ({signal.title}, from the {inputs.run.method} run's own state): "
+                         f"{signal.description} It flags {int(signal.flagged.sum()):,} samples "
+                         f"(`{signal.name}_flagged`).")
+    report.table(table.drop(columns=[c for c in ("record", "path") if table[c].isna().all()
+                                     or (table[c] == "").all()]),
+                 "Most suspect samples (noise.csv)")
+    scores = table["score"].to_numpy()
+    plots.histogram(scores, "score (nearest other - own similarity)", "samples",
+                    analysis.file("noise_score.png"), threshold=threshold,
+                    highlight=scores[truth_by_row] if truth_by_row is not None else None,
+                    highlight_label="flipped labels (ground truth)")
+    report.image("noise_score.png", "Noise score of every sample; red: samples whose label was flipped "
+                 "(ground truth), when known.")
+    if score is not None:
+        analysis.score_block(report, [score, *signal_scores], "noise_pr.png", "flipped images")
+        summary["ground_truth"] = score.figures()
+    analysis.summary["noise"] = summary
+    return summary

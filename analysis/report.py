@@ -177,3 +177,12 @@ def _inline_code(escaped: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))
 
 
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """CSV through a temporary name, so a reader (or --write-clean's user) never sees half a table."""
+    from core.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return path

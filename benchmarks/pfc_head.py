@@ -3,8 +3,8 @@
 The baseline is written here, following insightface's partial_fc_v2.py: a full
 ``nn.Parameter`` of centers, a random-score top-k selection, an autograd gather (so the
 gradient is dense with zero rows) and torch's SGD with momentum and weight decay over
-every center. Ours is ``PartialFCSampler``: the sampled rows are copied out, and only
-they and their momentum are updated. Both run the same margin softmax on the same
+every center. Ours is Partial FC's center store (core/center_store/): the sampled rows
+are copied out, and only they and their momentum are updated. Both run the same margin softmax on the same
 embeddings; only the head is timed (forward, backward, center update).
 """
 
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from benchmarks.common import peak_bytes, reset_peak, time_steps
 from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
+from core.center_store.store import CenterStore
 from core.sampler import Selection
-from partial_fc.sampler import PartialFCSampler
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
 
@@ -67,15 +67,15 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         def step() -> None:
             head.step(embeddings, labels, simple_loss)
     else:
-        sampler = PartialFCSampler(classes, dim, rate, "sgd", MOMENTUM, WEIGHT_DECAY, device=device,
-                                   storage_dtype=getattr(torch, job.get("center_dtype", "float32")),
-                                   sampling=job.get("sampling", "uniform"))
+        store = CenterStore(classes, (dim,), "sgd", MOMENTUM, WEIGHT_DECAY, device=device,
+                            storage_dtype=getattr(torch, job.get("center_dtype", "float32")))
+        num_sample, sampling = int(rate * classes), job.get("sampling", "uniform")
 
         def step() -> None:
-            selection = sampler.select(embeddings, labels, {})
+            selection = store.select(embeddings, labels, num_sample, sampling)
             loss_fn(selection).backward()
-            sampler.collect(selection)
-            sampler.step(LR)
+            store.collect(selection)
+            store.step(LR)
     milliseconds = time_steps(step, device, job["warmup"], job["repeats"])
     return {**job, "step_ms": milliseconds, "peak_gib": (peak_bytes(device) - baseline) / 2**30}
 
@@ -84,7 +84,7 @@ def check_fast_path(device: torch.device, classes: int = 2000, dim: int = 64, ba
     """Max |difference| of centers after 3 steps at rate 1.0: ours vs the dense baseline."""
     torch.manual_seed(0)
     loss_fn = MarginSoftmaxLoss(build_margin("arcface"), chunk_columns=None)
-    ours = PartialFCSampler(classes, dim, 1.0, "sgd", MOMENTUM, WEIGHT_DECAY, device=device)
+    ours = CenterStore(classes, (dim,), "sgd", MOMENTUM, WEIGHT_DECAY, device=device)
     dense = DenseUpdateBaseline(classes, dim, 1.0, device)
     with torch.no_grad():
         dense.weight.copy_(ours.centers)
@@ -92,7 +92,7 @@ def check_fast_path(device: torch.device, classes: int = 2000, dim: int = 64, ba
         embeddings = torch.randn(batch, dim, device=device)
         labels = torch.randint(classes, (batch,), device=device)
         dense.step(embeddings.clone().requires_grad_(True), labels, loss_fn)
-        selection = ours.select(embeddings.clone().requires_grad_(True), labels, {})
+        selection = ours.select(embeddings.clone().requires_grad_(True), labels, classes)
         loss_fn(selection).backward()
         ours.collect(selection)
         ours.step(LR)

@@ -1,11 +1,11 @@
-"""Whole training step, img/s: this project's Trainer against insightface-style steps written here.
+"""Whole training step, img/s: this project's Trainer against the peers' steps written here.
 
-The baselines follow the peers' training loops: arcface_torch (PartialFC_V2 semantics:
-one SGD over backbone and every center, fp16 autocast with a GradScaler, gradient
-clipping) and the official DCQ code (a query network, a key network updated by a
-parameter-by-parameter EMA loop, a FIFO queue of key features). Ours is the real
-``Trainer.train_step``, with each lever (bf16 autocast, channels_last, torch.compile)
-as its own variant. Every variant runs in a fresh process on the same in-memory batch,
+A method's spec names its peer (``peer_step``). The two here follow the peers' training
+loops: arcface_torch (PartialFC_V2 semantics: one SGD over backbone and every center,
+fp16 autocast with a GradScaler, gradient clipping) and the official DCQ code (a query
+network, a key network updated by a parameter-by-parameter EMA loop, a FIFO queue of
+key features). Ours is the real ``Trainer.train_step``, with each lever (bf16 autocast,
+channels_last, torch.compile) as its own variant. Every variant runs in a fresh process on the same in-memory batch,
 re-used each step, so the figure is the step itself: the data pipeline is measured by
 ``bench data``. On CPU the baselines run in float32 (fp16 autocast is a GPU feature).
 """
@@ -32,24 +32,32 @@ from core.data.loader import CachedImages
 from core.data.transforms import to_model_input
 from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
+from core.method_spec import load_reference
+from core.methods import get_method
 
 LR, MOMENTUM, WEIGHT_DECAY, CLIP = 0.1, 0.9, 5e-4, 5.0
 CHECK_STEPS = 3
 
 
-class RandomFaces(FaceDataset):
-    """Random images in pairs of one label each, labels spread over ``num_classes``.
+#: Images of the step benchmark's dataset, at least: a DCQ queue of 8,192 (the official size) must fit.
+MIN_IMAGES = 8192
 
-    Two images per label give DCQ its key image and give Partial FC a batch of about
-    ``batch`` distinct positives, as in a real shuffled batch of a large dataset; there
-    are at least ``min_images`` (DCQ refuses a queue longer than the dataset).
+
+class RandomFaces(FaceDataset):
+    """Random images, two (or more) per label, labels spread over ``num_classes``.
+
+    Two images per label give a key-image method (DCQ) its key image and give a center
+    method (Partial FC) a batch of about ``batch`` distinct positives, as in a real
+    shuffled batch of a large dataset; there are at least ``min_images`` images (DCQ
+    refuses a queue longer than the dataset).
     """
 
     def __init__(self, batch: int, num_classes: int, size: int, min_images: int = 0, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
-        count = max(batch, (min_images + 1) // 2)
+        images = max(2 * batch, min_images)
+        count = min(num_classes, max(batch, (images + 1) // 2))
         identities = np.sort(rng.choice(num_classes, size=count, replace=False))
-        self.labels = np.repeat(identities, 2).astype(np.int64)
+        self.labels = np.repeat(identities, -(-images // count))[:max(images, 2 * count)].astype(np.int64)
         self.num_classes = num_classes
         self.images = rng.integers(0, 256, size=(len(self.labels), size, size, 3), dtype=np.uint8)
 
@@ -61,14 +69,11 @@ def _trainer(job: dict[str, Any], run_dir: str):
     from core.config import TrainConfig
     from core.trainer import Trainer
 
-    method_options = ({"sample_rate": job["rate"], "pfc_sampling": job.get("pfc_sampling", "uniform")}
-                      if job["method"] == "pfc" else {"queue_size": float(job["queue"])})
     config = TrainConfig(method=job["method"], backbone=job["backbone"], input_size=job["size"],
                          batch_size=job["batch"], device=job["device"], workers=0, amp=job["amp"],
                          channels_last=job["channels_last"], compile=job["compile"], val=[], seed=0,
-                         checkpoint_every=0, **method_options)
-    queue_images = job["queue"] if job["method"] == "dcq" else 0  # Partial FC has no queue to fill
-    faces = RandomFaces(job["batch"], job["classes"], job["size"], min_images=queue_images)
+                         checkpoint_every=0).replace(**job["options"])
+    faces = RandomFaces(job["batch"], job["classes"], job["size"], min_images=MIN_IMAGES)
     dataset = CachedImages(faces, job["size"], progress=False)
     return Trainer(config, run_dir, progress=False, dataset=dataset)
 
@@ -76,7 +81,7 @@ def _trainer(job: dict[str, Any], run_dir: str):
 def ours_step(job: dict[str, Any], run_dir: str):
     """The Trainer's own step on one prepared batch (copied to the device every step, as in training)."""
     trainer = _trainer(job, run_dir)
-    stream = itertools.repeat(next(trainer._micro_batches()))
+    stream = itertools.repeat(next(trainer.batches()))
     return lambda: trainer.train_step(stream)
 
 
@@ -97,7 +102,7 @@ class InsightfaceStylePFC:
     def __init__(self, job: dict[str, Any], device: torch.device) -> None:
         torch.manual_seed(0)
         self.backbone = build_backbone(job["backbone"], 512, job["size"]).to(device)
-        self.head = DenseUpdateBaseline(job["classes"], 512, job["rate"], device)
+        self.head = DenseUpdateBaseline(job["classes"], 512, job["options"]["sample_rate"], device)
         self.optimizer = torch.optim.SGD([*self.backbone.parameters(), self.head.weight], lr=LR, momentum=MOMENTUM,
                                          weight_decay=WEIGHT_DECAY)
         self.loss_fn = MarginSoftmaxLoss(build_margin("arcface"), chunk_columns=None)
@@ -118,11 +123,14 @@ class OfficialStyleDCQ:
     """The official DCQ loop: query net, EMA key net updated parameter by parameter, a feature queue."""
 
     def __init__(self, job: dict[str, Any], device: torch.device) -> None:
+        queue = int(job["options"]["queue_size"])
+        if queue % job["batch"] or queue != job["options"]["queue_size"]:
+            raise ValueError(f"the official queue needs a whole number of entries divisible by the batch ({queue})")
         torch.manual_seed(0)
         self.query = build_backbone(job["backbone"], 512, job["size"]).to(device)
         self.key = copy.deepcopy(self.query).requires_grad_(False)
-        self.queue = F.normalize(torch.randn(job["queue"], 512, device=device), dim=1)
-        self.queue_labels = torch.full((job["queue"],), -1, dtype=torch.int64, device=device)
+        self.queue = F.normalize(torch.randn(queue, 512, device=device), dim=1)
+        self.queue_labels = torch.full((queue,), -1, dtype=torch.int64, device=device)
         self.pointer = 0
         self.optimizer = torch.optim.SGD(self.query.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
         self.margin = build_margin("cosface", scale=50.0, m=0.3)  # DCQ's recipe
@@ -154,15 +162,17 @@ class OfficialStyleDCQ:
 
 
 def baseline_step(job: dict[str, Any]):
-    if job["method"] == "dcq" and job["queue"] % job["batch"]:
-        raise ValueError(f"the official queue needs a size divisible by the batch ({job['queue']} entries)")
+    """The method's peer step (its spec's ``peer_step``) on the first image of each of ``batch`` labels."""
+    peer = get_method(job["method"]).peer_step
+    if peer is None:
+        raise ValueError(f"--method {job['method']} names no peer step to compare with")
     device = torch.device(job["device"])
     faces = RandomFaces(job["batch"], job["classes"], job["size"])
     pairs = slice(0, 2 * job["batch"], 2)  # one image per identity; the image after it is its key
     images = to_model_input(faces.images[pairs], job["size"])
     keys = to_model_input(faces.images[1:2 * job["batch"]:2], job["size"]).unsqueeze(1)
     labels = torch.from_numpy(faces.labels[pairs].copy())
-    step = InsightfaceStylePFC(job, device) if job["method"] == "pfc" else OfficialStyleDCQ(job, device)
+    step = load_reference(peer)(job, device)
     return lambda: step(images, labels, keys)
 
 

@@ -17,11 +17,15 @@ from typing import Any, Iterable
 import torch
 
 from core.distributed import DistributedContext
-from core.errors import DataError
+from core.errors import DataError, TrainingError
 from core.io import atomic_torch_save
+from core.method_spec import MethodSpec
 from core.sampler import ClassSampler
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# 2: the method's record (name, evaluation network, class statistics by name) and a sampler state laid out
+# by the method plug-ins (Partial FC's tables under ``store.``). Older checkpoints still evaluate and export.
+CHECKPOINT_FORMAT = 2
 
 
 def _shard_name(step: int, rank: int, world_size: int) -> str:
@@ -60,6 +64,31 @@ def read_checkpoint(run: str | Path, map_location: Any = "cpu") -> tuple[Path, d
     if not isinstance(state, dict) or "config" not in state or "eval_backbone" not in state:
         raise DataError(f"{checkpoint}: not a facequeue training checkpoint (no config / eval_backbone)")
     return checkpoint, state
+
+
+def method_record(spec: MethodSpec, sampler: ClassSampler) -> dict[str, Any]:
+    """What a checkpoint says about its method, so that reading it needs no registry: its name, the network
+    evaluation uses, and each per-class statistic by name, with the sampler state key that holds it."""
+    keys = {id(tensor): key for key, tensor in sampler.state_dict(keep_vars=True).items()}
+    recorded = sampler.class_statistics()
+    statistics = []
+    for statistic in spec.statistics:
+        tensor = recorded.get(statistic.name)
+        if tensor is None or id(tensor) not in keys:
+            raise TrainingError(f"method {spec.name}: its spec names the statistic {statistic.name!r}, but the "
+                                "sampler's class_statistics() does not return it as a tensor of its state_dict")
+        statistics.append({"name": statistic.name, "key": keys[id(tensor)], "meaning": statistic.meaning,
+                           "role": statistic.role, "updates_weights": statistic.updates_weights})
+    return {"name": spec.name, "title": spec.title, "evaluation_network": spec.evaluation_network,
+            "class_statistics": statistics}
+
+
+def check_resumable(checkpoint: Path, state: dict[str, Any]) -> None:
+    """Only a checkpoint of this format carries the state a resumed run loads."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(f"{checkpoint}: written by an earlier facequeue (checkpoint format "
+                        f"{state.get('format', 1)}, this one reads {CHECKPOINT_FORMAT}); it still evaluates and "
+                        "exports, but training cannot resume from it")
 
 
 def save_checkpoint(run_dir: Path, state: dict[str, Any], sampler: ClassSampler, step: int,
@@ -122,9 +151,3 @@ def sampler_state_for(run_dir: Path, state: dict[str, Any], start: int, count: i
     for name in state["sampler_shards"]["names"]:
         sampler_state[name] = read_rows(run_dir, state, name, start, count)
     return sampler_state
-
-
-def full_sampler_state(run_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
-    """The whole logical sampler state (all classes), e.g. for analysis in one process."""
-    total = sum(shard["count"] for shard in state["sampler_shards"]["shards"])
-    return sampler_state_for(run_dir, state, 0, total)

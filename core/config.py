@@ -16,6 +16,8 @@ from typing import Any, Optional
 import yaml
 
 from core.errors import ConfigError
+from core.method_spec import MethodSpec
+from core.methods import all_methods, get_method
 
 
 @dataclass
@@ -28,15 +30,12 @@ class TrainConfig:
     embedding_size: int = 512
     input_size: Optional[int] = None  # None: the backbone's default
     # the softmax
-    sample_rate: float = 0.3  # insightface uses 0.2-0.3 for large sets; at 0.1 the default set samples no negatives
     margin: Optional[str] = None  # None: the method's recipe (pfc: arcface s=64; dcq: cosface 0.3, s=50)
     margin_m: Optional[float] = None  # None: 0.5 for arcface, 0.4 for cosface
     margin_combined: list[float] = field(default_factory=lambda: [1.0, 0.3, 0.2])
     scale: Optional[float] = None
     straight_through: bool = False
     interclass_threshold: Optional[float] = None
-    center_dtype: str = "float32"  # Partial FC center store + optimizer state; bfloat16 halves it (20M+ classes)
-    pfc_sampling: str = "uniform"  # uniform: exactly uniform negatives; stratified: fixed shapes, no host sync
     # optimisation
     epochs: int = 12
     max_steps: Optional[int] = None  # stop early (tests, benchmarks); the schedule still spans `epochs`
@@ -52,12 +51,6 @@ class TrainConfig:
     amp: str = "auto"  # auto: bf16 autocast on CUDA, off on CPU
     channels_last: bool = False  # NHWC convolutions (faster with bf16 on tensor cores)
     compile: bool = False  # torch.compile the backbone (pays off on CUDA after a minute of compiling)
-    # DCQ
-    queue_size: float = 0.1  # < 1: fraction of the classes; >= 1: number of entries
-    dcq_momentum: float = 0.999
-    k_shot: int = 1
-    strict_k_shot: bool = False  # error (instead of repeating images) when an identity has < k + 1 images
-    identity_sampling: str = "image"  # image | category
     # the run
     out: Optional[str] = None
     resume: Optional[str] = None
@@ -73,10 +66,25 @@ class TrainConfig:
     flip_noise: float = 0.05
     split: float = 0.05
 
+    # The method's own options (see its spec.py), by name: flat keys in YAML and on the command line. It
+    # holds the values given; `options` fills in the method's defaults. Saved configs hold them all.
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> MethodSpec:
+        return get_method(self.method)
+
+    @property
+    def options(self) -> Any:
+        """The method's options dataclass: the values given, the method's defaults for the rest, checked."""
+        return self.spec.make_options(self.method_options)
+
     def validate(self) -> "TrainConfig":
         """Types (YAML gives strings as readily as numbers) and ranges, before anything is built or written."""
         hints = typing.get_type_hints(TrainConfig)
         for item in dataclasses.fields(self):
+            if item.name == "method_options":
+                continue
             value = getattr(self, item.name)
             if isinstance(value, tuple) and typing.get_origin(hints[item.name]) is list:
                 value = list(value)  # the Python API may pass tuples; saved configs hold lists
@@ -89,16 +97,37 @@ class TrainConfig:
                 raise ConfigError(f"{_option(name)} must be {'>=' if inclusive else '>'} {low}, got {value}")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"{_option('momentum')} must be in [0, 1), got {self.momentum}")
+        self.options  # the method exists and its options fit it
         return self
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        """A copy with ``changes``: shared keys, or options of the (new) method by their flat names."""
+        shared = {key: value for key, value in changes.items() if key in _SHARED_KEYS}
+        given = {key: value for key, value in changes.items() if key not in _SHARED_KEYS}
+        unknown = set(given) - set(all_option_names())
         if unknown:
             raise ConfigError(f"unknown config key(s): {', '.join(sorted(unknown))}")
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **shared, method_options={**self.method_options, **given})
+
+    def with_recipe(self) -> "TrainConfig":
+        """Unset loss options (None) from the method's recipe; a margin other than the recipe's keeps only
+        its scale (the recipe's margin_m belongs to the recipe's margin)."""
+        recipe = self.spec.recipe
+        if self.margin is not None and self.margin != recipe.get("margin"):
+            recipe = {key: value for key, value in recipe.items() if key == "scale"}
+        return self.replace(**{key: value for key, value in recipe.items() if getattr(self, key) is None})
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Flat, as YAML and flags give it: the shared keys with the method's options (all of them) after ``method``."""
+        shared = {item.name: getattr(self, item.name) for item in dataclasses.fields(self)
+                  if item.name != "method_options"}
+        options = dataclasses.asdict(self.options)
+        return {"method": shared.pop("method"), **options, **shared}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """The inverse of ``to_dict`` (a saved config.yaml or a checkpoint's config)."""
+        return cls().replace(**values)
 
 
 # (key, bound, bound allowed): the options whose range is simple enough to state here.
@@ -109,7 +138,13 @@ _LOWER_BOUNDS = (("batch_size", 1, True), ("epochs", 1, True), ("accumulate", 1,
                  ("embedding_size", 1, True), ("synthetic_identities", 2, True))
 
 
+_SHARED_KEYS = frozenset(item.name for item in dataclasses.fields(TrainConfig)) - {"method_options"}
 _FLOAT_KEYS = {name for name, hint in typing.get_type_hints(TrainConfig).items() if hint in (float, Optional[float])}
+
+
+def all_option_names() -> list[str]:
+    """Every option of every registered method (a key is unknown only when no method takes it)."""
+    return sorted({name for spec in all_methods() for name in spec.option_names()})
 
 
 def _option(name: str) -> str:
@@ -140,13 +175,15 @@ def _describe(hint: Any) -> str:
     return "null" if hint is type(None) else ("a number" if hint is float else hint.__name__)
 
 
-def config_keys() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]
+def config_keys(method: Optional[str] = None) -> list[str]:
+    """The keys a config may hold: the shared ones, and ``method``'s options (every method's when None)."""
+    options = all_option_names() if method is None else get_method(method).option_names()
+    return sorted(_SHARED_KEYS) + options
 
 
 def load_config(path: Optional[str | Path], overrides: dict[str, Any]) -> TrainConfig:
     """Defaults, then the YAML file, then ``overrides`` (flags the user actually gave)."""
-    config = TrainConfig()
+    values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -163,22 +200,23 @@ def load_config(path: Optional[str | Path], overrides: dict[str, Any]) -> TrainC
                               f"valid keys are {', '.join(config_keys())}")
         if isinstance(values.get("val"), str):  # one file written as a string rather than a list
             values["val"] = [values["val"]]
-        for key in _FLOAT_KEYS & set(values):  # PyYAML reads 5e-4 (no dot) as a string
-            if isinstance(values[key], str):
-                try:
-                    values[key] = float(values[key])
-                except ValueError:
-                    pass  # validate() names the key and the value
-        config = config.replace(**values)
-    return config.replace(**{k: v for k, v in overrides.items() if v is not None}).validate()
+    values = {**values, **{k: v for k, v in overrides.items() if v is not None}}
+    method = values.get("method", TrainConfig.method)
+    float_keys = _FLOAT_KEYS | {info.name for info in get_method(method).option_infos() if info.type is float}
+    for key in float_keys & set(values):  # PyYAML reads 5e-4 (no dot) as a string
+        if isinstance(values[key], str):
+            try:
+                values[key] = float(values[key])
+            except ValueError:
+                pass  # validate() names the key and the value
+    return TrainConfig().replace(**values).validate()
 
 
 # What a resumed run cannot change: the model, the data and its order, and the shapes of the
-# saved state. Schedule and runtime options (--epochs, --max-steps, --lr, --val, --device,
-# --workers, logging, checkpointing) may change.
+# saved state; the method adds its own (``fixed_on_resume`` options). Schedule and runtime
+# options (--epochs, --max-steps, --lr, --val, --device, --workers, logging, checkpointing) may change.
 RESUME_FIXED_KEYS = ("method", "data", "backbone", "embedding_size", "input_size", "batch_size", "accumulate",
-                     "optimizer", "center_dtype", "queue_size", "k_shot", "identity_sampling", "seed",
-                     "synthetic_identities", "flip_noise", "split")
+                     "optimizer", "seed", "synthetic_identities", "flip_noise", "split")
 
 
 def resume_config(options: dict[str, Any]) -> tuple[Path, TrainConfig]:
@@ -190,18 +228,23 @@ def resume_config(options: dict[str, Any]) -> tuple[Path, TrainConfig]:
     if options.get("out") is not None and Path(options["out"]).resolve() != run_dir.resolve():
         raise ConfigError(f"--out {options['out']}: a resumed run continues in its own directory ({run_dir}); "
                           "copy that directory first to branch the run")
-    saved = TrainConfig(**state["config"])
-    changed = [f"--{key.replace('_', '-')} {options[key]} (the run has {getattr(saved, key)})"
-               for key in RESUME_FIXED_KEYS if key in options and _differs(key, options[key], saved)]
+    saved = TrainConfig.from_dict(state["config"])
+    fixed = RESUME_FIXED_KEYS + saved.spec.fixed_on_resume()
+    changed = [f"--{key.replace('_', '-')} {options[key]} (the run has {_saved_value(saved, key)})"
+               for key in fixed if key in options and _differs(key, options[key], saved)]
     if changed:
         raise ConfigError(f"--resume {run_dir}: {'; '.join(changed)}. A resumed run keeps its method, model, data "
                           "and batch layout; train a new run to change them")
     return run_dir, saved.replace(**{**options, "resume": str(run_dir), "out": str(run_dir)}).validate()
 
 
+def _saved_value(saved: TrainConfig, key: str) -> Any:
+    return getattr(saved, key) if key in _SHARED_KEYS else getattr(saved.options, key)
+
+
 def _differs(key: str, given: Any, saved: TrainConfig) -> bool:
     """Whether a flag really changes the run: paths compare resolved, the input size as the model uses it."""
-    had = getattr(saved, key)
+    had = _saved_value(saved, key)
     if key == "data" and given != "synthetic" and had != "synthetic":
         return Path(given).expanduser().resolve() != Path(had).expanduser().resolve()
     if key == "input_size":

@@ -1,7 +1,8 @@
 """Loading a trained network back from a run for evaluation, analysis and export.
 
-Only the backbone is read (``eval_backbone``: DCQ's momentum encoder, or the backbone
-itself), so evaluating a run does not rebuild a center store of millions of classes.
+Only the backbone is read (``eval_backbone``: the network the method is evaluated with,
+e.g. DCQ's momentum encoder, or the backbone itself), so evaluating a run does not
+rebuild a center store of millions of classes.
 """
 
 from __future__ import annotations
@@ -20,11 +21,22 @@ from core.errors import ConfigError, DataError, FaceQueueError
 RUN_FILES = (CHECKPOINT_NAME, "config.yaml", "env.json", "log.csv", "metrics.json", "loss.png")
 
 
+def evaluation_network(state: dict[str, Any]) -> str:
+    """What the run is evaluated with: its checkpoint's record, or (older checkpoints) its method's spec."""
+    record = state.get("method")
+    if isinstance(record, dict) and "evaluation_network" in record:
+        return record["evaluation_network"]
+    from core.methods import get_method
+    return get_method(state["config"].get("method")).evaluation_network
+
+
 def _build(checkpoint: Path, state: dict[str, Any], device: torch.device, online: bool) -> tuple[nn.Module, int]:
     config = state["config"]
-    if online and config.get("method") != "dcq":
+    network = evaluation_network(state)
+    if online and network == "backbone":
         raise ConfigError(f"--online: {checkpoint} is a {config.get('method')} run, whose only encoder is the one "
-                          "evaluated; --online picks DCQ's online encoder over its momentum encoder")
+                          "evaluated; --online picks the online backbone of a method evaluated with another network "
+                          "(DCQ's momentum encoder)")
     try:
         model = build_backbone(config["backbone"], config["embedding_size"], state["input_size"])
         model.load_state_dict(state["backbone" if online else "eval_backbone"])

@@ -7,22 +7,31 @@ cross-entropy over rows is returned.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from core.margins import CombinedMargin
+from core.margins import CombinedMargin, build_margin
 from core.sampler import Selection
+
+if TYPE_CHECKING:
+    from core.config import TrainConfig
 
 
 def cosine_logits(embeddings: torch.Tensor, weights: torch.Tensor, normalize_weights: bool = True) -> torch.Tensor:
-    """``normalize(embeddings) @ normalize(weights).T`` in at least float32, clamped to [-1, 1]."""
+    """``normalize(embeddings) @ normalize(weights).T`` in at least float32, clamped to [-1, 1].
+
+    ``weights [K, P, D]`` (P prototypes per column) give each column its best prototype's
+    cosine, so the gradient reaches that prototype alone (sub-center ArcFace).
+    """
     dtype = torch.promote_types(torch.promote_types(embeddings.dtype, weights.dtype), torch.float32)
     emb = F.normalize(embeddings.to(dtype), dim=1)
-    w = F.normalize(weights.to(dtype), dim=1) if normalize_weights else weights.to(dtype)
+    w = F.normalize(weights.to(dtype), dim=-1) if normalize_weights else weights.to(dtype)
+    if w.dim() == 3:
+        return (emb @ w.flatten(0, 1).t()).view(emb.shape[0], *w.shape[:2]).amax(dim=2).clamp(-1.0, 1.0)
     return (emb @ w.t()).clamp(-1.0, 1.0)
 
 
@@ -70,8 +79,8 @@ def sharded_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.
 class MarginSoftmaxLoss(nn.Module):
     """Cross-entropy of the margin logits of a Selection.
 
-    Selections of at least ``chunk_columns`` columns without masks, filtering or
-    sharding (a single-process Partial FC head) take the chunked path of
+    Selections of at least ``chunk_columns`` one-prototype columns without masks, filtering
+    or sharding (a single-process Partial FC head) take the chunked path of
     core/chunked_loss.py, with bf16 GEMMs on CUDA unless ``bf16_on_cuda`` is off (a
     trainer run with ``--amp off`` keeps them in float32); ``chunk_columns=None`` always
     uses the simple path.
@@ -86,7 +95,7 @@ class MarginSoftmaxLoss(nn.Module):
 
     def _chunked(self, selection: Selection) -> bool:
         return (self.chunk_columns is not None and selection.weights.shape[0] >= self.chunk_columns
-                and not selection.sharded_columns and selection.negative_mask is None
+                and selection.weights.dim() == 2 and not selection.sharded_columns and selection.negative_mask is None
                 and self.margin.interclass_threshold is None)
 
     def logits(self, selection: Selection) -> torch.Tensor:
@@ -105,3 +114,11 @@ class MarginSoftmaxLoss(nn.Module):
         if selection.sharded_columns:
             return sharded_cross_entropy(self.logits(selection), selection.targets)
         return F.cross_entropy(self.logits(selection), selection.targets)
+
+
+def margin_loss_for(config: "TrainConfig", bf16_on_cuda: bool = True) -> MarginSoftmaxLoss:
+    """The loss a config trains with, the method's recipe filling unset margin options."""
+    config = config.with_recipe()
+    return MarginSoftmaxLoss(build_margin(config.margin, config.scale, config.margin_m, tuple(config.margin_combined),
+                                          config.straight_through, config.interclass_threshold),
+                             bf16_on_cuda=bf16_on_cuda)

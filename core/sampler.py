@@ -1,8 +1,8 @@
-"""The one seam between the trainer and a softmax-sampling method (Partial FC, DCQ).
+"""The one seam between the trainer and a softmax-sampling method (Partial FC, DCQ, a variant).
 
 The trainer's step is always::
 
-    selection = sampler.select(embeddings, labels, batch)   # which columns the softmax sees
+    selection = sampler.select(embeddings, batch)           # which columns the softmax sees
     loss = criterion(selection)                             # cosine logits -> margin -> CE
     loss.backward()
     sampler.collect(selection)                              # after every (micro-)batch backward
@@ -22,6 +22,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from core.data.batch import Batch, BatchLayout
+from core.distributed import DistributedContext
+from core.method_spec import MethodSpec, load_reference
+
 
 @dataclass
 class Selection:
@@ -29,7 +33,9 @@ class Selection:
 
     ``embeddings`` are the rows of the softmax (possibly gathered from all ranks) and
     ``weights`` the class weights of the selected columns, both un-normalised: the loss
-    normalises them so gradients flow through the normalisation. ``targets[i]`` is the
+    normalises them so gradients flow through the normalisation. ``weights`` is
+    ``[K, D]``, or ``[K, P, D]`` when each column has P prototypes (sub-centers): the
+    column's cosine is then the best of its prototypes'. ``targets[i]`` is the
     column of row i's class, or -1 when that class is not among this rank's columns.
     ``negative_mask[i, j]`` is True where column j must not act as a negative for row i
     (DCQ's same-label queue entries and empty slots). ``sharded_columns`` says that the
@@ -53,15 +59,15 @@ class ClassSampler(nn.Module, ABC):
 
     Subclasses are ``nn.Module`` so that any network they own (DCQ's momentum encoder)
     follows ``.to(device)``; their checkpoint state is ``state_dict``/``load_state_dict``.
-    ``key_images_per_row`` > 0 asks the trainer for an identity-aware loader that adds
-    that many other images of each row's identity as ``batch["key_images"]``.
     """
 
-    key_images_per_row: int = 0
+    def batch_layout(self) -> BatchLayout:
+        """What the method needs in each batch beyond images and labels (DCQ: key images)."""
+        return BatchLayout()
 
     @abstractmethod
-    def select(self, embeddings: torch.Tensor, labels: torch.Tensor, batch: dict[str, Any]) -> Selection:
-        """Build the selection for a batch; ``batch`` carries method inputs (e.g. key images)."""
+    def select(self, embeddings: torch.Tensor, batch: Batch) -> Selection:
+        """Build the selection for a batch: ``embeddings`` of ``batch.images``, labels and any key images."""
 
     def collect(self, selection: Selection) -> None:
         """Called after each micro-batch's backward, before the optimizer step."""
@@ -95,5 +101,30 @@ class ClassSampler(nn.Module, ABC):
         return 0, 0
 
     def class_statistics(self) -> dict[str, torch.Tensor]:
-        """Per-class counters (e.g. ``positive``/``negative`` update counts) for analysis."""
+        """The per-class counters its spec's ``statistics`` name, each a tensor of its state_dict.
+
+        The checkpoint records them by name (see core/checkpoint.py), so analysis plots
+        whatever a run recorded without knowing the method.
+        """
         return {}
+
+
+@dataclass
+class SamplerEnvironment:
+    """What the trainer hands a method's builder besides the method's own options."""
+
+    num_classes: int
+    num_images: int
+    embedding_size: int
+    backbone: nn.Module  # the online network (DCQ copies it into its momentum encoder)
+    device: torch.device
+    context: DistributedContext
+    seed: int
+    optimizer: str = "sgd"  # the backbone's optimizer settings, which a center store follows
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+
+def build_sampler(spec: MethodSpec, options: Any, environment: SamplerEnvironment) -> ClassSampler:
+    """The method's sampler, from its spec's builder."""
+    return load_reference(spec.sampler)(options, environment)

@@ -24,20 +24,19 @@ from torch import nn
 from tqdm import tqdm
 
 from core.backbones import build_backbone, default_input_size
-from core.build import build_sampler, resolve_method_defaults
 from core.config import TrainConfig, save_config
-from core.data.loader import (EpochBatchSampler, IdentityBatchSampler, WithKeyImages, default_val_files,
-                              make_loader, prepare_dataset, synthetic_dataset_root)
 from core.data.base import FaceDataset
-from core.data.transforms import random_horizontal_flip
+from core.data.batch import Batch
+from core.data.loader import batch_order, default_val_files, make_loader, prepare_dataset, synthetic_dataset_root
+from core.data.transforms import RandomFlip
 from core.distributed import DistributedContext, init_distributed, resolve_device
 from core.errors import ConfigError, DataError, TrainingError
 from core.evaluation import embed_images, evaluate_pairs, val_names
-from core.checkpoint import (CHECKPOINT_NAME, non_finite_names, read_checkpoint, sampler_state_for,
-                             save_checkpoint)
+from core.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, check_resumable, method_record, non_finite_names,
+                             read_checkpoint, sampler_state_for, save_checkpoint)
 from core.io import atomic_path, atomic_write_json
-from core.loss import MarginSoftmaxLoss
-from core.margins import build_margin
+from core.loss import margin_loss_for
+from core.sampler import SamplerEnvironment, build_sampler
 
 
 def warmup_polynomial(total_steps: int, warmup_steps: int, power: float):
@@ -90,15 +89,24 @@ def _environment(device: torch.device) -> dict[str, Any]:
 
 
 class Trainer:
-    """Trains ``config.method`` on ``config.data`` into ``run_dir``."""
+    """Trains ``config.method`` on ``config.data`` into ``run_dir``, seeing the method only as a ClassSampler."""
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, progress: bool = True,
                  dataset: Optional[FaceDataset] = None) -> None:
         """``dataset``: an already prepared dataset instead of ``config.data`` (the step benchmark's
         in-memory images over a million labels, which no file on disk needs to hold)."""
-        config = resolve_method_defaults(config.validate())
-        self.config = config
+        self.config = config.validate().with_recipe()
         self.run_dir = Path(run_dir)
+        self._init_runtime(progress)
+        self._init_data(dataset)
+        self._init_model()
+        self._init_method()
+        self._init_schedule()
+
+    # -- set-up, in the order each phase needs the last ------------------------------------
+    def _init_runtime(self, progress: bool) -> None:
+        """Device, process group, mixed precision and seeds."""
+        config = self.config
         self.device = resolve_device(config.device)
         self.context: DistributedContext = init_distributed(self.device)
         self.progress = progress and self.context.is_main
@@ -106,8 +114,11 @@ class Trainer:
         if amp not in ("auto", "bf16", "off"):
             raise ConfigError(f"amp must be auto, bf16 or off; got {config.amp!r}")
         self.amp_dtype = torch.bfloat16 if amp == "bf16" else None
-
         self._seed_everything(config.seed + self.context.rank)
+
+    def _init_data(self, dataset: Optional[FaceDataset]) -> None:
+        """The training set (checked to hold at least two classes) and every --val file, read up front."""
+        config = self.config
         self.input_size = config.input_size or default_input_size(config.backbone)
         self.data_root = self._data_root() if dataset is None else None
         self.dataset = dataset if dataset is not None else prepare_dataset(
@@ -119,7 +130,7 @@ class Trainer:
         empty = int((np.bincount(np.asarray(self.dataset.labels), minlength=self.num_classes) == 0).sum())
         if empty and self.context.is_main:  # e.g. a .rec whose property declares more classes than it holds
             print(f"warning: --data {config.data}: {empty} of {self.num_classes} classes have no images; they "
-                  "are never a positive (Partial FC keeps a center for each)", file=sys.stderr)
+                  "are never a positive (a stored center is kept for each)", file=sys.stderr)
         self.val_files = list(config.val) or default_val_files(self.data_root)
         # Read now, not at the first evaluation: a missing or corrupt --val file must not cost the steps before it.
         self._val_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -128,6 +139,9 @@ class Trainer:
             for path in self.val_files:
                 self._val_pairs[path] = load_verification_pairs(path)
 
+    def _init_model(self) -> None:
+        """The backbone, wrapped for DDP and torch.compile as asked."""
+        config = self.config
         self.backbone = build_backbone(config.backbone, config.embedding_size, self.input_size).to(self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.backbone.to(memory_format=self.memory_format)
@@ -138,14 +152,24 @@ class Trainer:
                 self.backbone, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if config.compile:
             self.model = torch.compile(self.model)
-        self.sampler = build_sampler(config, self.num_classes, self.backbone, self.device, self.context,
-                                     len(self.dataset))
-        self.criterion = MarginSoftmaxLoss(build_margin(
-            config.margin, config.scale, config.margin_m, tuple(config.margin_combined),
-            config.straight_through, config.interclass_threshold), bf16_on_cuda=self.amp_dtype is not None)
-        self.optimizer = build_optimizer(config, list(self.backbone.parameters()) + self.sampler.extra_parameters())
 
-        self.batch_sampler = self._batch_sampler()
+    def _init_method(self) -> None:
+        """The method's sampler (from its spec), the loss, the optimizer, and the batches the method asks for."""
+        config = self.config
+        self.spec = config.spec
+        self.sampler = build_sampler(self.spec, config.options, SamplerEnvironment(
+            num_classes=self.num_classes, num_images=len(self.dataset), embedding_size=config.embedding_size,
+            backbone=self.backbone, device=self.device, context=self.context, seed=config.seed,
+            optimizer=config.optimizer, momentum=config.momentum, weight_decay=config.weight_decay))
+        self.criterion = margin_loss_for(config, bf16_on_cuda=self.amp_dtype is not None)
+        self.optimizer = build_optimizer(config, list(self.backbone.parameters()) + self.sampler.extra_parameters())
+        self.dataset, self.batch_sampler = batch_order(self.dataset, self.sampler.batch_layout(), config.batch_size,
+                                                       config.seed, self.context.rank, self.context.world_size)
+        self.augment = RandomFlip(config.seed * 31 + self.context.rank)
+
+    def _init_schedule(self) -> None:
+        """Steps per epoch, the warm-up + polynomial schedule, and the position in the data."""
+        config = self.config
         self.steps_per_epoch = len(self.batch_sampler) // config.accumulate
         if self.steps_per_epoch == 0:
             raise DataError(f"--data {config.data}: {len(self.dataset)} images make no full step of "
@@ -154,7 +178,6 @@ class Trainer:
         warmup = max(1, int(config.warmup_epochs * self.steps_per_epoch))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_polynomial(self.total_steps, warmup, config.lr_power))
-        self.flip_generator = torch.Generator().manual_seed(config.seed * 31 + self.context.rank)
         self.first_nonfinite_step = torch.full((), -1, dtype=torch.int64, device=self.device)
         self.step = 0
         self.epoch = 0
@@ -176,17 +199,6 @@ class Trainer:
         self.context.barrier()
         return root()
 
-    def _batch_sampler(self) -> EpochBatchSampler:
-        """Plain shuffled batches, or identity-aware ones when the method asks for key images."""
-        config, context = self.config, self.context
-        if self.sampler.key_images_per_row > 0:
-            self.dataset = WithKeyImages(self.dataset)
-            return IdentityBatchSampler(self.dataset.labels, config.batch_size, self.sampler.key_images_per_row,
-                                        config.seed, config.identity_sampling, context.rank, context.world_size,
-                                        strict=config.strict_k_shot)
-        return EpochBatchSampler(len(self.dataset), config.batch_size, config.seed, context.rank,
-                                 context.world_size)
-
     @staticmethod
     def _seed_everything(seed: int) -> None:
         random.seed(seed)
@@ -195,7 +207,9 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
+            "method": method_record(self.spec, self.sampler),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "num_classes": self.num_classes, "input_size": self.input_size,
             "backbone": self.backbone.state_dict(),
@@ -203,7 +217,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "flip": self.flip_generator.get_state(),
+                    "flip": self.augment.state_dict(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
             "metrics": self.metrics,
         }
@@ -221,7 +235,7 @@ class Trainer:
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
-        self.flip_generator.set_state(rng["flip"])
+        self.augment.load_state_dict(rng["flip"])
         if rng["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.metrics = state.get("metrics", {})
@@ -229,6 +243,7 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint written by any number of processes."""
         checkpoint, state = read_checkpoint(path, self.device)
+        check_resumable(checkpoint, state)
         sampler_state = sampler_state_for(checkpoint.parent, state, *self.sampler.shard_range())
         self.load_state_dict(state, {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
                                      for k, v in sampler_state.items()})
@@ -246,8 +261,9 @@ class Trainer:
         return path
 
     # -- data ------------------------------------------------------------------------------
-    def _micro_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        """Batches from the saved position on, across epochs; advances the position."""
+    def batches(self) -> Iterator[Batch]:
+        """Micro-batches from the saved position on, across epochs, advancing the position: what
+        ``train_step`` consumes (a benchmark may instead feed it one batch over and over)."""
         pin = self.device.type == "cuda"
         while self.epoch < self.config.epochs:
             self.batch_sampler.set_position(self.epoch, self.batch_in_epoch)
@@ -262,24 +278,15 @@ class Trainer:
             self.batch_in_epoch = 0
 
     # -- the loop --------------------------------------------------------------------------
-    def train_step(self, micro_batches: Iterator[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    def train_step(self, micro_batches: Iterator[Batch]) -> torch.Tensor:
         """One optimizer step over ``accumulate`` micro-batches; returns the mean loss (on device)."""
         self.backbone.train()
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         for micro in range(self.config.accumulate):
-            images, labels, *keys = next(micro_batches)
-            # Copied first, flipped on the device: the loader's pinned batch copies asynchronously, where a
-            # flipped copy made on the host would be pageable and stall until the GPU reached the copy.
-            images = random_horizontal_flip(images.to(self.device, non_blocking=True), self.flip_generator)
-            images = images.contiguous(memory_format=self.memory_format)
-            labels = labels.to(self.device, non_blocking=True)
-            extras = {"images": images}
-            if keys:  # [B, k, 3, H, W], each key flipped independently of its query
-                key_images = keys[0].to(self.device, non_blocking=True).flatten(0, 1)
-                flipped = random_horizontal_flip(key_images, self.flip_generator)
-                extras["key_images"] = flipped.contiguous(memory_format=self.memory_format).unflatten(
-                    0, keys[0].shape[:2])
+            # Copied first, flipped on the device (see RandomFlip), then laid out for the network.
+            batch = self.augment(next(micro_batches).to(self.device, non_blocking=True))
+            batch = batch.contiguous(self.memory_format)
             autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                         else nullcontext())
             # DDP reduces gradients only on the last micro-batch of an accumulated step.
@@ -287,8 +294,8 @@ class Trainer:
             sync = nullcontext() if last_micro or self.model is self.backbone else self.model.no_sync()
             with sync:
                 with autocast:  # select may run a network too (DCQ's key encoder)
-                    embeddings = self.model(images)
-                    selection = self.sampler.select(embeddings.float(), labels, extras)
+                    embeddings = self.model(batch.images)
+                    selection = self.sampler.select(embeddings.float(), batch)
                 loss = self.criterion(selection) / self.config.accumulate
                 # Recorded on the device, read by check_finite: a read here would stall the GPU every step.
                 self.first_nonfinite_step = torch.where(
@@ -325,7 +332,7 @@ class Trainer:
             _write_environment(self.run_dir / "env.json", self.device, resumed_at=self.step)
         log = _CsvLog(self.run_dir / "log.csv", self.context.is_main, keep_through_step=self.step)
         board = _tensorboard(self.run_dir) if self.context.is_main else None
-        micro_batches = self._micro_batches()
+        micro_batches = self.batches()
         images_per_step = config.batch_size * config.accumulate * self.context.world_size
         bar = tqdm(total=last_step, initial=self.step, disable=not self.progress, unit="step",
                    dynamic_ncols=True, desc=f"train {config.method}")

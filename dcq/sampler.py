@@ -20,9 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from core.data.batch import Batch, BatchLayout
 from core.distributed import all_gather_no_grad
 from core.errors import ConfigError
-from core.sampler import ClassSampler, Selection
+from core.sampler import ClassSampler, SamplerEnvironment, Selection
+from dcq.spec import DCQOptions
 
 
 def resolve_queue_size(queue_size: float, num_classes: int, num_images: Optional[int] = None) -> int:
@@ -56,14 +58,16 @@ class DCQSampler(ClassSampler):
 
     def __init__(self, backbone: nn.Module, embedding_size: int, num_classes: int, queue_size: int,
                  momentum: float = 0.999, k_shot: int = 1, device: Optional[torch.device] = None,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, identity_sampling: str = "image",
+                 strict_k_shot: bool = False) -> None:
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ConfigError(f"--dcq-momentum must be in [0, 1), got {momentum}")
         if k_shot < 1:
             raise ConfigError(f"--k-shot must be >= 1, got {k_shot}")
         self.momentum = momentum
-        self.key_images_per_row = k_shot
+        self.layout = BatchLayout(key_images_per_row=k_shot, identity_sampling=identity_sampling,
+                                  strict=strict_k_shot)
         self.num_classes = num_classes
         self.rank, self.world_size = rank, world_size
         self.ema_updates = 0
@@ -119,11 +123,14 @@ class DCQSampler(ClassSampler):
         return F.normalize(features, dim=1)
 
     # -- ClassSampler ----------------------------------------------------------------------
-    def select(self, embeddings: torch.Tensor, labels: torch.Tensor, batch: dict[str, Any]) -> Selection:
-        if "key_images" not in batch:
+    def batch_layout(self) -> BatchLayout:
+        return self.layout
+
+    def select(self, embeddings: torch.Tensor, batch: Batch) -> Selection:
+        if batch.key_images is None:
             raise ConfigError("DCQ needs key images per batch row: train it with an identity-aware loader")
-        labels = labels.to(self.queue.device, torch.int64)
-        generated = self.generate_weights(batch["key_images"])
+        labels = batch.labels.to(self.queue.device, torch.int64)
+        generated = self.generate_weights(batch.key_images)
         all_labels = all_gather_no_grad(labels)
         rows = labels.numel()
         weights = torch.cat([generated, self.queue.to(generated.dtype)])
@@ -193,12 +200,6 @@ class DCQSampler(ClassSampler):
         return {"positive_updates": self.positive_updates, "queue_entries": self.queue_entries,
                 "queue_steps": self.queue_steps}
 
-    def method_state_bytes(self) -> int:
-        """Bytes of the method's own state (queue + momentum encoder), not the per-class statistics."""
-        tensors = [self.queue, self.queue_labels, self.queue_enqueued_at, self.pointer]
-        tensors += list(self.momentum_encoder.parameters()) + list(self.momentum_encoder.buffers())
-        return sum(t.numel() * t.element_size() for t in tensors)
-
     def get_extra_state(self) -> dict[str, Any]:
         return {"ema_updates": self.ema_updates}
 
@@ -206,9 +207,9 @@ class DCQSampler(ClassSampler):
         self.ema_updates = state["ema_updates"]
 
 
-def sampler_from_config(config, num_classes: int, backbone: nn.Module, device: torch.device, context,
-                        num_images: Optional[int] = None) -> DCQSampler:
-    """The trainer's entry point (see core/build.py)."""
-    queue_size = resolve_queue_size(config.queue_size, num_classes, num_images)
-    return DCQSampler(backbone, config.embedding_size, num_classes, queue_size, config.dcq_momentum,
-                      config.k_shot, device, context.rank, context.world_size)
+def build_sampler(options: DCQOptions, environment: SamplerEnvironment) -> DCQSampler:
+    """The spec's builder (see dcq/spec.py)."""
+    queue_size = resolve_queue_size(options.queue_size, environment.num_classes, environment.num_images)
+    return DCQSampler(environment.backbone, environment.embedding_size, environment.num_classes, queue_size,
+                      options.dcq_momentum, options.k_shot, environment.device, environment.context.rank,
+                      environment.context.world_size, options.identity_sampling, options.strict_k_shot)

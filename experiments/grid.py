@@ -9,7 +9,7 @@ hold negatives beyond a batch's own positives, which the 600-identity demo set d
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from core.data.synthetic import SyntheticConfig
@@ -48,30 +48,25 @@ QUICK = GridScale("quick", identities=700, heldout_identities=120, max_images=30
 
 @dataclass(frozen=True)
 class Arm:
-    """One training recipe of the grid (the same for every seed)."""
+    """One training recipe of the grid (the same for every seed): a method and its options, checked by its spec."""
 
     label: str
     method: str
-    sample_rate: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict, hash=False)
     interclass_threshold: Optional[float] = None
 
     def overrides(self) -> dict[str, Any]:
-        changes: dict[str, Any] = {"method": self.method, "interclass_threshold": self.interclass_threshold}
-        if self.method == "pfc":
-            changes["sample_rate"] = self.sample_rate
-        else:
-            changes["queue_size"] = 0.1
-        return changes
+        return {"method": self.method, "interclass_threshold": self.interclass_threshold, **self.options}
 
 
-SOFTMAX = Arm("softmax (PFC 1.0)", "pfc", 1.0)
-PFC_03 = Arm("PFC 0.3", "pfc", 0.3)
-PFC_01 = Arm("PFC 0.1", "pfc", 0.1)
-DCQ = Arm("DCQ (queue 10 %)", "dcq")
+SOFTMAX = Arm("softmax (PFC 1.0)", "pfc", {"sample_rate": 1.0})
+PFC_03 = Arm("PFC 0.3", "pfc", {"sample_rate": 0.3})
+PFC_01 = Arm("PFC 0.1", "pfc", {"sample_rate": 0.1})
+DCQ = Arm("DCQ (queue 10 %)", "dcq", {"queue_size": 0.1})
 
 
 def filtered(arm: Arm) -> Arm:
-    return Arm(f"{arm.label} + filter {INTERCLASS_THRESHOLD}", arm.method, arm.sample_rate, INTERCLASS_THRESHOLD)
+    return Arm(f"{arm.label} + filter {INTERCLASS_THRESHOLD}", arm.method, arm.options, INTERCLASS_THRESHOLD)
 
 
 # dataset -> arms trained on it; the noisy set also gets the analysis tools.
@@ -101,7 +96,8 @@ class Cell:
         return self.dataset in ANALYSED
 
     def describe(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "arm": self.arm.label, "seed": self.seed, **asdict(self.arm)}
+        return {"dataset": self.dataset, "arm": self.arm.label, "seed": self.seed, "method": self.arm.method,
+                "options": dict(self.arm.options), "interclass_threshold": self.arm.interclass_threshold}
 
 
 def grid_cells(scale: GridScale) -> list[Cell]:

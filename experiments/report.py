@@ -143,8 +143,8 @@ def columns_per_step(grid_dir: Path, frame: pd.DataFrame, dataset: str, arm: str
     """Mean distinct positive classes and sampled negatives per step, from the sampler's counters."""
     positives, negatives = [], []
     for row, updates in cell_updates(grid_dir, frame, dataset, arm):
-        positives.append(updates["positive_updates"].sum() / row.steps)
-        negatives.append(updates["negative_updates"].sum() / row.steps)
+        positives.append(updates["positive"].sum() / row.steps)
+        negatives.append(updates["negative"].sum() / row.steps)
     return (float(np.mean(positives)), float(np.mean(negatives))) if positives else None
 
 
@@ -275,18 +275,19 @@ def passive_updates_plot(grid_dir: Path, frame: pd.DataFrame, path: Path) -> Opt
     axes = figure.add_subplot(1, 1, 1)
     largest = 0
     for arm, style in ((SOFTMAX, "-o"), (PFC_01, "-s"), (DCQ, "--^")):
-        counts, passive = [], []
+        counts, passive, trained = [], [], True
         for _, updates in cell_updates(grid_dir, frame, "clean", arm.label):
-            series = updates["queue_steps"] if arm.method == "dcq" else updates["negative_updates"]
-            counts.append(updates["counts"])
-            passive.append(series)
+            if "negative" in updates:
+                counts.append(updates["counts"])
+                passive.append(updates["negative"])
+                trained = bool(updates["negative_updates_weights"])
         if not counts:
             continue
         counts_all, passive_all = np.concatenate(counts), np.concatenate(passive)
         values = np.unique(counts_all[counts_all > 0])
         medians = [np.median(passive_all[counts_all == v]) for v in values]
-        label = f"{arm.label}: steps in the queue (not updates)" if arm.method == "dcq" else \
-            f"{arm.label}: passive (negative) updates"
+        label = (f"{arm.label}: passive (negative) updates" if trained else
+                 f"{arm.label}: steps as a negative (no trained weights, not updates)")
         axes.plot(values, np.maximum(medians, 0.5), style, markersize=3, label=label)
         largest = max(largest, int(values.max()))
     if not largest:
@@ -309,12 +310,15 @@ def passive_updates_table(grid_dir: Path, frame: pd.DataFrame) -> str:
     """Median passive / positive updates for tail (≤ 3 images) and head (≥ 20 images) classes."""
     lines = ["| arm | tail classes: passive / positive | head classes: passive / positive |", "|---|---|---|"]
     for arm in (SOFTMAX, PFC_01, DCQ):
-        ratios = {"tail": [], "head": []}
+        ratios, trained = {"tail": [], "head": []}, False
         for _, updates in cell_updates(grid_dir, frame, "clean", arm.label):
-            ratio = updates["negative_updates"] / np.maximum(updates["positive_updates"], 1)
+            if "negative" not in updates or "positive" not in updates:
+                continue
+            trained = bool(updates["negative_updates_weights"])
+            ratio = updates["negative"] / np.maximum(updates["positive"], 1)
             ratios["tail"].append(np.median(ratio[(updates["counts"] > 0) & (updates["counts"] <= 3)]))
             ratios["head"].append(np.median(ratio[updates["counts"] >= 20]))
-        if arm.method == "dcq" and ratios["tail"]:
+        if ratios["tail"] and not trained:
             lines.append(f"| {arm.label} | 0 (no class weights to push) | 0 (no class weights to push) |")
         elif ratios["tail"]:
             lines.append(f"| {arm.label} | {np.mean(ratios['tail']):.1f} | {np.mean(ratios['head']):.2f} |")

@@ -13,13 +13,16 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
 from core.errors import ConfigError, DataError
 from core.io import atomic_write_json, read_json
 from experiments.grid import ARMS, DATASETS, Cell, GridScale, grid_cells
+
+if TYPE_CHECKING:
+    from analysis.centers import ClassStatistics
 
 GRID_FILE = "grid.json"
 RESULT_FILE = "result.json"
@@ -94,8 +97,8 @@ def run_cell(cell: Cell, scale: GridScale, data: Path, cell_dir: Path, device: s
     run_dir = cell_dir / "run"
     val = [str(data / name) for name in ("val.bin", "val_tail.bin") if (data / name).exists()]
     config = TrainConfig(data=str(data), val=val, epochs=scale.epochs, batch_size=scale.batch_size, seed=cell.seed,
-                         out=str(run_dir), device=device, val_every=10 ** 9, checkpoint_every=200,
-                         **cell.arm.overrides())
+                         out=str(run_dir), device=device, val_every=10 ** 9,
+                         checkpoint_every=200).replace(**cell.arm.overrides())
     started = time.perf_counter()
     trainer = Trainer(config, run_dir, progress=False)
     if (run_dir / "checkpoint.pt").exists():
@@ -105,11 +108,7 @@ def run_cell(cell: Cell, scale: GridScale, data: Path, cell_dir: Path, device: s
 
     statistics = load_run(run_dir).statistics
     counts = np.bincount(np.asarray(open_dataset(data).labels), minlength=statistics.num_classes)
-    updates = {"counts": counts, "positive_updates": statistics.positive_updates,
-               "negative_updates": statistics.negative_updates}
-    if statistics.queue_steps is not None:
-        updates["queue_steps"] = statistics.queue_steps
-    np.savez_compressed(cell_dir / UPDATES_FILE, **updates)
+    np.savez_compressed(cell_dir / UPDATES_FILE, **{"counts": counts, **role_series(statistics)})
 
     result: dict[str, Any] = {**cell.describe(), "name": cell.name, "scale": scale.name,
                               "steps": trainer.step, "classes": trainer.num_classes, "images": len(trainer.dataset),
@@ -127,6 +126,19 @@ def run_cell(cell: Cell, scale: GridScale, data: Path, cell_dir: Path, device: s
         inputs.cache_file.unlink(missing_ok=True)  # the embeddings are large and the figures are recorded
     atomic_write_json(cell_dir / RESULT_FILE, result)
     return result
+
+
+def role_series(statistics: "ClassStatistics") -> dict[str, np.ndarray]:
+    """The run's counters by role, whatever the method calls them: ``positive`` (steps as a positive),
+    ``negative`` (steps as a negative column) and whether those moved trained weights (passive updates)."""
+    series = {}
+    for role in ("positive", "negative"):
+        record = statistics.with_role(role)
+        if record is not None:
+            series[role] = statistics.series[record["name"]]
+            if role == "negative":
+                series["negative_updates_weights"] = np.array(bool(record["updates_weights"]))
+    return series
 
 
 RESULT_KEYS = ("dataset", "arm", "seed", "name")

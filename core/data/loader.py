@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from core.data.base import FaceDataset
+from core.data.batch import BatchLayout, collate_batch
 from core.data.transforms import ModelInputTransform, resize_images, to_model_input
 from core.errors import ConfigError, DataError
 
@@ -231,8 +232,19 @@ class WithKeyImages(FaceDataset):
                 for i in range(len(items))]
 
 
+def batch_order(dataset: FaceDataset, layout: BatchLayout, batch_size: int, seed: int, rank: int = 0,
+                world_size: int = 1) -> tuple[FaceDataset, EpochBatchSampler]:
+    """The dataset and batch order a method's ``BatchLayout`` asks for: plain shuffled batches, or
+    identity-aware ones whose items carry ``layout.key_images_per_row`` other images of the row's identity."""
+    if layout.key_images_per_row > 0:
+        return WithKeyImages(dataset), IdentityBatchSampler(
+            dataset.labels, batch_size, layout.key_images_per_row, seed, layout.identity_sampling, rank,
+            world_size, strict=layout.strict)
+    return dataset, EpochBatchSampler(len(dataset), batch_size, seed, rank, world_size)
+
+
 def make_loader(dataset: FaceDataset, batch_sampler: Sampler, workers: int, pin_memory: bool) -> DataLoader:
-    """A DataLoader; in-memory datasets are served in the main process (workers cost more).
+    """A DataLoader of ``Batch`` objects; in-memory datasets are served in the main process (workers cost more).
 
     It gets a generator of its own: by default each new loader iterator draws a worker
     seed from torch's global RNG, which would make a resumed run drift from a straight one.
@@ -240,7 +252,7 @@ def make_loader(dataset: FaceDataset, batch_sampler: Sampler, workers: int, pin_
     if isinstance(dataset, CachedImages) or isinstance(getattr(dataset, "dataset", None), CachedImages):
         workers = 0
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+                      collate_fn=collate_batch, persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
                       generator=torch.Generator().manual_seed(0))
 
 

@@ -6,9 +6,13 @@ input size differs from the stored 112x112 (the CPU default trains smaller image
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from PIL import Image
+
+from core.data.batch import Batch
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
@@ -56,3 +60,29 @@ def random_horizontal_flip(batch: torch.Tensor, generator: torch.Generator) -> t
     flip = torch.rand(batch.shape[0], generator=generator) < 0.5
     flip = flip.to(batch.device, non_blocking=True).view(-1, 1, 1, 1)  # a blocking copy would wait for the GPU
     return torch.where(flip, batch.flip(-1), batch)
+
+
+class RandomFlip:
+    """Flips each image of a batch, and independently each of its key images, with probability 1/2.
+
+    It runs on the batch after its copy to the device (a flip made on the host would turn
+    the loader's pinned batch into pageable memory and stall the copy). The draws come
+    from one generator, queries first, then keys, whose state the checkpoint saves, so a
+    resumed run flips exactly as the uninterrupted one would have.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, batch: Batch) -> Batch:
+        images = random_horizontal_flip(batch.images, self.generator)
+        keys = batch.key_images
+        if keys is not None:
+            keys = random_horizontal_flip(keys.flatten(0, 1), self.generator).unflatten(0, keys.shape[:2])
+        return Batch(images, batch.labels, keys)
+
+    def state_dict(self) -> Any:
+        return self.generator.get_state()
+
+    def load_state_dict(self, state: Any) -> None:
+        self.generator.set_state(state)

@@ -52,10 +52,10 @@ def write_folder(root: Path, classes: int = CLASSES, per_class: int = PER_CLASS,
 def train(data: Path, run_dir: Path, method: str = "pfc", epochs: int = 2, sample_rate: float = 1.0) -> Path:
     """Sample rate 1 by default: with a handful of classes every batch's positives exceed a
     partial sample, and only full softmax gives every class passive updates to count."""
+    options = {"sample_rate": sample_rate} if method == "pfc" else {"queue_size": 20}
     config = TrainConfig().replace(method=method, data=str(data), val=[], backbone="tiny", input_size=SIZE,
-                                   embedding_size=16, batch_size=8, epochs=epochs, lr=0.05, sample_rate=sample_rate,
-                                   queue_size=20, workers=0, checkpoint_every=0, log_every=100, seed=0,
-                                   device="cpu")
+                                   embedding_size=16, batch_size=8, epochs=epochs, lr=0.05, workers=0,
+                                   checkpoint_every=0, log_every=100, seed=0, device="cpu", **options)
     Trainer(config, run_dir, progress=False).fit()
     return run_dir
 

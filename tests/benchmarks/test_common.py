@@ -3,7 +3,7 @@
 import pytest
 
 from benchmarks.common import run_isolated
-from cli import _figure
+from benchmarks.commands import _figure
 
 
 def test_a_failing_job_returns_its_last_error_line():
@@ -26,9 +26,9 @@ def test_one_side_of_a_row_shows_its_figure_or_why_it_has_none(result, shown):
 
 def test_jobs_run_from_the_repository_root_wherever_the_cli_started(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    job = {"method": "dcq", "classes": 64, "queue": 16, "rate": 0.5, "batch": 4, "dim": 8, "device": "cpu",
+    job = {"method": "dcq", "options": {"queue_size": 16}, "classes": 64, "batch": 4, "dim": 8, "device": "cpu",
            "warmup": 1, "repeats": 1}
-    result = run_isolated("benchmarks.dcq_head", job)
+    result = run_isolated("benchmarks.heads", job)
     assert "error" not in result, result
     assert result["state_mib"] > 0
 

@@ -14,8 +14,8 @@ def _run(*args):
 
 
 @pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["data"], ["data", "make-synthetic"],
-                                     ["data", "inspect"], ["bench"], ["bench", "pfc"], ["bench", "dcq"],
-                                     ["bench", "data"]])
+                                     ["data", "inspect"], ["bench"], ["bench", "pfc"], ["bench", "heads"],
+                                     ["bench", "step"], ["bench", "data"]])
 def test_every_command_has_help(command):
     result = _run(*command, "--help")
     assert result.exit_code == 0
@@ -226,9 +226,10 @@ def test_eval_reports_every_val_file_even_when_names_repeat(tiny_rec, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["pfc", "--sample-rate", "nan"], "'nan' is not a number in the range 0<x<=1"),
     (["pfc", "--classes", "0"], "0 is not in the range x>=2"),
-    (["dcq", "--queue-size", "0"], "0 is not in the range x>=1"),
+    (["heads", "--queue-size", "0"], "queue_size (--queue-size) must be > 0, got 0"),
+    (["heads", "--method", "pfc", "--queue-size", "100"], "--queue-size: not an option of pfc"),
     (["step", "--method", "pfc", "--classes", "100", "--batch-size", "128", "--device", "cpu"], "give at least 128"),
-    (["step", "--method", "dcq", "--classes", "1000", "--batch-size", "8", "--device", "cpu"], "give at least 4,096"),
+    (["step", "--method", "dcq", "--sample-rate", "0.5", "--device", "cpu"], "--sample-rate: not an option of dcq"),
     (["analysis", "--classes", "1000", "--k", "5000"], "at most 999 other classes"),
     (["data", "--batch-size", "0"], "0 is not in the range x>=1"),
     (["train", "--steps", "0"], "0 is not in the range x>=1"),

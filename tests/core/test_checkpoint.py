@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from core.checkpoint import full_sampler_state, sampler_state_for, save_checkpoint
+from core.checkpoint import sampler_state_for, save_checkpoint
+from core.data.batch import Batch
 from core.distributed import DistributedContext
 from core.errors import DataError
 from core.loss import MarginSoftmaxLoss
@@ -25,7 +26,7 @@ def _trained_sampler(rank, world_size, optimizer):
         if world_size > 1:  # each rank sees the same global batch through the all-gather
             embeddings = embeddings[rank * 3:(rank + 1) * 3].detach().requires_grad_(True)
             labels = labels[rank * 3:(rank + 1) * 3]
-        selection = sampler.select(embeddings, labels, {})
+        selection = sampler.select(embeddings, Batch(torch.zeros(labels.shape[0], 3, 2, 2), labels))
         MarginSoftmaxLoss(build_margin("cosface"))(selection).backward()
         sampler.collect(selection)
         sampler.step(0.1)
@@ -57,8 +58,8 @@ def _write(tmp_path, world_size, optimizer):
 @pytest.mark.parametrize("written_by, read_by", [(2, 1), (1, 2), (2, 3)])
 def test_resume_with_another_world_size(tmp_path, written_by, read_by, optimizer):
     run_dir, state = _write(tmp_path, written_by, optimizer)
-    logical = full_sampler_state(run_dir, state)
-    assert logical["centers"].shape == (CLASSES, DIM)
+    logical = sampler_state_for(run_dir, state, 0, CLASSES)
+    assert logical["store.centers"].shape == (CLASSES, DIM)
     # Reading ranks each rebuild their slice; together they are the logical table again.
     slices = []
     for rank in range(read_by):
@@ -72,7 +73,9 @@ def test_resume_with_another_world_size(tmp_path, written_by, read_by, optimizer
     own = [torch.load(run_dir / f"own-rows-{rank}.pt") for rank in range(written_by)]
     for name in state["sampler_shards"]["names"]:
         assert torch.equal(torch.cat([part[name] for part in own]), logical[name]), name
-    moment = "center_optimizer.momentum_buffer" if optimizer == "sgd" else "center_optimizer.exp_avg"
+    moment = "store.center_optimizer.momentum_buffer" if optimizer == "sgd" else "store.center_optimizer.exp_avg"
+    assert {"store.centers", "store.positive_updates", "store.negative_updates", moment} <= set(
+        state["sampler_shards"]["names"])  # every per-class table of the store is saved as shards
     assert logical[moment].abs().sum() > 0  # the optimizer rows carry real state
 
 
@@ -80,4 +83,4 @@ def test_missing_shard_is_a_clear_error(tmp_path):
     run_dir, state = _write(tmp_path, 1, "sgd")
     next(run_dir.glob("sampler-step*.pt")).unlink()
     with pytest.raises(DataError, match="shard .* is missing"):
-        full_sampler_state(run_dir, state)
+        sampler_state_for(run_dir, state, 0, CLASSES)

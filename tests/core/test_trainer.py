@@ -7,6 +7,7 @@ import torch
 
 from core.config import TrainConfig
 from core.errors import ConfigError, DataError, TrainingError
+from core.methods import get_method
 from core.trainer import Trainer, warmup_polynomial
 
 
@@ -15,6 +16,8 @@ def _config(root, **changes):
                 batch_size=8, epochs=2, lr=0.05, sample_rate=0.5, workers=0, checkpoint_every=0, log_every=1,
                 seed=3, device="cpu")
     base.update(changes)
+    if "sample_rate" not in get_method(base.get("method", TrainConfig().method)).option_names():
+        del base["sample_rate"]  # Partial FC's option: an error with another method
     return TrainConfig().replace(**base)
 
 
@@ -30,7 +33,7 @@ def test_resumed_run_equals_straight_run(tiny_rec, tmp_path, center_dtype):
     straight = Trainer(_config(tiny_rec, center_dtype=center_dtype), tmp_path / "straight", progress=False)
     assert straight.total_steps == 12  # 48 images / 8 per batch x 2 epochs
     straight.fit()
-    assert straight.sampler.centers.dtype == getattr(torch, center_dtype)
+    assert straight.sampler.store.centers.dtype == getattr(torch, center_dtype)
     first = Trainer(_config(tiny_rec, max_steps=7, center_dtype=center_dtype), tmp_path / "resumed",
                     progress=False)
     first.fit()
@@ -81,10 +84,10 @@ def test_gradient_accumulation_averages(tiny_rec, tmp_path):
                 module.eval()
         trainer.backbone.train = lambda mode=True, model=trainer.backbone: model  # keep BN in eval
     # Both draw the same 16-image permutation: batch_sampler order depends on seed and epoch only.
-    loss_whole = whole.train_step(whole._micro_batches())
-    loss_split = split.train_step(split._micro_batches())
+    loss_whole = whole.train_step(whole.batches())
+    loss_split = split.train_step(split.batches())
     torch.testing.assert_close(loss_whole, loss_split)
-    torch.testing.assert_close(whole.sampler.centers, split.sampler.centers)
+    torch.testing.assert_close(whole.sampler.store.centers, split.sampler.store.centers)
 
 
 def test_non_finite_loss_stops_and_names_the_step(tiny_rec, tmp_path):
@@ -126,7 +129,7 @@ def test_channels_last_trains_like_the_default_layout(tiny_rec, tmp_path, method
     for layout in (False, True):
         trainer = Trainer(_config(tiny_rec, method=method, channels_last=layout, max_steps=3, val=[]),
                           tmp_path / f"run-{layout}", progress=False)
-        batches = trainer._micro_batches()
+        batches = trainer.batches()
         runs[layout] = [trainer.train_step(batches) for _ in range(3)], _weights(trainer)
     (losses_a, weights_a), (losses_b, weights_b) = runs[False], runs[True]
     torch.testing.assert_close(torch.stack(losses_a), torch.stack(losses_b), rtol=1e-4, atol=1e-5)
@@ -141,7 +144,7 @@ def test_compiled_backbone_trains_like_eager(tiny_rec, tmp_path):
     for compiled in (False, True):
         trainer = Trainer(_config(tiny_rec, device="cuda", amp="off", compile=compiled, max_steps=3, val=[]),
                           tmp_path / f"run-{compiled}", progress=False)
-        batches = trainer._micro_batches()
+        batches = trainer.batches()
         losses[compiled] = torch.stack([trainer.train_step(batches) for _ in range(3)]).cpu()
     torch.testing.assert_close(losses[True], losses[False], rtol=1e-3, atol=1e-4)
 
@@ -153,7 +156,7 @@ def test_a_whole_training_step_never_waits_for_the_host(tiny_rec, tmp_path, chan
     # Only the uniform Partial FC sampler syncs (by design); the data loader is left out by pre-fetching.
     trainer = Trainer(_config(tiny_rec, device="cuda", amp="bf16", val=[], **changes), tmp_path / "run",
                       progress=False)
-    batches = trainer._micro_batches()
+    batches = trainer.batches()
     prefetched = [next(batches) for _ in range(2)]
     trainer.train_step(iter(prefetched[:1]))  # warm-up: lazy initialisations may sync
     torch.cuda.synchronize()

@@ -7,6 +7,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from core.data.batch import Batch
 from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
 from dcq.sampler import DCQSampler
@@ -33,7 +34,8 @@ def _train(model, online, sampler, images, keys, labels, rows):
     grads = []
     for step in range(STEPS):
         optimizer.zero_grad()
-        selection = sampler.select(model(images[step, rows]), labels[step, rows], {"key_images": keys[step, rows]})
+        batch = Batch(images[step, rows], labels[step, rows], keys[step, rows])
+        selection = sampler.select(model(batch.images), batch)
         loss_fn(selection).backward()
         grads.append(online[1].weight.grad.clone())
         sampler.collect(selection)

@@ -6,11 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.data.batch import Batch, BatchLayout
+from core.distributed import DistributedContext
 from core.data.loader import IdentityBatchSampler
 from core.errors import ConfigError, DataError
 from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
+from core.methods import get_method
+from core.sampler import SamplerEnvironment, build_sampler
 from dcq.sampler import DCQSampler, ema_decay, resolve_queue_size
+from dcq.spec import SPEC
 
 
 def _backbone(dim=4):
@@ -26,7 +31,7 @@ def test_mask_hides_same_label_columns_and_empty_slots():
     sampler = DCQSampler(_backbone(), 4, num_classes=10, queue_size=5)
     sampler.enqueue(F.normalize(torch.randn(3, 4)), torch.tensor([7, 1, 2]))  # slots 3, 4 stay empty
     labels = torch.tensor([1, 5, 1])
-    selection = sampler.select(torch.randn(3, 4), labels, {"key_images": _keys(3)})
+    selection = sampler.select(torch.randn(3, 4), Batch(torch.zeros(3, 3, 2, 2), labels, _keys(3)))
     assert selection.weights.shape == (3 + 5, 4)
     assert selection.targets.tolist() == [0, 1, 2]
     expected = torch.tensor([
@@ -73,7 +78,7 @@ def test_logits_and_loss_on_a_tiny_case_by_hand():
     sampler = DCQSampler(backbone, 2, num_classes=10, queue_size=2)
     sampler.enqueue(torch.tensor([[0.0, 1.0]]), torch.tensor([4]))
     keys = _keys(1)
-    selection = sampler.select(torch.tensor([[3.0, 4.0]]), torch.tensor([2]), {"key_images": keys})
+    selection = sampler.select(torch.tensor([[3.0, 4.0]]), Batch(torch.zeros(1, 3, 2, 2), torch.tensor([2]), keys))
     generated = F.normalize(backbone(keys[0]).detach(), dim=1)[0]
     cos_target = (0.6 * generated[0] + 0.8 * generated[1]).item()
     cos_queue = 0.8  # [0.6, 0.8] . [0, 1]
@@ -93,9 +98,11 @@ def test_k_shot_weight_is_normalised_mean_of_unit_features():
 
 
 def test_state_size_does_not_depend_on_the_number_of_classes():
+    from benchmarks.heads import state_bytes  # the method's state, without the per-class counters for analysis
+
     small = DCQSampler(_backbone(), 4, num_classes=100, queue_size=64)
     large = DCQSampler(_backbone(), 4, num_classes=1_000_000, queue_size=64)
-    assert small.method_state_bytes() == large.method_state_bytes()
+    assert state_bytes(small) == state_bytes(large) > 64 * 4 * 4
 
 
 def test_queue_size_options():
@@ -107,6 +114,24 @@ def test_queue_size_options():
         resolve_queue_size(5000, 1000, num_images=2000)
     with pytest.raises(ConfigError, match="a whole number"):
         resolve_queue_size(2.5, 1000)
+
+
+def test_the_builder_follows_the_options_and_asks_for_key_images():
+    spec = get_method("dcq")
+    assert spec is SPEC
+    options = spec.make_options({"queue_size": 0.1, "k_shot": 2, "dcq_momentum": 0.99,
+                                 "identity_sampling": "category", "strict_k_shot": True})
+    environment = SamplerEnvironment(num_classes=200, num_images=1000, embedding_size=4, backbone=_backbone(),
+                                     device=torch.device("cpu"), context=DistributedContext(), seed=0)
+    sampler = build_sampler(spec, options, environment)
+    assert isinstance(sampler, DCQSampler)
+    assert sampler.queue.shape == (20, 4) and sampler.momentum == 0.99
+    assert sampler.batch_layout() == BatchLayout(key_images_per_row=2, identity_sampling="category", strict=True)
+    assert list(sampler.class_statistics()) == [statistic.name for statistic in SPEC.statistics]
+    state = sampler.state_dict(keep_vars=True)
+    assert all(state[name] is tensor for name, tensor in sampler.class_statistics().items())
+    with pytest.raises(ConfigError, match="key images"):
+        sampler.select(torch.randn(2, 4), Batch(torch.zeros(2, 3, 2, 2), torch.tensor([0, 1])))
 
 
 def test_strict_k_shot_needs_enough_images():
@@ -142,7 +167,7 @@ def test_a_step_never_waits_for_the_host():
     def step():
         images, keys = torch.randn(8, 3, 6, 6, device=device), torch.randn(8, 1, 3, 6, 6, device=device)
         labels = torch.randint(1000, (8,), device=device)
-        selection = sampler.select(backbone(images), labels, {"key_images": keys})
+        selection = sampler.select(backbone(images), Batch(images, labels, keys))
         loss_fn(selection).backward()
         sampler.collect(selection)
         sampler.step(0.1)

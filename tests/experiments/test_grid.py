@@ -5,7 +5,7 @@ def test_every_claim_has_its_arms_on_the_right_data():
     assert {SOFTMAX, PFC_01, DCQ} <= set(ARMS["clean"])
     noisy = set(ARMS["noisy"])
     for rate in (1.0, 0.3, 0.1):
-        plain = [arm for arm in noisy if arm.method == "pfc" and arm.sample_rate == rate]
+        plain = [arm for arm in noisy if arm.method == "pfc" and arm.options["sample_rate"] == rate]
         assert sorted(arm.interclass_threshold is None for arm in plain) == [False, True]
     assert DCQ in noisy
 
@@ -22,6 +22,16 @@ def test_arm_overrides_set_only_their_method_options():
     assert DCQ.overrides() == {"method": "dcq", "interclass_threshold": None, "queue_size": 0.1}
     assert filtered(PFC_01).overrides() == {"method": "pfc", "interclass_threshold": INTERCLASS_THRESHOLD,
                                             "sample_rate": 0.1}
+
+
+def test_every_arm_is_a_valid_config_of_its_method():
+    from core.config import TrainConfig
+
+    for arms in ARMS.values():
+        for arm in arms:
+            config = TrainConfig().replace(**arm.overrides()).validate()
+            assert config.method == arm.method
+            assert all(getattr(config.options, key) == value for key, value in arm.options.items())
 
 
 def test_full_scale_samples_negatives_beyond_a_batch_of_positives():

@@ -28,10 +28,13 @@ def _fake_grid(root, accuracy, conflict_llr_ap=None):
                 result["analysis"]["conflict"]["same_person_llr_average_precision"] = conflict_llr_ap
         (cell_dir / RESULT_FILE).write_text(json.dumps(result))
         counts = np.array([2, 3, 25, 30])
-        negative = {"pfc": np.array([40, 40, 8, 8]) if cell.arm.sample_rate < 1 else np.array([90, 90, 90, 90])}
-        np.savez(cell_dir / UPDATES_FILE, counts=counts, positive_updates=counts * 2,
-                 negative_updates=negative.get(cell.arm.method, np.zeros(4, dtype=np.int64)),
-                 **({"queue_steps": np.array([5, 5, 9, 9])} if cell.arm.method == "dcq" else {}))
+        queue = cell.arm is DCQ or cell.arm.label.startswith(DCQ.label)
+        if queue:  # generated weights sit in the queue: exposure, not updates
+            negative = np.array([5, 5, 9, 9])
+        else:
+            negative = np.array([40, 40, 8, 8]) if cell.arm.options["sample_rate"] < 1 else np.array([90, 90, 90, 90])
+        np.savez(cell_dir / UPDATES_FILE, counts=counts, positive=counts * 2, negative=negative,
+                 negative_updates_weights=np.array(not queue))
 
 
 def test_paired_differences_are_per_seed_in_points(tmp_path):

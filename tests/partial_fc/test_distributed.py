@@ -8,6 +8,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from core.center_store.store import CenterStore
+from core.data.batch import Batch
 from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
 from partial_fc.sampler import PartialFCSampler
@@ -28,13 +30,13 @@ def _problem():
 
 def _step(model, sampler, inputs, labels):
     margin = build_margin("arcface", scale=16.0)
-    selection = sampler.select(model(inputs), labels, {})
+    selection = sampler.select(model(inputs), Batch(inputs, labels))
     loss = MarginSoftmaxLoss(margin)(selection)
     loss.backward()
     sampler.collect(selection)
     sampler.step(0.1)
     index = selection.state["index"]
-    return loss.detach(), (None if index is None else index + sampler.shard_start)
+    return loss.detach(), (None if index is None else index + sampler.store.shard_start)
 
 
 def _worker(rank, world_size, init_file, rate, out):
@@ -45,21 +47,21 @@ def _worker(rank, world_size, init_file, rate, out):
         sampler = PartialFCSampler(CLASSES, DIM, rate, rank=rank, world_size=world_size, dtype=torch.float64)
         rows = slice(rank * BATCH_PER_RANK, (rank + 1) * BATCH_PER_RANK)
         loss, index = _step(ddp, sampler, inputs[rows], labels[rows])
-        torch.save({"loss": loss, "grad": model.weight.grad, "centers": sampler.centers,
-                    "momentum": sampler.center_optimizer.momentum_buffer, "start": sampler.shard_start,
+        torch.save({"loss": loss, "grad": model.weight.grad, "centers": sampler.store.centers,
+                    "momentum": sampler.store.center_optimizer.momentum_buffer, "start": sampler.store.shard_start,
                     "index": index}, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
 
-class _ForcedColumns(PartialFCSampler):
-    """One process that selects exactly the union of what the ranks selected."""
+class _ForcedColumns(CenterStore):
+    """One process whose store selects exactly the union of what the ranks selected."""
 
     def __init__(self, forced, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.forced = forced
 
-    def choose_columns(self, positives):
+    def choose_columns(self, positives, num_sample):
         return self.forced
 
 
@@ -73,11 +75,13 @@ def test_two_processes_equal_one(tmp_path, rate):
     else:
         union = torch.sort(torch.cat([r["index"] for r in ranks])).values
         assert union.numel() > torch.unique(labels).numel()  # negatives were sampled
-        sampler = _ForcedColumns(union, CLASSES, DIM, 0.5, dtype=torch.float64)
+        sampler = PartialFCSampler(CLASSES, DIM, 0.5, dtype=torch.float64)
+        sampler.store = _ForcedColumns(union, CLASSES, (DIM,), dtype=torch.float64)
     loss, _ = _step(model, sampler, inputs, labels)
     for r in ranks:
         torch.testing.assert_close(r["loss"], loss, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(r["grad"], model.weight.grad, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(torch.cat([r["centers"] for r in ranks]), sampler.centers, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(torch.cat([r["centers"] for r in ranks]), sampler.store.centers, rtol=1e-10,
+                               atol=1e-14)
     torch.testing.assert_close(torch.cat([r["momentum"] for r in ranks]),
-                               sampler.center_optimizer.momentum_buffer, rtol=1e-10, atol=1e-14)
+                               sampler.store.center_optimizer.momentum_buffer, rtol=1e-10, atol=1e-14)

@@ -68,16 +68,18 @@ class _RowOptimizer(nn.Module):
 
 
 class RowSGD(_RowOptimizer):
-    """SGD with momentum and (coupled) weight decay, one momentum row per center."""
+    """SGD with momentum and (coupled) weight decay, one momentum row per center.
 
-    def __init__(self, num_rows: int, dim: int, momentum: float = 0.9, weight_decay: float = 5e-4,
+    ``shape`` is the store's: ``[rows, D]``, or ``[rows, K, D]`` for K prototypes per class.
+    """
+
+    def __init__(self, shape: tuple[int, ...], momentum: float = 0.9, weight_decay: float = 5e-4,
                  device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32,
                  storage_dtype: Optional[torch.dtype] = None) -> None:
         super().__init__(dtype)
         self.momentum = momentum
         self.weight_decay = weight_decay
-        self.register_buffer("momentum_buffer", torch.zeros(num_rows, dim, device=device,
-                                                            dtype=storage_dtype or dtype))
+        self.register_buffer("momentum_buffer", torch.zeros(shape, device=device, dtype=storage_dtype or dtype))
 
     @torch.no_grad()
     def update(self, centers: torch.Tensor, rows: Optional[torch.Tensor], grad: torch.Tensor, lr: float,
@@ -101,7 +103,7 @@ class RowSGD(_RowOptimizer):
 class RowAdamW(_RowOptimizer):
     """AdamW with a step count per row, so bias correction follows each row's own updates."""
 
-    def __init__(self, num_rows: int, dim: int, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+    def __init__(self, shape: tuple[int, ...], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.01, device: Optional[torch.device] = None,
                  dtype: torch.dtype = torch.float32, storage_dtype: Optional[torch.dtype] = None) -> None:
         super().__init__(dtype)
@@ -109,9 +111,9 @@ class RowAdamW(_RowOptimizer):
         self.eps = eps
         self.weight_decay = weight_decay
         storage_dtype = storage_dtype or dtype
-        self.register_buffer("exp_avg", torch.zeros(num_rows, dim, device=device, dtype=storage_dtype))
-        self.register_buffer("exp_avg_sq", torch.zeros(num_rows, dim, device=device, dtype=storage_dtype))
-        self.register_buffer("row_steps", torch.zeros(num_rows, device=device, dtype=torch.int64))
+        self.register_buffer("exp_avg", torch.zeros(shape, device=device, dtype=storage_dtype))
+        self.register_buffer("exp_avg_sq", torch.zeros(shape, device=device, dtype=storage_dtype))
+        self.register_buffer("row_steps", torch.zeros(shape[0], device=device, dtype=torch.int64))
 
     @torch.no_grad()
     def update(self, centers: torch.Tensor, rows: Optional[torch.Tensor], grad: torch.Tensor, lr: float,
@@ -124,7 +126,7 @@ class RowAdamW(_RowOptimizer):
         exp_avg_sq = self.read(self.exp_avg_sq, rows)
         grad = grad.to(weight.dtype)
         self.row_steps[index] += 1
-        steps = self.row_steps[index].to(weight.dtype).unsqueeze(1)
+        steps = self.row_steps[index].to(weight.dtype).view(-1, *[1] * (weight.dim() - 1))
         weight.mul_(1 - lr * self.weight_decay)
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -137,13 +139,12 @@ class RowAdamW(_RowOptimizer):
         self.write(self.exp_avg_sq, rows, exp_avg_sq, leaders)
 
 
-def build_center_optimizer(name: str, num_rows: int, dim: int, momentum: float, weight_decay: float,
+def build_center_optimizer(name: str, shape: tuple[int, ...], momentum: float, weight_decay: float,
                            device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32,
                            storage_dtype: Optional[torch.dtype] = None) -> _RowOptimizer:
-    """``sgd`` or ``adamw`` over a ``[num_rows, dim]`` store (kept in ``storage_dtype``)."""
+    """``sgd`` or ``adamw`` over a store of ``shape`` (rows first, kept in ``storage_dtype``)."""
     if name == "sgd":
-        return RowSGD(num_rows, dim, momentum, weight_decay, device, dtype, storage_dtype)
+        return RowSGD(shape, momentum, weight_decay, device, dtype, storage_dtype)
     if name == "adamw":
-        return RowAdamW(num_rows, dim, weight_decay=weight_decay, device=device, dtype=dtype,
-                        storage_dtype=storage_dtype)
+        return RowAdamW(shape, weight_decay=weight_decay, device=device, dtype=dtype, storage_dtype=storage_dtype)
     raise ConfigError(f"--optimizer must be sgd or adamw, got {name!r}")

@@ -1,0 +1,1 @@
+"""The sharded per-class row store with its sparse row optimizer (see store.py), for center-based methods."""
