@@ -13,30 +13,12 @@ def _run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["data"], ["data", "make-synthetic"],
-                                     ["data", "inspect"], ["bench"], ["bench", "pfc"], ["bench", "heads"],
-                                     ["bench", "step"], ["bench", "data"]])
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"], ["export"], ["analyze"], ["experiment"], ["data"],
+                                     ["bench"]])
 def test_every_command_has_help(command):
     result = _run(*command, "--help")
     assert result.exit_code == 0
     assert "Usage:" in result.output and "--help" in result.output
-
-
-def test_inspect_dataset_and_bin_json(tiny_rec):
-    dataset = json.loads(_run("data", "inspect", tiny_rec, "--json").output)
-    assert dataset == {"num_images": 48, "num_classes": 6}
-    pairs = json.loads(_run("data", "inspect", tiny_rec / "val.bin", "--json").output)
-    assert pairs == {"num_pairs": 20, "num_positive_pairs": 10}
-
-
-def test_inspect_plot_writes_png(tiny_rec, tmp_path):
-    result = _run("data", "inspect", tiny_rec, "--plot", tmp_path / "hist.png")
-    assert "images_per_class_median: 8.0" in result.output
-    assert (tmp_path / "hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for name in ("hist.txt", "hist"):  # a PNG under another name, or under none, is refused
-        refused = CliRunner().invoke(main, ["data", "inspect", str(tiny_rec), "--plot", str(tmp_path / name)])
-        assert refused.exit_code == 2 and "ending in .png" in refused.output
-    assert not (tmp_path / "hist.txt").exists()
 
 
 def test_train_then_eval_reproduces_metrics(tiny_rec, tmp_path):
@@ -90,6 +72,12 @@ def test_bad_input_prints_one_clear_line(tmp_path, args, message):
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_an_option_of_another_method_is_refused_naming_the_methods_own(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--method", "pfc", "--queue-size", "4", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "--queue-size: not an option of --method pfc" in result.output
+    assert "--sample-rate" in result.output and not (tmp_path / "r").exists()
 
 
 def test_refuses_to_overwrite_a_run(tiny_rec, tmp_path):
@@ -174,11 +162,6 @@ def test_an_error_raised_in_a_loader_worker_prints_its_own_message():
     assert _one_line(DataError("plain message")) == "plain message"
 
 
-def test_a_histogram_of_a_bin_is_refused_not_skipped(tiny_rec, tmp_path):
-    result = CliRunner().invoke(main, ["data", "inspect", str(tiny_rec / "val.bin"), "--plot", str(tmp_path / "h.png")])
-    assert result.exit_code == 2 and "holds verification pairs, not classes" in result.output
-
-
 def test_export_never_replaces_the_runs_own_files(tiny_rec, tmp_path):
     run = tmp_path / "run"
     _run("train", "--data", tiny_rec, "--out", run, "--max-steps", 1, *TRAIN_FLAGS)
@@ -221,22 +204,6 @@ def test_eval_reports_every_val_file_even_when_names_repeat(tiny_rec, tmp_path):
     assert set(both) == {f"{tiny_rec.name}/val", "other/val"}
     for name in both:
         assert both[name]["accuracy"] == pytest.approx(alone["val"]["accuracy"])
-
-
-@pytest.mark.parametrize("args, message", [
-    (["pfc", "--sample-rate", "nan"], "'nan' is not a number in the range 0<x<=1"),
-    (["pfc", "--classes", "0"], "0 is not in the range x>=2"),
-    (["heads", "--queue-size", "0"], "queue_size (--queue-size) must be > 0, got 0"),
-    (["heads", "--method", "pfc", "--queue-size", "100"], "--queue-size: not an option of pfc"),
-    (["step", "--method", "pfc", "--classes", "100", "--batch-size", "128", "--device", "cpu"], "give at least 128"),
-    (["step", "--method", "dcq", "--sample-rate", "0.5", "--device", "cpu"], "--sample-rate: not an option of dcq"),
-    (["analysis", "--classes", "1000", "--k", "5000"], "at most 999 other classes"),
-    (["data", "--batch-size", "0"], "0 is not in the range x>=1"),
-    (["train", "--steps", "0"], "0 is not in the range x>=1"),
-])
-def test_bench_options_are_checked_before_anything_runs(args, message):
-    result = CliRunner().invoke(main, ["bench", *args])
-    assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_non_finite_weights_and_one_sided_pairs_are_errors_naming_their_file(tiny_rec, tmp_path):

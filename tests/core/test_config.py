@@ -32,3 +32,55 @@ def test_yaml_numbers_and_a_single_val_file_are_accepted(tmp_path):
 def test_tuples_from_the_python_api_become_lists():
     config = TrainConfig(margin_combined=(1.0, 0.3, 0.2), val=("a.bin",)).validate()
     assert config.margin_combined == [1.0, 0.3, 0.2] and config.val == ["a.bin"]
+
+
+def test_an_option_of_another_method_is_an_error_naming_the_methods_options():
+    with pytest.raises(ConfigError) as error:
+        TrainConfig().replace(method="pfc", queue_size=0.2).validate()
+    assert "--queue-size: not an option of --method pfc (Partial FC)" in str(error.value)
+    assert "--sample-rate" in str(error.value)
+    with pytest.raises(ConfigError, match="unknown config key"):
+        TrainConfig().replace(queue_sise=0.2)
+
+
+def test_method_options_are_checked_and_read_with_their_defaults(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("method: dcq\nqueue_size: 1e-1\nk_shot: 2\n")  # YAML reads 1e-1 as text
+    config = load_config(path, {"dcq_momentum": 0.99})
+    assert (config.options.queue_size, config.options.k_shot, config.options.dcq_momentum) == (0.1, 2, 0.99)
+    assert config.options.identity_sampling == "image"  # the method's default
+    path.write_text("method: dcq\nk_shot: 0\n")
+    with pytest.raises(ConfigError, match=r"k_shot \(--k-shot\) must be >= 1, got 0"):
+        load_config(path, {})
+
+
+def test_a_saved_config_is_flat_complete_and_reads_back():
+    config = TrainConfig().replace(method="dcq", queue_size=64, lr=0.05).validate()
+    saved = config.to_dict()
+    assert list(saved)[:6] == ["method", "queue_size", "dcq_momentum", "k_shot", "strict_k_shot", "identity_sampling"]
+    assert "sample_rate" not in saved  # another method's option
+    again = TrainConfig.from_dict(saved)
+    assert again.to_dict() == saved and again.options == config.options
+
+
+def test_the_recipe_fills_only_unset_loss_options():
+    assert (TrainConfig(method="dcq").with_recipe().margin, TrainConfig(method="dcq").with_recipe().margin_m,
+            TrainConfig(method="dcq").with_recipe().scale) == ("cosface", 0.3, 50.0)
+    other_margin = TrainConfig(method="dcq", margin="arcface").with_recipe()
+    assert (other_margin.margin, other_margin.margin_m, other_margin.scale) == ("arcface", None, 50.0)
+    assert TrainConfig(method="pfc", scale=30.0).with_recipe().scale == 30.0
+
+
+def test_resume_refuses_the_methods_fixed_options_and_allows_the_rest(tmp_path):
+    import torch
+
+    from core.config import resume_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = TrainConfig().replace(method="dcq", queue_size=0.1).validate()
+    torch.save({"config": saved.to_dict(), "eval_backbone": {}}, run / "checkpoint.pt")
+    with pytest.raises(ConfigError, match=r"--queue-size 0.5 \(the run has 0.1\)"):
+        resume_config({"resume": str(run), "queue_size": 0.5})
+    _, config = resume_config({"resume": str(run), "dcq_momentum": 0.99, "epochs": 20})
+    assert config.options.dcq_momentum == 0.99 and config.epochs == 20 and config.options.queue_size == 0.1

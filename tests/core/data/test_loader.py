@@ -51,3 +51,15 @@ def test_cached_images_equal_decoded_and_resized(tiny_rec):
 def test_open_dataset_accepts_the_rec_file_itself(tiny_rec):
     assert len(open_dataset(tiny_rec / "train.rec")) == 48
     assert np.array_equal(open_dataset(tiny_rec).labels, np.repeat(np.arange(6), 8))
+
+
+def test_key_images_are_other_images_of_the_rows_identity(tiny_rec):
+    from core.data.batch import BatchLayout
+    from core.data.loader import batch_order
+
+    dataset = prepare_dataset(tiny_rec, 16, progress=False)
+    _, order = batch_order(dataset, BatchLayout(key_images_per_row=3), batch_size=8, seed=1)
+    labels = dataset.labels
+    for items in order:
+        for query, *keys in items:
+            assert len(keys) == 3 and all(labels[key] == labels[query] and key != query for key in keys)
