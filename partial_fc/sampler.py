@@ -15,14 +15,13 @@ from typing import Optional
 
 import torch
 
-from core.center_store.store import SAMPLINGS, CenterStore, storage_dtype
-from core.data.batch import Batch
-from core.errors import ConfigError
-from core.sampler import ClassSampler, SamplerEnvironment, Selection
+from core.center_store.sampler import CenterStoreSampler, store_from_options
+from core.center_store.store import CenterStore
+from core.sampler import SamplerEnvironment
 from partial_fc.spec import PartialFCOptions
 
 
-class PartialFCSampler(ClassSampler):
+class PartialFCSampler(CenterStoreSampler):
     """Class centers ``[C_local, D]`` with sparse, exact per-row optimisation."""
 
     def __init__(self, num_classes: int, embedding_size: int, sample_rate: float = 0.1,
@@ -30,40 +29,12 @@ class PartialFCSampler(ClassSampler):
                  seed: int = 0, rank: int = 0, world_size: int = 1,
                  device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32,
                  storage_dtype: Optional[torch.dtype] = None, sampling: str = "uniform") -> None:
-        super().__init__()
-        if not 0.0 < sample_rate <= 1.0:
-            raise ConfigError(f"--sample-rate must be in (0, 1], got {sample_rate}")
-        if sampling not in SAMPLINGS:
-            raise ConfigError(f"--pfc-sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
-        self.sampling = sampling
-        self.sample_rate = sample_rate
-        self.store = CenterStore(num_classes, (embedding_size,), optimizer, momentum, weight_decay, seed, rank,
-                                 world_size, device, dtype, storage_dtype)
-        self.num_sample = int(sample_rate * self.store.shard_size)
-
-    def select(self, embeddings: torch.Tensor, batch: Batch) -> Selection:
-        return self.store.select(embeddings, batch.labels, self.num_sample, self.sampling)
-
-    def collect(self, selection: Selection) -> None:
-        self.store.collect(selection)
-
-    def step(self, lr: float) -> None:
-        self.store.step(lr)
-
-    def sharded_state_names(self) -> list[str]:
-        return [f"store.{name}" for name in self.store.sharded_state_names()]
-
-    def shard_range(self) -> tuple[int, int]:
-        return self.store.shard_range()
-
-    def class_statistics(self) -> dict[str, torch.Tensor]:
-        return self.store.class_statistics()
+        store = CenterStore(num_classes, (embedding_size,), optimizer, momentum, weight_decay, seed, rank, world_size,
+                            device, dtype, storage_dtype)
+        super().__init__(store, sample_rate, sampling)
 
 
-def build_sampler(options: PartialFCOptions, environment: SamplerEnvironment) -> PartialFCSampler:
-    """The spec's builder (see partial_fc/spec.py); the backbone is not needed here."""
-    context = environment.context
-    return PartialFCSampler(environment.num_classes, environment.embedding_size, options.sample_rate,
-                            environment.optimizer, environment.momentum, environment.weight_decay, environment.seed,
-                            context.rank, context.world_size, environment.device,
-                            storage_dtype=storage_dtype(options.center_dtype), sampling=options.pfc_sampling)
+def build_sampler(options: PartialFCOptions, environment: SamplerEnvironment) -> CenterStoreSampler:
+    """The spec's builder (see partial_fc/spec.py): the store with one center per class."""
+    store = store_from_options(options, environment, (environment.embedding_size,))
+    return CenterStoreSampler(store, options.sample_rate, options.pfc_sampling)

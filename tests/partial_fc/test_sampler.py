@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from core.center_store.row_optimizers import RowAdamW
+from core.center_store.sampler import CenterStoreSampler
 from core.center_store.store import CenterStore
 from core.data.batch import Batch
 from core.distributed import DistributedContext
@@ -45,7 +46,7 @@ def test_the_builder_makes_a_sampler_that_selects_like_its_store(sampling):
                                      device=torch.device("cpu"), context=DistributedContext(), seed=7,
                                      optimizer="adamw", momentum=0.8, weight_decay=1e-3)
     sampler = build_sampler(spec, options, environment)
-    assert isinstance(sampler, PartialFCSampler)
+    assert isinstance(sampler, CenterStoreSampler) and sampler.store.row_shape == (6,)  # one center per class
     assert (sampler.sample_rate, sampler.sampling, sampler.num_sample) == (0.25, sampling, 10)
     assert sampler.store.centers.shape == (40, 6) and sampler.store.centers.dtype == torch.bfloat16
     assert isinstance(sampler.store.center_optimizer, RowAdamW)
