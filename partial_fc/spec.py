@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from core.center_store.options import CenterStoreOptions
-from core.method_spec import MethodSpec, Statistic
+from core.center_store.options import CENTER_STORE_STATISTICS, CenterStoreOptions
+from core.method_spec import MethodSpec
 
 
 @dataclass
@@ -26,12 +26,7 @@ SPEC = MethodSpec(
     options=PartialFCOptions,
     sampler="partial_fc.sampler:build_sampler",
     recipe={"margin": "arcface", "scale": 64.0},
-    statistics=(
-        Statistic("positive_updates", "steps in which the class was a positive", role="positive",
-                  updates_weights=True),
-        Statistic("negative_updates", "steps in which the class's center was a sampled negative (a passive update)",
-                  role="negative", updates_weights=True),
-    ),
+    statistics=CENTER_STORE_STATISTICS,
     stored_centers="partial_fc.spec:stored_centers",
     peer_step="benchmarks.train_step:InsightfaceStylePFC",
     bench_options={"sample_rate": 0.1},

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.method_spec import Range, option
+from core.method_spec import Range, Statistic, option
+
+#: The per-class counters every center store keeps (``CenterStore.class_statistics``), for a method's spec.
+CENTER_STORE_STATISTICS = (
+    Statistic("positive_updates", "steps in which the class was a positive", role="positive", updates_weights=True),
+    Statistic("negative_updates", "steps in which the class's center was a sampled negative (a passive update)",
+              role="negative", updates_weights=True),
+)
 
 
 @dataclass
