@@ -143,8 +143,11 @@ def noise(threshold: Optional[float], outlier_threshold: Optional[float], write_
     """Per-sample label-noise scores (nearer another class than its own, or an outlier) -> noise.csv."""
     analysis = _run(("noise",), noise_threshold=threshold, outlier_similarity=outlier_threshold,
                     write_clean=Path(write_clean) if write_clean else None, relabel=relabel, **common)
-    summary = analysis.summary["noise"]
-    click.echo(f"Scored {summary['samples']:,} samples, {summary['flagged']:,} flagged:")
+    from analysis.runner import headline
+
+    for line in headline({"noise": analysis.summary["noise"]}, with_warnings=False):  # with the method's own signals
+        click.echo(line)
+    click.echo("Wrote:")
     _echo_written(analysis)
     click.echo(_next_after_clean(analysis, write_clean) if write_clean else _next_report(common))
 
