@@ -36,6 +36,7 @@ from core.sampler import Selection
 
 SAMPLINGS = ("uniform", "stratified")
 STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+PROTOTYPE_SEED_STRIDE = 104_729  # prototype p of a row draws with seed + p x this
 
 
 class CenterStore(nn.Module):
@@ -53,9 +54,7 @@ class CenterStore(nn.Module):
         self.row_shape = tuple(row_shape)
         self.shard_start, self.shard_size = class_shard(num_classes, rank, world_size)
         self.compute_dtype = dtype
-        rows = init_centers(self.shard_start, self.shard_size, math.prod(self.row_shape), seed, device,
-                            storage_dtype or dtype)
-        self.register_buffer("centers", rows.view(self.shard_size, *self.row_shape))
+        self.register_buffer("centers", self._initial_rows(seed, device, storage_dtype or dtype))
         self.center_optimizer = build_center_optimizer(optimizer, tuple(self.centers.shape), momentum, weight_decay,
                                                        device, dtype, storage_dtype)
         self.register_buffer("positive_updates", torch.zeros(self.shard_size, dtype=torch.int64, device=device))
@@ -64,6 +63,16 @@ class CenterStore(nn.Module):
         self.generator.manual_seed(seed * 7919 + rank)
         self.center_optimizer.rounding_generator = self.generator
         self._pending: list[tuple[Optional[torch.Tensor], torch.Tensor]] = []
+
+    def _initial_rows(self, seed: int, device: Optional[torch.device], dtype: torch.dtype) -> torch.Tensor:
+        """N(0, 0.01) rows, each prototype of a row from its own stream (the first one's is a one-prototype
+        store's), drawn a ``[C_local, D]`` slice at a time so the draw never holds K times one table."""
+        prototypes = math.prod(self.row_shape[:-1])
+        rows = torch.empty(self.shard_size, prototypes, self.row_shape[-1], device=device, dtype=dtype)
+        for prototype in range(prototypes):
+            rows[:, prototype] = init_centers(self.shard_start, self.shard_size, self.row_shape[-1],
+                                              seed + PROTOTYPE_SEED_STRIDE * prototype, device, dtype)
+        return rows.view(self.shard_size, *self.row_shape)
 
     # -- one step ---------------------------------------------------------------------------
     def select(self, embeddings: torch.Tensor, labels: torch.Tensor, num_sample: int,

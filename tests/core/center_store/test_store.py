@@ -183,6 +183,15 @@ def test_accumulated_sampled_micro_batches_update_each_touched_row_once(optimize
                                    atol=1e-14)
 
 
+def test_prototypes_start_independent_and_shard_independent():
+    one = CenterStore(10, (5,), seed=2).centers
+    three = CenterStore(10, (3, 5), seed=2).centers
+    assert three.shape == (10, 3, 5) and torch.equal(three[:, 0], one)  # the first prototype: a one-center store's
+    assert not torch.equal(three[:, 1], three[:, 0]) and not torch.equal(three[:, 2], three[:, 1])
+    shards = [CenterStore(10, (3, 5), seed=2, rank=rank, world_size=3).centers for rank in range(3)]
+    assert torch.equal(torch.cat(shards), three)
+
+
 def test_rows_of_several_prototypes_score_a_class_by_its_best_one():
     """row_shape (3, D): three prototypes per class (sub-center ArcFace). A class's cosine is its best
     prototype's, only that prototype takes a gradient, and unsampled classes keep every prototype."""
