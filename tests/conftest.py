@@ -60,3 +60,27 @@ def spawn_gloo(worker, world_size: int, tmp_path: Path, *args) -> None:
         except ProcessExitedException:
             if attempt == 2:
                 raise
+
+
+@pytest.fixture
+def float64_default():
+    """Tensors made without a dtype are float64: equivalence tests then compare to 1e-12, not to float32 noise."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def assert_no_host_sync(warm_up, step) -> None:
+    """Run ``warm_up`` (lazy initialisations may sync), then ``step`` with any CUDA host sync raising."""
+    import torch
+
+    warm_up()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -10,12 +10,7 @@ from core.margins import build_margin
 from core.sampler import Selection
 
 
-@pytest.fixture(autouse=True)
-def float64_by_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def test_a_column_of_several_prototypes_scores_its_best_one():

@@ -9,6 +9,7 @@ from core.config import TrainConfig
 from core.errors import ConfigError, DataError, TrainingError
 from core.methods import get_method
 from core.trainer import Trainer, warmup_polynomial
+from tests.conftest import assert_no_host_sync
 
 
 def _config(root, **changes):
@@ -158,13 +159,8 @@ def test_a_whole_training_step_never_waits_for_the_host(tiny_rec, tmp_path, chan
                       progress=False)
     batches = trainer.batches()
     prefetched = [next(batches) for _ in range(2)]
-    trainer.train_step(iter(prefetched[:1]))  # warm-up: lazy initialisations may sync
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        trainer.train_step(iter(prefetched[1:]))
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    assert_no_host_sync(lambda: trainer.train_step(iter(prefetched[:1])),
+                        lambda: trainer.train_step(iter(prefetched[1:])))
 
 
 def test_resume_drops_log_rows_after_the_checkpoint_and_keeps_the_first_environment(tiny_rec, tmp_path):

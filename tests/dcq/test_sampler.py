@@ -16,6 +16,7 @@ from core.methods import get_method
 from core.sampler import SamplerEnvironment, build_sampler
 from dcq.sampler import DCQSampler, ema_decay, resolve_queue_size
 from dcq.spec import SPEC
+from tests.conftest import assert_no_host_sync
 
 
 def _backbone(dim=4):
@@ -172,10 +173,4 @@ def test_a_step_never_waits_for_the_host():
         sampler.collect(selection)
         sampler.step(0.1)
 
-    step()  # warm-up: lazy initialisations may sync
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    assert_no_host_sync(step, step)

@@ -9,14 +9,10 @@ import torch.nn.functional as F
 from core.center_store.store import CenterStore
 from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
+from tests.conftest import assert_no_host_sync
 
 
-@pytest.fixture(autouse=True)
-def float64_by_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def _num_sample(rate, num_classes):
@@ -262,10 +258,4 @@ def test_stratified_step_never_waits_for_the_host(micro_batches, chunk_columns):
             store.collect(selection)
         store.step(0.1)
 
-    step()  # warm-up: lazy initialisations may sync
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        step()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    assert_no_host_sync(step, step)
