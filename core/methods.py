@@ -16,6 +16,7 @@ from core.method_spec import MethodSpec
 METHODS: dict[str, str] = {
     "pfc": "partial_fc.spec",
     "dcq": "dcq.spec",
+    "subcenter": "subcenter.spec",
 }
 
 
