@@ -1,4 +1,5 @@
-"""Tiny trained runs (Partial FC and DCQ) on tiny datasets, built once per test session."""
+"""Tiny trained runs (Partial FC and DCQ) on tiny datasets, built once per test session, and a noisy set of
+embeddings (no images) with detection-score helpers for the conflict and noise tests."""
 
 from pathlib import Path
 
@@ -6,8 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from analysis.centers import class_means
+from analysis.conflict import center_neighbours, conflict_table
+from analysis.groundtruth import DetectionScore, conflict_positives, noise_positives, score_detection
+from analysis.noise import noise_table, sample_neighbours
 from core.config import TrainConfig
 from core.data.base import encode_image
+from core.data.synthetic import SyntheticEmbeddingConfig, make_synthetic_embeddings
 from core.trainer import Trainer
 
 CLASSES = 6
@@ -91,3 +97,33 @@ def synthetic_run(synthetic_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def dcq_run(synthetic_data, tmp_path_factory) -> Path:
     return train(synthetic_data, tmp_path_factory.mktemp("runs") / "dcq", method="dcq", epochs=1)
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    """400 identities in 20 look-alike clusters, 5 % flipped samples, 5 % split identities."""
+    config = SyntheticEmbeddingConfig(num_classes=400, dim=64, min_images=4, flip_noise=0.05, split=0.05,
+                                      clusters=20, seed=0)
+    embeddings, labels, truth = make_synthetic_embeddings(config)
+    centers = class_means(embeddings, labels, int(labels.max()) + 1)
+    samples = sample_neighbours(embeddings, labels, centers)
+    return embeddings, labels, truth, centers, samples
+
+
+def noise_detection_score(noisy, scores=None, threshold=None) -> DetectionScore:
+    """The noise table of ``noisy`` scored against its flips (by ``scores(table)`` instead of its score if given)."""
+    embeddings, labels, truth, centers, samples = noisy
+    table = noise_table(samples, labels, threshold=threshold)
+    positive = noise_positives(truth, len(labels))[table["index"].to_numpy()]
+    values = table["score"].to_numpy() if scores is None else scores(table)
+    return score_detection("noise", values, positive, table["flagged"].to_numpy())
+
+
+def conflict_detection_score(noisy, scores=None) -> DetectionScore:
+    """The conflict table of ``noisy`` scored against its split identities."""
+    embeddings, labels, truth, centers, samples = noisy
+    table = conflict_table(centers, center_neighbours(centers, 5), None, labels, samples.top_label)
+    positive, total = conflict_positives(truth, table["label_a"].to_numpy(), table["label_b"].to_numpy(),
+                                         len(centers.vectors))
+    values = table["similarity"].to_numpy() if scores is None else scores(table)
+    return score_detection("conflict", values, positive, table["flagged"].to_numpy(), total)
