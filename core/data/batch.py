@@ -30,7 +30,7 @@ class BatchLayout:
 
 @dataclass
 class Batch:
-    """One (micro-)batch: ``images [B, 3, H, W]``, ``labels [B]`` and, when asked for, ``key_images [B, k, 3, H, W]``."""
+    """One (micro-)batch: ``images [B, 3, H, W]``, ``labels [B]`` and, if asked for, ``key_images [B, k, 3, H, W]``."""
 
     images: torch.Tensor
     labels: torch.Tensor

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from analysis.centers import Centers
-from analysis.conflict import CONFLICT_COLUMNS, CONFLICT_FLOOR, center_neighbours, conflict_table, default_conflict_threshold
+from analysis.conflict import (CONFLICT_COLUMNS, CONFLICT_FLOOR, center_neighbours, conflict_table,
+                               default_conflict_threshold)
 from analysis.groundtruth import conflict_positives, score_detection
 from analysis.index import BruteForceIndex
 from analysis.noise import sample_neighbours
@@ -18,7 +19,8 @@ def test_conflict_ranking_finds_split_identities(noisy):
     assert score.positives == len(noisy[2]["split_pairs"]) == 20
     assert score.average_precision >= 0.9
     assert score.precision >= 0.9 and score.recall >= 0.5
-    shuffled = conflict_detection_score(noisy, lambda t: np.random.default_rng(0).permutation(t["similarity"].to_numpy()))
+    shuffled = conflict_detection_score(
+        noisy, lambda t: np.random.default_rng(0).permutation(t["similarity"].to_numpy()))
     assert shuffled.average_precision < 0.1
     reversed_ranking = conflict_detection_score(noisy, lambda t: -t["similarity"].to_numpy())
     assert reversed_ranking.average_precision < 0.1
