@@ -221,9 +221,10 @@ RESUME_FIXED_KEYS = ("method", "data", "backbone", "embedding_size", "input_size
 
 def resume_config(options: dict[str, Any]) -> tuple[Path, TrainConfig]:
     """The run directory and config of ``options['resume']``, with the flags that may change applied."""
-    from core.checkpoint import read_checkpoint
+    from core.checkpoint import check_resumable, read_checkpoint
 
     checkpoint, state = read_checkpoint(options["resume"])
+    check_resumable(checkpoint, state)  # before its config is read: an older layout names other keys
     run_dir = checkpoint.parent
     if options.get("out") is not None and Path(options["out"]).resolve() != run_dir.resolve():
         raise ConfigError(f"--out {options['out']}: a resumed run continues in its own directory ({run_dir}); "
