@@ -9,7 +9,6 @@ Each section (conflict, noise, long tail) is written by a function beside its an
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from analysis.noise import STAGED_CLEAN_LIST, NoiseSignal, SampleNeighbours, noi
 from analysis.plda import TwoCovarianceModel, fit_two_covariance
 from analysis.report import Report
 from core.errors import ConfigError, DataError
-from core.io import atomic_write_json, staging_folder
+from core.io import atomic_write_json, plain, staging_folder
 from core.method_spec import load_reference
 
 SUMMARY_JSON = "summary.json"
@@ -196,7 +195,7 @@ class Analysis:
     def write_summary(self) -> Path:
         """summary.json: the key figures in machine-readable form, for benchmarks and CI checks."""
         path = self.file(SUMMARY_JSON)
-        atomic_write_json(path, json.loads(json.dumps(self.summary, default=_json_default)))
+        atomic_write_json(path, plain(self.summary))
         return path
 
 
@@ -204,18 +203,6 @@ def _describe_centers(centers: Centers) -> str:
     if centers.source == "store":
         return "the method's stored centers (raw, as trained)"
     return "class means of the data's embeddings under the run's backbone"
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 def run_analyses(inputs: AnalysisInput, out_dir: Path, which: tuple[str, ...], options: AnalysisOptions,

@@ -11,6 +11,7 @@ a run written by 2 processes resumes on 1, 2 or 3.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -49,18 +50,30 @@ def non_finite_names(named_values: Iterable[tuple[str, Any]]) -> list[str]:
 
 
 def load_file(path: Path, map_location: Any = "cpu", **options: Any) -> Any:
-    """``torch.load``, with a DataError naming the file when it is truncated or not a checkpoint at all."""
+    """``torch.load`` with its ``weights_only`` unpickler (tensors, numbers, strings and containers only), so a
+    checkpoint or shard from anywhere cannot run code; a DataError names the file when it is truncated, not a
+    checkpoint, or asks for anything else."""
     try:
-        return torch.load(path, map_location=map_location, **options)
+        return torch.load(path, map_location=map_location, weights_only=True, **options)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):  # a damaged file, not a refused one
+            raise DataError(f"{path}: cannot read checkpoint (UnpicklingError: {_first_line(exc)})") from exc
+        asked = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "an object")
+        raise DataError(f"{path}: refused to load: it holds more than tensors, numbers and strings ({asked}). A "
+                        "checkpoint from elsewhere could run code this way; facequeue never loads one that "
+                        "can") from exc
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        detail = (str(exc).strip().splitlines() or [""])[0]
-        raise DataError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {detail})") from exc
+        raise DataError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 def read_checkpoint(run: str | Path, map_location: Any = "cpu") -> tuple[Path, dict[str, Any]]:
     """A run's (or a checkpoint file's) path and state, checked to be one of this project's checkpoints."""
     checkpoint = find_checkpoint(run)
-    state = load_file(checkpoint, map_location, weights_only=False)
+    state = load_file(checkpoint, map_location)
     if not isinstance(state, dict) or "config" not in state or "eval_backbone" not in state:
         raise DataError(f"{checkpoint}: not a facequeue training checkpoint (no config / eval_backbone)")
     return checkpoint, state
@@ -136,7 +149,7 @@ def read_rows(run_dir: Path, state: dict[str, Any], name: str, start: int, count
         path = run_dir / shard["file"]
         if not path.is_file():
             raise DataError(f"{run_dir / CHECKPOINT_NAME}: its shard {path} is missing")
-        tensors = load_file(path, mmap=True, weights_only=True)["tensors"]
+        tensors = load_file(path, mmap=True)["tensors"]
         parts.append(tensors[name][lo - shard["start"]:hi - shard["start"]].clone())
     table = torch.cat(parts) if parts else torch.empty(0)
     if table.shape[0] != count:

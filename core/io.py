@@ -63,6 +63,26 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
         torch.save(obj, tmp)
 
 
+def plain(value: Any) -> Any:
+    """``value`` with numpy numbers and arrays (and paths) turned into Python's own types, as JSON holds them:
+    for JSON files, and for checkpoints that ``torch.load``'s ``weights_only`` unpickler must accept."""
+    return json.loads(json.dumps(value, default=_plain_default))
+
+
+def _plain_default(value: Any) -> Any:
+    import numpy as np
+
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
 def read_json(path: str | Path) -> Any:
     """A JSON file's value, or a DataError naming the file when it is missing, truncated or not JSON."""
     from core.errors import DataError

@@ -34,7 +34,7 @@ from core.errors import ConfigError, DataError, TrainingError
 from core.evaluation import embed_images, evaluate_pairs, val_names
 from core.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, check_resumable, method_record, non_finite_names,
                              read_checkpoint, sampler_state_for, save_checkpoint)
-from core.io import atomic_path, atomic_write_json
+from core.io import atomic_path, atomic_write_json, plain
 from core.loss import margin_loss_for
 from core.sampler import SamplerEnvironment, build_sampler
 
@@ -86,6 +86,19 @@ def _environment(device: torch.device) -> dict[str, Any]:
             "platform": platform.platform(), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
             "threads": torch.get_num_threads(), "git_commit": commit, "argv": sys.argv}
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    """numpy's global RNG state as a tensor and numbers: a checkpoint then holds nothing ``torch.load``'s
+    ``weights_only`` unpickler refuses (numpy arrays would need it to trust numpy's own pickling)."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _set_numpy_rng_state(state: dict[str, Any]) -> None:
+    np.random.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["position"],
+                         state["has_gauss"], state["cached_gaussian"]))
 
 
 class Trainer:
@@ -216,10 +229,10 @@ class Trainer:
             "eval_backbone": self.sampler.evaluation_model(self.backbone).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate(),
                     "flip": self.augment.state_dict(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
-            "metrics": self.metrics,
+            "metrics": plain(self.metrics),
         }
 
     def load_state_dict(self, state: dict[str, Any], sampler_state: dict[str, Any]) -> None:
@@ -233,7 +246,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
+        _set_numpy_rng_state(rng["numpy"])
         random.setstate(rng["python"])
         self.augment.load_state_dict(rng["flip"])
         if rng["cuda"] is not None and self.device.type == "cuda":

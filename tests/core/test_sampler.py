@@ -211,7 +211,7 @@ def test_a_checkpoint_written_by_two_processes_loads_into_one(tmp_path, name):
     from core.checkpoint import load_file, sampler_state_for
 
     spawn_gloo(_shard_writer, 2, tmp_path, name, str(tmp_path))
-    state = load_file(tmp_path / "checkpoint.pt", weights_only=False)
+    state = load_file(tmp_path / "checkpoint.pt")
     own = [torch.load(tmp_path / f"own-{rank}.pt") for rank in range(2)]
     single = _build(name, _backbone())
     single.load_state_dict(sampler_state_for(tmp_path, state, 0, CLASSES))
