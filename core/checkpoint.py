@@ -54,16 +54,29 @@ def load_file(path: Path, map_location: Any = "cpu", **options: Any) -> Any:
     checkpoint or shard from anywhere cannot run code; a DataError names the file when it is truncated, not a
     checkpoint, or asks for anything else."""
     try:
-        return torch.load(path, map_location=map_location, weights_only=True, **options)
+        with torch.serialization.safe_globals(_numpy_data_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True, **options)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):  # a damaged file, not a refused one
             raise DataError(f"{path}: cannot read checkpoint (UnpicklingError: {_first_line(exc)})") from exc
-        asked = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), "an object")
+        asked = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "but got" in line),
+                     "an object")
         raise DataError(f"{path}: refused to load: it holds more than tensors, numbers and strings ({asked}). A "
                         "checkpoint from elsewhere could run code this way; facequeue never loads one that "
                         "can") from exc
     except Exception as exc:  # torch raises many types for truncated or foreign files
         raise DataError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def _numpy_data_globals() -> list[Any]:
+    """The constructors of numpy arrays, scalars and dtypes: checkpoints before format 2 held numpy's RNG state
+    and numpy numbers. They build data from bytes and run nothing else; an object array still needs the
+    globals of its objects, which stay refused."""
+    import numpy as np
+    from numpy._core.multiarray import _reconstruct, scalar
+
+    dtypes = [type(np.dtype(kind)) for kind in (np.uint32, np.int64, np.float64, np.float32, np.bool_)]
+    return [_reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
 
 
 def _first_line(exc: BaseException) -> str:

@@ -84,3 +84,28 @@ def test_missing_shard_is_a_clear_error(tmp_path):
     next(run_dir.glob("sampler-step*.pt")).unlink()
     with pytest.raises(DataError, match="shard .* is missing"):
         sampler_state_for(run_dir, state, 0, CLASSES)
+
+
+def test_numpy_data_of_older_checkpoints_loads_but_objects_inside_it_do_not(tmp_path):
+    import os
+
+    import numpy as np
+
+    from core.checkpoint import read_checkpoint
+
+    older = {"config": {"method": "pfc"}, "eval_backbone": {}, "rng": {"numpy": np.random.get_state()},
+             "metrics": {"val": {"accuracy": np.float64(0.9)}}}  # what format 1 wrote
+    torch.save(older, tmp_path / "checkpoint.pt")
+    _, state = read_checkpoint(tmp_path)
+    assert np.array_equal(state["rng"]["numpy"][1], np.random.get_state()[1])
+    assert state["metrics"]["val"]["accuracy"] == 0.9
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'PWNED'}",)
+
+    older["rng"]["numpy"] = np.array([Payload()], dtype=object)
+    torch.save(older, tmp_path / "checkpoint.pt")
+    with pytest.raises(DataError, match="refused to load.*but got <class 'numpy.dtypes.ObjectDType'>"):
+        read_checkpoint(tmp_path)
+    assert not (tmp_path / "PWNED").exists()
