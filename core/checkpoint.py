@@ -25,8 +25,11 @@ from core.sampler import ClassSampler
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # 2: the method's record (name, evaluation network, class statistics by name) and a sampler state laid out
-# by the method plug-ins (Partial FC's tables under ``store.``). Older checkpoints still evaluate and export.
-CHECKPOINT_FORMAT = 2
+# by the method plug-ins (Partial FC's tables under ``store.``).
+# 3: the position in the data in samples, with the global batch and world size (a run resumes on any number
+# of processes), and no flip generator (flips are keyed by each sample's position).
+# Older checkpoints still evaluate, export and analyse.
+CHECKPOINT_FORMAT = 3
 
 
 def _shard_name(step: int, rank: int, world_size: int) -> str:

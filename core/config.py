@@ -8,6 +8,7 @@ different model than the one the researcher asked for.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,8 +216,8 @@ def load_config(path: Optional[str | Path], overrides: dict[str, Any]) -> TrainC
 # What a resumed run cannot change: the model, the data and its order, and the shapes of the
 # saved state; the method adds its own (``fixed_on_resume`` options). Schedule and runtime
 # options (--epochs, --max-steps, --lr, --val, --device, --workers, logging, checkpointing) may change.
-RESUME_FIXED_KEYS = ("method", "data", "backbone", "embedding_size", "input_size", "batch_size", "accumulate",
-                     "optimizer", "seed", "synthetic_identities", "flip_noise", "split")
+RESUME_FIXED_KEYS = ("method", "data", "backbone", "embedding_size", "input_size", "optimizer", "seed",
+                     "synthetic_identities", "flip_noise", "split")
 
 
 def resume_config(options: dict[str, Any]) -> tuple[Path, TrainConfig]:
@@ -236,7 +237,35 @@ def resume_config(options: dict[str, Any]) -> tuple[Path, TrainConfig]:
     if changed:
         raise ConfigError(f"--resume {run_dir}: {'; '.join(changed)}. A resumed run keeps its method, model, data "
                           "and batch layout; train a new run to change them")
-    return run_dir, saved.replace(**{**options, "resume": str(run_dir), "out": str(run_dir)}).validate()
+    split = resume_batch_split(saved, state["world_size"], int(os.environ.get("WORLD_SIZE", "1")), options)
+    return run_dir, saved.replace(**{**options, **split, "resume": str(run_dir), "out": str(run_dir)}).validate()
+
+
+def resume_batch_split(saved: TrainConfig, saved_world: int, world: int, options: dict[str, Any]) -> dict[str, int]:
+    """``batch_size`` and ``accumulate`` that give ``world`` processes the run's global batch.
+
+    The global batch (images per optimizer step) is what a resumed run keeps: its schedule,
+    its data order and its updates follow from it, not from how it is split. Unless the
+    flags say otherwise the accumulation stays and the per-process batch absorbs the change.
+    """
+    global_batch = saved.batch_size * saved.accumulate * saved_world
+    accumulate = options.get("accumulate")
+    batch = options.get("batch_size")
+    if accumulate is None and batch is None:
+        accumulate = saved.accumulate
+    if batch is None and accumulate is not None and global_batch % (accumulate * world) == 0:
+        batch = global_batch // (accumulate * world)
+    elif accumulate is None and batch is not None and global_batch % (batch * world) == 0:
+        accumulate = global_batch // (batch * world)
+    if batch is None or accumulate is None or batch * accumulate * world != global_batch:
+        working = [f"--batch-size {global_batch // (a * world)} --accumulate {a}" for a in range(1, 17)
+                   if global_batch % (a * world) == 0]
+        raise ConfigError(f"--resume: the run's global batch is {global_batch} images per step ({saved.batch_size} "
+                          f"x {saved.accumulate} accumulated x {saved_world} processes); {world} process(es) "
+                          f"cannot keep it with the flags given. "
+                          + (f"Give one of: {'; '.join(working)}" if working else
+                             f"{global_batch} does not divide over {world} processes"))
+    return {"batch_size": batch, "accumulate": accumulate}
 
 
 def _saved_value(saved: TrainConfig, key: str) -> Any:

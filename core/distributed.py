@@ -33,6 +33,14 @@ class DistributedContext:
         if self.enabled:
             dist.barrier()
 
+    def mean_over_ranks(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of a per-rank scalar over all ranks (each rank's loss is the mean of its own rows)."""
+        if not self.enabled:
+            return value
+        total = value.detach().clone()
+        dist.all_reduce(total)
+        return total / self.world_size
+
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` picks CUDA when available; asking for CUDA without it is a clear error."""

@@ -178,11 +178,12 @@ class Trainer:
         self.optimizer = build_optimizer(config, list(self.backbone.parameters()) + self.sampler.extra_parameters())
         self.dataset, self.batch_sampler = batch_order(self.dataset, self.sampler.batch_layout(), config.batch_size,
                                                        config.seed, self.context.rank, self.context.world_size)
-        self.augment = RandomFlip(config.seed * 31 + self.context.rank)
+        self.augment = RandomFlip(config.seed * 31)  # keyed by each sample's draw, the same on every rank
 
     def _init_schedule(self) -> None:
         """Steps per epoch, the warm-up + polynomial schedule, and the position in the data."""
         config = self.config
+        self.global_batch = config.batch_size * config.accumulate * self.context.world_size
         self.steps_per_epoch = len(self.batch_sampler) // config.accumulate
         if self.steps_per_epoch == 0:
             raise DataError(f"--data {config.data}: {len(self.dataset)} images make no full step of "
@@ -223,35 +224,50 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
             "method": method_record(self.spec, self.sampler),
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "num_classes": self.num_classes, "input_size": self.input_size,
+            "step": self.step, "epoch": self.epoch, "num_classes": self.num_classes, "input_size": self.input_size,
+            # the position in the data, in samples, and the batch it was read with: any world size continues it
+            "samples_in_epoch": self.batch_in_epoch * self.config.batch_size * self.context.world_size,
+            "global_batch": self.global_batch, "world_size": self.context.world_size,
             "backbone": self.backbone.state_dict(),
             "eval_backbone": self.sampler.evaluation_model(self.backbone).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate(),
-                    "flip": self.augment.state_dict(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
             "metrics": plain(self.metrics),
         }
 
     def load_state_dict(self, state: dict[str, Any], sampler_state: dict[str, Any]) -> None:
+        """Continue ``state`` on this run's processes: the global batch must be the same, its split may not."""
         if state["num_classes"] != self.num_classes:
             raise DataError(f"the checkpoint was trained on {state['num_classes']} classes but the data has "
                             f"{self.num_classes}")
+        if state["global_batch"] != self.global_batch:
+            raise DataError(f"the checkpoint was trained with a global batch of {state['global_batch']} images per "
+                            f"step, this run takes {self.global_batch}; a resumed run keeps its global batch")
         self.backbone.load_state_dict(state["backbone"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self._apply_base_lr()
         self.sampler.load_state_dict(sampler_state)
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.batch_in_epoch = state["samples_in_epoch"] // (self.config.batch_size * self.context.world_size)
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         _set_numpy_rng_state(rng["numpy"])
         random.setstate(rng["python"])
-        self.augment.load_state_dict(rng["flip"])
         if rng["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.metrics = state.get("metrics", {})
+
+    def _apply_base_lr(self) -> None:
+        """``--lr`` given on resume: the restored schedule goes on from this base rate, not the saved one."""
+        factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)
+        self.scheduler.base_lrs = [self.config.lr] * len(self.optimizer.param_groups)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.config.lr
+            group["lr"] = self.config.lr * factor
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
     def resume(self, path: str | Path) -> None:
         """Continue from a checkpoint written by any number of processes."""
@@ -285,6 +301,8 @@ class Trainer:
             for batch in loader:
                 if self.batch_in_epoch >= usable:
                     break
+                batch.positions = torch.from_numpy(self.epoch * len(self.dataset)
+                                                   + self.batch_sampler.positions(self.batch_in_epoch))
                 self.batch_in_epoch += 1
                 yield batch
             self.epoch += 1
@@ -346,7 +364,7 @@ class Trainer:
         log = _CsvLog(self.run_dir / "log.csv", self.context.is_main, keep_through_step=self.step)
         board = _tensorboard(self.run_dir) if self.context.is_main else None
         micro_batches = self.batches()
-        images_per_step = config.batch_size * config.accumulate * self.context.world_size
+        images_per_step = self.global_batch
         bar = tqdm(total=last_step, initial=self.step, disable=not self.progress, unit="step",
                    dynamic_ncols=True, desc=f"train {config.method}")
         window_loss, window_steps, window_start = torch.zeros((), device=self.device), 0, time.perf_counter()
@@ -362,7 +380,8 @@ class Trainer:
                     self.check_finite()
                 if due_to_log:
                     elapsed = time.perf_counter() - window_start
-                    row = {"step": self.step, "epoch": epoch_before, "loss": (window_loss / window_steps).item(),
+                    row = {"step": self.step, "epoch": epoch_before,
+                           "loss": self.context.mean_over_ranks(window_loss / window_steps).item(),
                            "lr": self.scheduler.get_last_lr()[0],
                            "img_per_s": window_steps * images_per_step / max(elapsed, 1e-9)}
                     log.write(row)

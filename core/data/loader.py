@@ -116,6 +116,11 @@ class EpochBatchSampler(Sampler[list[int]]):
     Each rank takes every ``world_size``-th sample of the permutation, so each sample is
     seen once per epoch across ranks; incomplete last batches are dropped so that every
     step has the same batch size on every rank. ``start_batch`` resumes mid-epoch.
+
+    Batch b of every rank together is the contiguous block ``[b * B * W, (b + 1) * B * W)``
+    of the permutation: with the same global batch, any number of processes sees the same
+    samples at each step, which is what lets a run resume on another number of them.
+    ``positions(b)`` gives this rank's positions in that order.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
@@ -136,6 +141,10 @@ class EpochBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return self.num_samples // (self.batch_size * self.world_size)
 
+    def positions(self, batch: int) -> np.ndarray:
+        """Where batch ``batch`` of this rank's rows stand in the epoch's order (the same for any world size)."""
+        return (batch * self.batch_size + np.arange(self.batch_size)) * self.world_size + self.rank
+
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.num_samples, generator=generator)[self.rank::self.world_size]
@@ -151,7 +160,8 @@ class IdentityBatchSampler(EpochBatchSampler):
     ``mode="category"`` uniformly over identities. An identity with fewer than k other
     images repeats them; a single-image identity uses the image itself, whose key copy is
     augmented independently by the trainer. ``strict=True`` makes those cases an error.
-    Only arrays of the labels are kept, so it scales to millions of images.
+    Only arrays of the labels are kept, so it scales to millions of images. A query's keys
+    are drawn from its position in the epoch's order, so any world size draws the same.
     """
 
     def __init__(self, labels: np.ndarray, batch_size: int, k: int, seed: int, mode: str = "image",
@@ -197,9 +207,9 @@ class IdentityBatchSampler(EpochBatchSampler):
             order = self.by_class[self.class_start[classes] + offsets]
         order = order[self.rank::self.world_size]
         for batch in range(self.start_batch, len(self)):
-            rng = np.random.default_rng([epoch_seed, 2, self.rank, batch])
             queries = order[batch * self.batch_size:(batch + 1) * self.batch_size].tolist()
-            yield [(query, *self._keys(query, rng)) for query in queries]
+            yield [(query, *self._keys(query, np.random.default_rng([epoch_seed, 2, int(position)])))
+                   for query, position in zip(queries, self.positions(batch))]
 
 
 class WithKeyImages(FaceDataset):

@@ -6,8 +6,6 @@ input size differs from the stored 112x112 (the CPU default trains smaller image
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from PIL import Image
@@ -55,34 +53,47 @@ class ModelInputTransform:
         return to_model_input(image, self.size)[0]
 
 
-def random_horizontal_flip(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flip each image of an NCHW batch left-right with probability 1/2."""
-    flip = torch.rand(batch.shape[0], generator=generator) < 0.5
-    flip = flip.to(batch.device, non_blocking=True).view(-1, 1, 1, 1)  # a blocking copy would wait for the GPU
-    return torch.where(flip, batch.flip(-1), batch)
-
-
 class RandomFlip:
     """Flips each image of a batch, and independently each of its key images, with probability 1/2.
 
+    Each coin is a pure function of the seed, the row's ``batch.positions`` (which draw of
+    the run it is) and the view (the query or key j): the same rows flip alike on any
+    number of processes, with any batch split, and after any resume, with no state to save.
     It runs on the batch after its copy to the device (a flip made on the host would turn
-    the loader's pinned batch into pageable memory and stall the copy). The draws come
-    from one generator, queries first, then keys, whose state the checkpoint saves, so a
-    resumed run flips exactly as the uninterrupted one would have.
+    the loader's pinned batch into pageable memory and stall the copy).
     """
 
     def __init__(self, seed: int) -> None:
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = seed
 
     def __call__(self, batch: Batch) -> Batch:
-        images = random_horizontal_flip(batch.images, self.generator)
+        if batch.positions is None:
+            raise ValueError("RandomFlip needs batch.positions (the trainer sets them from the batch order)")
+        draws = batch.positions.numpy()
+        images = _flip_where(batch.images, fair_coins(self.seed, draws, 0))
         keys = batch.key_images
         if keys is not None:
-            keys = random_horizontal_flip(keys.flatten(0, 1), self.generator).unflatten(0, keys.shape[:2])
-        return Batch(images, batch.labels, keys)
+            views = np.stack([fair_coins(self.seed, draws, 1 + j) for j in range(keys.shape[1])], axis=1)
+            keys = _flip_where(keys.flatten(0, 1), views.reshape(-1)).unflatten(0, keys.shape[:2])
+        return Batch(images, batch.labels, keys, batch.positions)
 
-    def state_dict(self) -> Any:
-        return self.generator.get_state()
 
-    def load_state_dict(self, state: Any) -> None:
-        self.generator.set_state(state)
+MAX_VIEWS = 64
+
+
+def fair_coins(seed: int, draws: np.ndarray, view: int) -> np.ndarray:
+    """One fair coin per draw: the top bit of splitmix64 of (seed, draw, view), a pure function of the three."""
+    if not 0 <= view < MAX_VIEWS:
+        raise ValueError(f"view must be in [0, {MAX_VIEWS}), got {view}")
+    with np.errstate(over="ignore"):
+        z = np.asarray(draws, dtype=np.uint64) * np.uint64(MAX_VIEWS) + np.uint64(view)
+        z = z + np.uint64((seed * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019) % 2**64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(63)).astype(bool)
+
+
+def _flip_where(images: torch.Tensor, coins: np.ndarray) -> torch.Tensor:
+    flip = torch.from_numpy(coins).to(images.device, non_blocking=True).view(-1, 1, 1, 1)
+    return torch.where(flip, images.flip(-1), images)

@@ -40,7 +40,10 @@ def test_report_scores_against_ground_truth(synthetic_run, synthetic_data, tmp_p
     for task in ("noise", "conflict"):
         figures = summary[task]["ground_truth"]
         assert 0.0 <= figures["average_precision"] <= 1.0
-        assert figures["average_precision"] > figures["chance_average_precision"]
+    # A flipped image is found even by this 3-epoch toy model; its 3 split pairs among 15 classes are luck either
+    # way (the rankings' quality is tested on embeddings with known structure, in test_conflict / test_noise).
+    noise = summary["noise"]["ground_truth"]
+    assert noise["average_precision"] > noise["chance_average_precision"]
     llr = pd.read_csv(out / "conflict.csv")["same_person_llr"]
     assert llr.notna().all()
     assert summary["conflict"]["llr_positive_pairs"] == int((llr > 0).sum())

@@ -79,7 +79,7 @@ def test_resume_refuses_the_methods_fixed_options_and_allows_the_rest(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     saved = TrainConfig().replace(method="dcq", queue_size=0.1).validate()
-    torch.save({"format": 2, "config": saved.to_dict(), "eval_backbone": {}}, run / "checkpoint.pt")
+    torch.save({"format": 3, "config": saved.to_dict(), "eval_backbone": {}, "world_size": 1}, run / "checkpoint.pt")
     with pytest.raises(ConfigError, match=r"--queue-size 0.5 \(the run has 0.1\)"):
         resume_config({"resume": str(run), "queue_size": 0.5})
     _, config = resume_config({"resume": str(run), "dcq_momentum": 0.99, "epochs": 20})
@@ -95,5 +95,5 @@ def test_resuming_a_checkpoint_of_an_earlier_format_says_so(tmp_path):
     run.mkdir()
     legacy = {**TrainConfig(method="pfc").to_dict(), "queue_size": 0.1}  # format 1 saved every method's keys
     torch.save({"config": legacy, "eval_backbone": {}}, run / "checkpoint.pt")
-    with pytest.raises(DataError, match="checkpoint format 1, this one reads 2"):
+    with pytest.raises(DataError, match="checkpoint format 1, this one reads 3"):
         resume_config({"resume": str(run)})

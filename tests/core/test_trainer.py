@@ -207,3 +207,27 @@ def test_classes_without_images_are_announced(tmp_path, capsys):
     trainer = Trainer(_config(tmp_path / "data", val=[]), tmp_path / "run", progress=False)
     assert trainer.num_classes == 5
     assert "2 of 5 classes have no images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("new_lr", [None, 0.2])
+def test_a_resumed_run_follows_its_new_base_lr(tiny_rec, tmp_path, new_lr):
+    import csv
+
+    from core.config import resume_config
+
+    def lrs(run):
+        with open(run / "log.csv", newline="") as handle:
+            return [float(row["lr"]) for row in csv.DictReader(handle)]
+
+    straight = {}
+    for lr in {0.05, new_lr or 0.05}:
+        straight[lr] = tmp_path / f"straight-{lr}"
+        Trainer(_config(tiny_rec, val=[], lr=lr), straight[lr], progress=False).fit()
+    run = tmp_path / "run"
+    Trainer(_config(tiny_rec, val=[], max_steps=5, checkpoint_every=5), run, progress=False).fit()
+    run_dir, config = resume_config({"resume": str(run), "max_steps": 0, **({"lr": new_lr} if new_lr else {})})
+    resumed = Trainer(config, run_dir, progress=False)
+    resumed.resume(run_dir)
+    resumed.fit()
+    assert lrs(run)[:5] == lrs(straight[0.05])[:5]  # the first leg ran at the old rate
+    assert lrs(run)[5:] == pytest.approx(lrs(straight[new_lr or 0.05])[5:], rel=1e-12)  # then the new one's schedule
