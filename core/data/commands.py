@@ -58,8 +58,9 @@ def inspect(path: str, as_json: bool, plot: Optional[str]) -> None:
         plot_class_histogram(summary["counts"], plot, title=str(path))
     public = {k: v for k, v in summary.items() if k != "counts"}
     if as_json:
-        keys = ("num_pairs", "num_positive_pairs") if "num_pairs" in public else ("num_images", "num_classes")
-        click.echo(json.dumps({k: public[k] for k in keys}))
+        keys = (("num_pairs", "num_positive_pairs") if "num_pairs" in public
+                else ("num_images", "num_classes", "records", "records_checked"))
+        click.echo(json.dumps({k: public[k] for k in keys if k in public}))
         return
     for key, value in public.items():
         click.echo(f"{key}: {value}")

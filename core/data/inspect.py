@@ -11,7 +11,11 @@ from core.io import atomic_path
 
 
 def inspect_path(path: str | Path) -> dict[str, Any]:
-    """Counts for a .bin (pairs) or any ``--data`` dataset (images, classes, per-class stats)."""
+    """Counts for a .bin (pairs) or any ``--data`` dataset (images, classes, per-class stats).
+
+    A .rec dataset also has a sample of its records read and parsed (``records_checked`` of
+    ``records``), so a file whose bytes are corrupt fails here rather than reporting counts.
+    """
     path = Path(path)
     if path.suffix == ".bin":
         from core.data.verification_bin import read_verification_bin
@@ -22,12 +26,17 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
     dataset = open_dataset(path)
     counts = dataset.class_counts()
     present = counts[counts > 0]
-    return {"num_images": len(dataset), "num_classes": int(dataset.num_classes),
-            "empty_classes": int((counts == 0).sum()),
-            "images_per_class_min": int(present.min()) if present.size else 0,
-            "images_per_class_median": float(np.median(present)) if present.size else 0.0,
-            "images_per_class_max": int(present.max()) if present.size else 0,
-            "counts": counts}
+    summary = {"num_images": len(dataset), "num_classes": int(dataset.num_classes),
+               "empty_classes": int((counts == 0).sum()),
+               "images_per_class_min": int(present.min()) if present.size else 0,
+               "images_per_class_median": float(np.median(present)) if present.size else 0.0,
+               "images_per_class_max": int(present.max()) if present.size else 0,
+               "counts": counts}
+    from core.data.recordio import RecordDataset
+    if isinstance(dataset, RecordDataset):
+        summary["records"] = len(dataset.reader)
+        summary["records_checked"] = dataset.reader.verify_sample()
+    return summary
 
 
 def plot_class_histogram(counts: np.ndarray, out: str | Path, title: str = "") -> None:

@@ -48,6 +48,11 @@ _MAX_RECORD = 1 << 29
 _FLOAT32_EXACT = 1 << 24
 _SCAN_CHUNK = 1 << 16
 _PROGRESS_ABOVE = 100_000
+# Records whose framing ``data inspect`` reads in full (a few MB of a file of any size).
+VERIFY_SAMPLE = 1000
+# Image headers gathered when an insightface-layout dataset opens to learn whether its ids follow
+# keys: enough for a clear majority, few enough to cost no noticeable time even on network storage.
+_ID_SAMPLE = 256
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,17 @@ class IRHeader:
             and self.id2 == other.id2
             and np.array_equal(np.asarray(self.label), np.asarray(other.label))
         )
+
+
+def spread_rows(count: int, limit: int) -> np.ndarray:
+    """Row numbers 0..count-1: all of them up to ``limit``, else ``limit`` spread evenly from first to last.
+
+    Checks that cannot afford every record of a 5.8M-record file still see both ends and
+    every region of it, and see every record of a small file.
+    """
+    if count <= limit:
+        return np.arange(count, dtype=np.int64)
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
 
 
 def _is_scalar_label(label: object) -> bool:
@@ -503,6 +519,20 @@ class RecordIOReader:
             position += _FRAME.size + length + (-length % 4)
         return parts[0] if len(parts) == 1 else _MAGIC_BYTES.join(parts)
 
+    def verify_sample(self, limit: int = VERIFY_SAMPLE) -> int:
+        """Read and parse the records at ``spread_rows`` of the index; returns how many were checked.
+
+        Counting through an index says nothing about the bytes it points at, so a file with a
+        corrupt record would pass as fine; reading all of a 100 GB file is too slow for an
+        inspection. Each checked record's magic, continuation flags, lengths and IRHeader must
+        hold; the first that does not raises a DataError naming its key and byte offset.
+        """
+        rows = spread_rows(len(self), limit)
+        for row in rows:
+            key, offset = int(self.keys[row]), int(self.offsets[row])
+            unpack_record(self.read(key), f"{self.rec_path}: record {key} at byte offset {offset}")
+        return int(rows.size)
+
     def peek(self, offsets: np.ndarray, nbytes: int) -> np.ndarray:
         """The first ``nbytes`` at each offset as ``[n, nbytes]`` uint8, zero past end of file.
 
@@ -628,6 +658,25 @@ def _exact_nonnegative_ints(values: np.ndarray) -> np.ndarray:
     return np.isfinite(values) & (values >= 0) & (np.floor(values) == values)
 
 
+def _header_ids(words: np.ndarray) -> np.ndarray:
+    """The u64 IRHeader id of each row of peeked little-endian words (magic, length, flag, label, id)."""
+    return np.ascontiguousarray(words[:, 4:6]).view("<u8").reshape(-1)
+
+
+def _ids_follow_keys(keys: np.ndarray, ids: np.ndarray) -> bool:
+    """Whether a file numbers its image headers' ids by .idx key, judged by most of the records given.
+
+    mxnet's im2rec.py, insightface's face2rec2.py, dataset_merge.py and RecBuilder, and
+    write_insightface_rec all write an image record's IRHeader id equal to its key (record 0,
+    insightface's header, has id 0 = its key). Some writers legitimately do not, and their files
+    are never checked: arcface_torch's scripts/shuffle_rec.py and insightface's dataset_clean.py
+    copy records under new keys keeping the source file's ids, and other writers leave every id 0.
+    A majority rather than all decides, so a numbered file with a few swapped .idx offsets is
+    still recognised as numbered and those records are refused.
+    """
+    return 2 * int(np.count_nonzero(ids == keys.astype(np.uint64))) > ids.size
+
+
 class RecordDataset(FaceDataset):
     """A FaceDataset over an insightface-style directory (train.rec, train.idx, property).
 
@@ -635,11 +684,16 @@ class RecordDataset(FaceDataset):
     insightface's header (flag 2, no payload): 85k small records instead of 5.8M image
     headers. Any other record 0 means every key is an image and the image headers are
     scanned. Record 0 with flag > 0 *and* a payload is an im2rec image with a vector label.
+
+    When the file numbers header ids by key (``ids_follow_keys``, see ``_ids_follow_keys``),
+    an image whose header id is not its key is refused: the .idx points that key at another
+    record's bytes, and training on it would use another image's label.
     """
 
     image_keys: np.ndarray
     labels: np.ndarray
     num_classes: int
+    ids_follow_keys: bool
 
     def __init__(self, root: str | Path, transform: Optional[Callable[[np.ndarray], torch.Tensor]] = None) -> None:
         self.root = Path(root)
@@ -656,10 +710,14 @@ class RecordDataset(FaceDataset):
                 header0 = None
         if header0 is not None:
             self.image_keys, self.labels = self._insightface_labels(header0)
+            checked = self.image_keys[spread_rows(self.image_keys.size, _ID_SAMPLE)]
+            ids = self._sampled_ids(checked)
         else:
-            self.image_keys, self.labels = self._scanned_labels()
+            self.image_keys, self.labels, ids = self._scanned_labels()
+            checked = self.image_keys
         if self.labels.size == 0:
             raise DataError(f"{self.rec_path}: the dataset has no images")
+        self.ids_follow_keys = self._check_ids(checked, ids)
 
         property_path = self.root / "property"
         self.image_size: Optional[tuple[int, int]] = None
@@ -734,10 +792,41 @@ class RecordDataset(FaceDataset):
             )
         return ranges.astype(np.int64)
 
-    def _scanned_labels(self) -> tuple[np.ndarray, np.ndarray]:
+    def _sampled_ids(self, keys: np.ndarray) -> np.ndarray:
+        """Header ids of ``keys``' image records: a memory-mapped gather, full reads for split or odd frames."""
+        reader = self.reader
+        offsets = reader.offsets[reader.positions_of(keys, what="image record")]
+        words = reader.peek(offsets, _FRAME.size + 16).view("<u4")  # frame, flag, label, id
+        ids = _header_ids(words)
+        whole = (words[:, 0] == MAGIC) & ((words[:, 1] >> 29) <= 1) & ((words[:, 1] & _LENGTH_MASK) >= 16)
+        whole &= offsets + _FRAME.size + 16 <= reader._size
+        for row in np.flatnonzero(~whole):
+            key = int(keys[row])
+            ids[row] = unpack_record(reader.read(key), f"{self.rec_path} record {key}")[0].id
+        return ids
+
+    def _check_ids(self, keys: np.ndarray, ids: np.ndarray) -> bool:
+        """Whether header ids follow keys in this file; if they do, refuse the first record whose id differs."""
+        if not _ids_follow_keys(keys, ids):
+            return False
+        wrong = np.flatnonzero(ids != keys.astype(np.uint64))
+        if wrong.size:
+            raise self._id_error(int(keys[wrong[0]]), int(ids[wrong[0]]))
+        return True
+
+    def _id_error(self, key: int, found: int) -> DataError:
+        return DataError(
+            f"{self.rec_path}: record {key} at byte offset {self.reader.offset_of(key)} has header id {found}, "
+            f"expected {key}: {self.reader.idx_path.name} points this key at another record (offsets swapped "
+            f"or stale), whose label would be wrong"
+        )
+
+    def _scanned_labels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Labels and header ids of every record, from the header bytes of each (im2rec layout)."""
         reader = self.reader
         keys, offsets = reader.keys, reader.offsets
         labels = np.empty(keys.size, dtype=np.float64)
+        ids = np.empty(keys.size, dtype=np.uint64)
         with tqdm(
             total=int(keys.size),
             desc=f"scanning {self.rec_path.name} headers",
@@ -746,7 +835,7 @@ class RecordDataset(FaceDataset):
         ) as bar:
             for begin in range(0, keys.size, _SCAN_CHUNK):
                 stop = min(begin + _SCAN_CHUNK, keys.size)
-                labels[begin:stop] = self._scan_chunk(keys[begin:stop], offsets[begin:stop])
+                labels[begin:stop], ids[begin:stop] = self._scan_chunk(keys[begin:stop], offsets[begin:stop])
                 bar.update(stop - begin)
         bad = np.flatnonzero(~_exact_nonnegative_ints(labels))
         if bad.size:
@@ -755,10 +844,10 @@ class RecordDataset(FaceDataset):
                 f"{self.rec_path}: record {int(keys[at])} has label {float(labels[at])!r}, "
                 f"expected a non-negative integer"
             )
-        return keys.copy(), labels.astype(np.int64)
+        return keys.copy(), labels.astype(np.int64), ids
 
-    def _scan_chunk(self, keys: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        """Labels of one chunk of image records from frame + IRHeader + first label (36 bytes)."""
+    def _scan_chunk(self, keys: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Labels and header ids of one chunk of image records from frame + IRHeader + first label (36 bytes)."""
         reader = self.reader
         words = reader.peek(offsets, 36).view("<u4")
         bad = np.flatnonzero(words[:, 0] != MAGIC)
@@ -784,16 +873,21 @@ class RecordDataset(FaceDataset):
         scalar = words[:, 3].copy().view("<f4")
         first = words[:, 8].copy().view("<f4")
         labels = np.where(flag == 0, scalar, first).astype(np.float64)
+        ids = _header_ids(words)
         for row in np.flatnonzero(~fast):
             key = int(keys[row])
             header, _ = unpack_record(reader.read(key), f"{self.rec_path} record {key}")
             labels[row] = float(header.label) if header.flag == 0 else float(header.label[0])
-        return labels
+            ids[row] = header.id
+        return labels, ids
 
     def load_image(self, index: int) -> np.ndarray:
+        """Decode one image; its header (read anyway) must carry its key when the file numbers ids."""
         key = int(self.image_keys[index])
         where = f"{self.rec_path} record {key}"
-        _, encoded = unpack_record(self.reader.read(key), where)
+        header, encoded = unpack_record(self.reader.read(key), where)
+        if self.ids_follow_keys and header.id != key:
+            raise self._id_error(key, header.id)
         return decode_image(encoded, where)
 
     def source_of(self, index: int) -> dict:

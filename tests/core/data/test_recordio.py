@@ -23,6 +23,7 @@ from core.data.recordio import (
     RecordIOWriter,
     pack_record,
     read_property,
+    spread_rows,
     unpack_record,
     write_insightface_rec,
 )
@@ -322,6 +323,30 @@ def test_reader_reopens_when_the_process_changes(tmp_path: Path, monkeypatch: py
     reader.close()
 
 
+def test_spread_rows_keeps_both_ends_and_all_of_a_small_file() -> None:
+    np.testing.assert_array_equal(spread_rows(3, 4), [0, 1, 2])
+    np.testing.assert_array_equal(spread_rows(10, 4), [0, 3, 6, 9])
+    rows = spread_rows(5_900_000, 1000)
+    assert rows.size == 1000 and rows[0] == 0 and rows[-1] == 5_899_999
+
+
+def test_verify_sample_reads_every_record_of_a_small_file(tmp_path: Path) -> None:
+    rec, idx = write_records(tmp_path, {k: pack_record(IRHeader(0, 0.0, k), b"x" * k) for k in range(7)})
+    assert RecordIOReader(rec, idx).verify_sample() == 7
+    assert RecordIOReader(rec, idx).verify_sample(limit=3) == 3
+
+
+def test_verify_sample_names_the_first_bad_record(tmp_path: Path) -> None:
+    rec, idx = write_records(tmp_path, {0: pack_record(IRHeader(0, 0.0)), 1: b"abc", 2: b"xyz"})
+    with pytest.raises(DataError, match=r"data\.rec: record 1 at byte offset 32: record payload is 3 bytes, shorter"):
+        RecordIOReader(rec, idx).verify_sample()
+    data = bytearray(rec.read_bytes())
+    data[32] ^= 0xFF
+    rec.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"data\.rec: record 1: bad magic 0x[0-9A-F]{8} at byte offset 32"):
+        RecordIOReader(rec, idx).verify_sample()
+
+
 # --------------------------------------------------------------------------- insightface layout
 
 
@@ -558,6 +583,80 @@ def test_flag0_scan_reports_truncated_record(tmp_path: Path) -> None:
     rec.write_bytes(rec.read_bytes()[:-40])
     with pytest.raises(DataError, match="record 1: truncated"):
         RecordDataset(root)
+
+
+# --------------------------------------------------------------------------- header ids
+
+
+def swap_offsets(idx: Path, a: int, b: int) -> dict[int, int]:
+    """Exchange the byte offsets of keys a and b in an .idx; returns the new key -> offset map."""
+    offsets = {int(k): int(o) for k, o in (line.split("\t") for line in idx.read_text().splitlines())}
+    offsets[a], offsets[b] = offsets[b], offsets[a]
+    idx.write_text("".join(f"{k}\t{o}\n" for k, o in offsets.items()))
+    return offsets
+
+
+def test_unmodified_files_follow_the_id_convention(tmp_path: Path) -> None:
+    out, samples = insightface_dir(tmp_path, [3, 1, 4, 2])
+    dataset = RecordDataset(out)
+    assert dataset.ids_follow_keys
+    for index, (_, encoded) in enumerate(samples):
+        np.testing.assert_array_equal(dataset.load_image(index), decode_image(encoded, "expected"))
+    root, _ = im2rec_dir(tmp_path, [0.0, 1.0, 2.0, 1.0])
+    assert RecordDataset(root).ids_follow_keys
+
+
+def test_swapped_idx_offsets_are_refused_when_the_dataset_opens(tmp_path: Path) -> None:
+    out, _ = insightface_dir(tmp_path, [3, 1, 4, 2])
+    offsets = swap_offsets(out / "train.idx", 2, 6)
+    with pytest.raises(DataError, match=rf"train\.rec: record 2 at byte offset {offsets[2]} has header id 6, "
+                                        rf"expected 2: train\.idx points this key at another record"):
+        RecordDataset(out)
+
+    root, _ = im2rec_dir(tmp_path, [0.0, 1.0, 2.0, 1.0, 0.0])
+    offsets = swap_offsets(root / "train.idx", 4, 1)
+    with pytest.raises(DataError, match=rf"record 1 at byte offset {offsets[1]} has header id 4, expected 1"):
+        RecordDataset(root)
+
+
+def test_swapped_offsets_outside_the_open_sample_are_refused_on_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, samples = insightface_dir(tmp_path, [3, 1, 4, 2])
+    offsets = swap_offsets(out / "train.idx", 3, 8)
+    monkeypatch.setattr(recordio, "_ID_SAMPLE", 2)  # only keys 1 and 10 are sampled at open
+    dataset = RecordDataset(out)
+    assert dataset.ids_follow_keys
+    np.testing.assert_array_equal(dataset.load_image(0), decode_image(samples[0][1], "expected"))
+    with pytest.raises(DataError, match=rf"record 3 at byte offset {offsets[3]} has header id 8, expected 3"):
+        dataset.load_image(2)  # key 3
+    with pytest.raises(DataError, match="record 8 .* has header id 3, expected 8"):
+        pickle.loads(pickle.dumps(dataset)).load_image(7)  # a worker's copy checks too
+
+
+def test_files_whose_ids_are_not_keys_are_read(tmp_path: Path) -> None:
+    root = tmp_path / "shuffled"  # arcface_torch's shuffle_rec.py: new keys 0.., ids of the source file
+    root.mkdir()
+    source_ids = [5, 3, 1, 4, 2]
+    with RecordIOWriter(root / "train.rec", root / "train.idx") as writer:
+        for key, source_id in enumerate(source_ids):
+            writer.write(key, pack_record(IRHeader(0, float(source_id % 2), source_id), encode_image(image(key, 8))))
+    dataset = RecordDataset(root)
+    assert not dataset.ids_follow_keys
+    np.testing.assert_array_equal(dataset.labels, [1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(dataset.load_image(4), decode_image(encode_image(image(4, 8)), "x"))
+
+    root = tmp_path / "zero_ids"  # a writer that leaves every id 0, in insightface's layout
+    root.mkdir()
+    with RecordIOWriter(root / "train.rec", root / "train.idx") as writer:
+        writer.write(0, pack_record(IRHeader(2, [5.0, 7.0])))
+        for key in range(1, 5):
+            writer.write(key, pack_record(IRHeader(0, float((key - 1) // 2)), encode_image(image(key, 8))))
+        writer.write(5, pack_record(IRHeader(2, [1.0, 3.0])))
+        writer.write(6, pack_record(IRHeader(2, [3.0, 5.0])))
+    dataset = RecordDataset(root)
+    assert not dataset.ids_follow_keys
+    np.testing.assert_array_equal(dataset.load_image(3), decode_image(encode_image(image(4, 8)), "x"))
 
 
 # --------------------------------------------------------------------------- property
