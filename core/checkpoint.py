@@ -24,6 +24,9 @@ from core.method_spec import MethodSpec
 from core.sampler import ClassSampler
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: Every file training writes into a run directory (the checkpoint's shards match SHARD_GLOB).
+RUN_FILES = (CHECKPOINT_NAME, "config.yaml", "env.json", "log.csv", "metrics.json", "loss.png")
+SHARD_GLOB = "sampler-step*-rank*-of-*.pt"
 # 2: the method's record (name, evaluation network, class statistics by name) and a sampler state laid out
 # by the method plug-ins (Partial FC's tables under ``store.``).
 # 3: the position in the data in samples, with the global batch and world size (a run resumes on any number
@@ -128,7 +131,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], sampler: ClassSampler,
     start, count = sampler.shard_range()
     if sharded:
         shard_file = _shard_name(step, context.rank, context.world_size)
-        atomic_torch_save({"start": start, "count": count, "tensors": sharded}, run_dir / shard_file)
+        atomic_torch_save({"start": start, "count": count, "step": step, "tensors": sharded}, run_dir / shard_file)
     ranges = _gather_ranges(start, count, context) if sharded else []
     context.barrier()
     path = run_dir / CHECKPOINT_NAME
@@ -138,7 +141,7 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], sampler: ClassSampler,
             for rank, (s, c) in enumerate(ranges)]}
         atomic_torch_save({**state, "sampler": sampler_state, "sampler_shards": manifest}, path)
         keep = {shard["file"] for shard in manifest["shards"]}
-        for old in run_dir.glob("sampler-step*-rank*-of-*.pt"):
+        for old in run_dir.glob(SHARD_GLOB):
             if old.name not in keep:
                 old.unlink()
     context.barrier()
@@ -165,8 +168,11 @@ def read_rows(run_dir: Path, state: dict[str, Any], name: str, start: int, count
         path = run_dir / shard["file"]
         if not path.is_file():
             raise DataError(f"{run_dir / CHECKPOINT_NAME}: its shard {path} is missing")
-        tensors = load_file(path, mmap=True)["tensors"]
-        parts.append(tensors[name][lo - shard["start"]:hi - shard["start"]].clone())
+        content = load_file(path, mmap=True)
+        if content.get("step", state["step"]) != state["step"]:  # a shard of another step renamed into place
+            raise DataError(f"{path}: holds step {content['step']}, but {run_dir / CHECKPOINT_NAME} is step "
+                            f"{state['step']}; the shards of a checkpoint cannot come from another one")
+        parts.append(content["tensors"][name][lo - shard["start"]:hi - shard["start"]].clone())
     table = torch.cat(parts) if parts else torch.empty(0)
     if table.shape[0] != count:
         raise DataError(f"{run_dir / CHECKPOINT_NAME}: shards hold {table.shape[0]} of rows {start}..{start + count}"

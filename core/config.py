@@ -8,6 +8,7 @@ different model than the one the researcher asked for.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -92,6 +93,10 @@ class TrainConfig:
                 setattr(self, item.name, value)
             if not _matches(value, hints[item.name]):
                 raise ConfigError(f"{_option(item.name)}: expected {_describe(hints[item.name])}, got {value!r}")
+        for name in _FLOAT_KEYS:
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ConfigError(f"{_option(name)} must be a finite number, got {value}")
         for name, low, inclusive in _LOWER_BOUNDS:
             value = getattr(self, name)
             if value is not None and (value < low or (value == low and not inclusive)):

@@ -60,9 +60,34 @@ def init_distributed(device: torch.device) -> DistributedContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistributedContext()
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun's agent
+        watch_launcher(int(os.environ.get("RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def watch_launcher(rank: int, interval: float = 1.0) -> None:
+    """Stop this worker within seconds once torchrun's agent, its parent, is gone.
+
+    A scheduler that pre-empts a job kills the agent; its workers are re-parented and would
+    otherwise go on training (and holding GPUs) until a collective times out, minutes later.
+    """
+    import sys
+    import threading
+    import time
+
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(interval)
+        sys.stderr.write(f"error: rank {rank}: the torchrun launcher (pid {launcher}) is gone; this worker stops "
+                         "(resume from the run's last checkpoint with --resume)\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
 
 
 class _AllGather(torch.autograd.Function):

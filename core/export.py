@@ -14,11 +14,9 @@ import torch
 from torch import nn
 
 from core.backbones import build_backbone
-from core.checkpoint import CHECKPOINT_NAME, non_finite_names, read_checkpoint
+from core.checkpoint import RUN_FILES, SHARD_GLOB, non_finite_names, read_checkpoint
 from core.errors import ConfigError, DataError, FaceQueueError
 
-#: What training writes into a run directory: an export must never replace one of them.
-RUN_FILES = (CHECKPOINT_NAME, "config.yaml", "env.json", "log.csv", "metrics.json", "loss.png")
 
 
 def evaluation_network(state: dict[str, Any]) -> str:
@@ -70,7 +68,7 @@ def export_backbone(run: str | Path, out: str | Path, fmt: str = "state_dict", o
         raise ConfigError(f"--out {out!r}: a file name is needed (for example model.pt)")
     resolved = target.resolve()
     if resolved.parent == checkpoint.parent.resolve() and (
-            resolved.name in RUN_FILES or resolved.match("sampler-step*-rank*-of-*.pt")):
+            resolved.name in RUN_FILES or resolved.match(SHARD_GLOB)):
         raise ConfigError(f"--out {out}: that is a file of the run {checkpoint.parent} itself; export elsewhere "
                           "(for example model.pt)")
     model, input_size = _build(checkpoint, state, torch.device("cpu"), online)

@@ -6,24 +6,34 @@ reports) goes through a temporary name in the same directory and ``os.replace``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 
 
+#: The temporary names ``atomic_path`` writes to: ``.NAME.PID.HEX.tmp`` beside the final name.
+TEMPORARY_NAME = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
+#: The file ``exclusive_directory`` locks.
+LOCK_NAME = ".lock"
+
+
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, expected_bytes: Optional[int] = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is synced and renamed over ``path``.
 
     The temporary file is created by the caller with normal permissions (the umask's),
     unlike ``mkstemp``'s owner-only ones, so shared datasets and reports stay readable.
+    A full disk is a DataError naming the file and the space left (``expected_bytes``: what
+    the file needs, when known); the temporary file is removed and ``path`` keeps its old content.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,8 +43,71 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        if not _out_of_space(exc):
+            raise
+        from core.errors import DataError
+
+        free = shutil.disk_usage(path.parent).free
+        needs = f"; it needs about {_megabytes(expected_bytes)}" if expected_bytes else ""
+        raise DataError(f"{path}: cannot be written: no space left on its device ({_megabytes(free)} free{needs}). "
+                        "Its previous version, if any, is intact") from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _out_of_space(exc: BaseException) -> bool:
+    """ENOSPC, as the OS raises it or as torch's file writer words it (a RuntimeError without an errno)."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    return "No space left" in str(exc) or "file write failed" in str(exc)
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:,.1f} MB"
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``directory`` (a checkpoint's can be gigabytes).
+
+    Call it only while no other process writes there (see ``exclusive_directory``).
+    """
+    removed = [entry for entry in Path(directory).iterdir() if TEMPORARY_NAME.match(entry.name) and entry.is_file()]
+    for entry in removed:
+        entry.unlink(missing_ok=True)
+    return removed
+
+
+@contextmanager
+def exclusive_directory(directory: str | Path, what: str = "--out") -> Iterator[None]:
+    """Hold an advisory lock on ``directory`` for the block: a second writer is refused at once, naming the holder.
+
+    The lock is ``flock`` on ``DIR/.lock`` (released by the kernel when the holder dies, so a
+    killed run never leaves it taken); the file says who holds it.
+    """
+    import fcntl
+    import socket
+    import time
+
+    from core.errors import ConfigError
+
+    lock_path = Path(directory) / LOCK_NAME
+    handle = open(lock_path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(f"{what} {directory}: another training is writing into it ({holder}); wait for it to "
+                              "end, or give another directory") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
 
 
 @contextmanager
@@ -59,8 +132,19 @@ def atomic_write_json(path: str | Path, value: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, expected_bytes=_tensor_bytes(obj)) as tmp:
         torch.save(obj, tmp)
+
+
+def _tensor_bytes(value: Any) -> int:
+    """The bytes of every tensor in a nest of dicts, lists and tuples: about what saving it takes."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(item) for item in value)
+    return 0
 
 
 def plain(value: Any) -> Any:

@@ -156,6 +156,8 @@ def check_option_value(info: OptionInfo, value: Any) -> None:
     if not valid:
         raise ConfigError(f"{where}: expected {'a number' if info.type is float else info.type.__name__}, "
                           f"got {value!r}")
+    if info.type is float and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value}")
     if info.choices is not None and value not in info.choices:
         raise ConfigError(f"{where} must be one of {', '.join(info.choices)}; got {value!r}")
     if info.allowed is not None and not info.allowed.contains(value):

@@ -14,7 +14,7 @@ import random
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -32,9 +32,9 @@ from core.data.transforms import RandomFlip
 from core.distributed import DistributedContext, init_distributed, resolve_device
 from core.errors import ConfigError, DataError, TrainingError
 from core.evaluation import embed_images, evaluate_pairs, val_names
-from core.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, check_resumable, method_record, non_finite_names,
-                             read_checkpoint, sampler_state_for, save_checkpoint)
-from core.io import atomic_path, atomic_write_json, plain
+from core.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, RUN_FILES, SHARD_GLOB, check_resumable, method_record,
+                             non_finite_names, read_checkpoint, sampler_state_for, save_checkpoint)
+from core.io import atomic_path, atomic_write_json, exclusive_directory, plain, remove_stale_temporaries
 from core.loss import margin_loss_for
 from core.sampler import SamplerEnvironment, build_sampler
 
@@ -354,11 +354,34 @@ class Trainer:
                                 "Lower --lr or check the data.")
 
     def fit(self) -> dict[str, Any]:
-        """Train to the end (or ``max_steps``), evaluating and checkpointing on the way."""
+        """Train to the end (or ``max_steps``), evaluating and checkpointing on the way.
+
+        The run directory is held exclusively while training (a second training into it is
+        refused); a run that fails before its first checkpoint leaves no directory that could
+        be taken for a run.
+        """
+        with self._claimed_run_dir():
+            return self._fit()
+
+    @contextmanager
+    def _claimed_run_dir(self) -> Iterator[None]:
+        if not self.context.is_main:
+            yield
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with exclusive_directory(self.run_dir, "--resume" if self.config.resume else "--out"):
+            remove_stale_temporaries(self.run_dir)
+            try:
+                yield
+            except BaseException:
+                if not (self.run_dir / CHECKPOINT_NAME).exists():
+                    _remove_unfinished_run(self.run_dir)
+                raise
+
+    def _fit(self) -> dict[str, Any]:
         config = self.config
         last_step = self.last_step
         if self.context.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, self.run_dir / "config.yaml")
             _write_environment(self.run_dir / "env.json", self.device, resumed_at=self.step)
         log = _CsvLog(self.run_dir / "log.csv", self.context.is_main, keep_through_step=self.step)
@@ -404,11 +427,11 @@ class Trainer:
                 board.close()
         if not self.metrics or self.metrics.get("_step") != self.step:
             self.metrics = self.evaluate()
-        self.save_checkpoint()
-        if self.context.is_main:
+        if self.context.is_main:  # before the final checkpoint, the commit point: a run with it has them too
             atomic_write_json(self.run_dir / "metrics.json",
                               {k: v for k, v in self.metrics.items() if not k.startswith("_")})
             _plot_log(self.run_dir)
+        self.save_checkpoint()
         return self.metrics
 
     @property
@@ -460,9 +483,10 @@ class _CsvLog:
             return
         kept = []
         if path.exists() and keep_through_step > 0:
-            with open(path, newline="") as handle:
+            # A damaged row (bytes that are not UTF-8, a cut line) is dropped, not a reason to stop the resume.
+            with open(path, newline="", encoding="utf-8", errors="replace") as handle:
                 kept = [row for row in csv.DictReader(handle)
-                        if (row.get("step") or "").isdigit() and int(row["step"]) <= keep_through_step]
+                        if _numeric_row(row, self.FIELDS) and int(row["step"]) <= keep_through_step]
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, self.FIELDS)
             writer.writeheader()
@@ -472,6 +496,38 @@ class _CsvLog:
         if self.enabled:
             with open(self.path, "a", newline="") as handle:
                 csv.DictWriter(handle, self.FIELDS).writerow(row)
+
+
+def _remove_unfinished_run(run_dir: Path) -> None:
+    """Delete what a run that never checkpointed wrote (nothing in it can be resumed or evaluated), and the
+    directory itself when nothing else is left in it."""
+    import shutil
+
+    from core.io import LOCK_NAME
+
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for shard in run_dir.glob(SHARD_GLOB):
+        shard.unlink()
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    remove_stale_temporaries(run_dir)
+    left = [entry.name for entry in run_dir.iterdir() if entry.name != LOCK_NAME]
+    if not left:
+        (run_dir / LOCK_NAME).unlink(missing_ok=True)
+        run_dir.rmdir()
+    print(f"note: {run_dir} held no checkpoint, so its partial outputs were removed"
+          + (f" (other files left there: {', '.join(sorted(left)[:3])})" if left else ""), file=sys.stderr)
+
+
+def _numeric_row(row: dict[str, Any], fields: list[str]) -> bool:
+    """Whether a log row read back has a whole step and a number in every other field."""
+    if not (row.get("step") or "").isdigit():
+        return False
+    try:
+        [float(row[field]) for field in fields]
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _tensorboard(run_dir: Path):

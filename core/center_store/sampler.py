@@ -18,7 +18,7 @@ from core.sampler import ClassSampler, SamplerEnvironment, Selection
 
 
 class CenterStoreSampler(ClassSampler):
-    """Each step's columns: the batch's positive classes plus ``int(sample_rate * C_local)`` sampled rows."""
+    """Each step's columns: the batch's positives, topped up with sampled rows to ``int(sample_rate * C_local)``."""
 
     def __init__(self, store: CenterStore, sample_rate: float, sampling: str = "uniform") -> None:
         super().__init__()
@@ -29,7 +29,9 @@ class CenterStoreSampler(ClassSampler):
         self.store = store
         self.sample_rate = sample_rate
         self.sampling = sampling
-        self.num_sample = int(sample_rate * store.shard_size)
+        # At least one column: a rank whose shard holds none of a batch's labels must still take part in the
+        # model-parallel softmax (a tiny shard times a small rate would otherwise give it no column at all).
+        self.num_sample = max(1, int(sample_rate * store.shard_size))
 
     def select(self, embeddings: torch.Tensor, batch: Batch) -> Selection:
         return self.store.select(embeddings, batch.labels, self.num_sample, self.sampling)

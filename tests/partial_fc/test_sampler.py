@@ -33,8 +33,21 @@ def test_num_sample_is_the_rate_of_this_ranks_shard(num_classes, world_size, rat
         sampler = PartialFCSampler(num_classes, 4, sample_rate=rate, rank=rank, world_size=world_size)
         shard_size = sampler.store.shard_size
         assert shard_size == num_classes // world_size + (rank < num_classes % world_size)
-        assert sampler.num_sample == int(rate * shard_size)
+        assert sampler.num_sample == max(1, int(rate * shard_size))
     assert PartialFCSampler(10, 4, sample_rate=0.7, rank=0, world_size=3).num_sample == 2  # int(0.7 * 4), not 7
+
+
+def test_a_rank_without_positives_in_a_batch_still_has_a_column():
+    """6 classes on 2 ranks at rate 0.3: int(0.3 * 3) = 0; a batch of one shard's labels leaves the other none."""
+    from core.loss import MarginSoftmaxLoss
+    from core.margins import build_margin
+
+    sampler = PartialFCSampler(6, 4, sample_rate=0.3, rank=1, world_size=2)  # classes 3, 4, 5
+    assert sampler.num_sample == 1
+    selection = sampler.store.select(torch.randn(4, 4), torch.tensor([0, 1, 2, 0]), sampler.num_sample)
+    assert selection.weights.shape == (1, 4) and (selection.targets == -1).all()
+    logits = MarginSoftmaxLoss(build_margin("arcface")).logits(selection)
+    assert logits.shape == (4, 1) and torch.isfinite(logits).all()
 
 
 @pytest.mark.parametrize("sampling", ["uniform", "stratified"])
