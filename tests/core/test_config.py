@@ -97,3 +97,42 @@ def test_resuming_a_checkpoint_of_an_earlier_format_says_so(tmp_path):
     torch.save({"config": legacy, "eval_backbone": {}}, run / "checkpoint.pt")
     with pytest.raises(DataError, match="checkpoint format 1, this one reads 3"):
         resume_config({"resume": str(run)})
+
+
+@pytest.mark.parametrize("world, flags, expected", [
+    (1, {}, {"batch_size": 128, "accumulate": 1}),  # 2 x 64 resumed on 1: the per-process batch doubles
+    (4, {}, {"batch_size": 32, "accumulate": 1}),
+    (1, {"accumulate": 2}, {"batch_size": 64, "accumulate": 2}),  # or accumulation makes it up
+    (1, {"batch_size": 32}, {"batch_size": 32, "accumulate": 4}),
+    (1, {"batch_size": 128, "accumulate": 1}, {"batch_size": 128, "accumulate": 1}),
+])
+def test_a_resumed_run_keeps_its_global_batch_on_any_number_of_processes(world, flags, expected):
+    from core.config import resume_batch_split
+
+    saved = TrainConfig().replace(batch_size=64, accumulate=1)
+    assert resume_batch_split(saved, 2, world, flags) == expected
+
+
+@pytest.mark.parametrize("world, flags, message", [
+    (5, {}, "128 does not divide over 5 processes"),
+    (3, {}, "does not divide over 3 processes"),
+    (1, {"batch_size": 100}, "Give one of: --batch-size 128 --accumulate 1; --batch-size 64 --accumulate 2"),
+    (2, {"batch_size": 64, "accumulate": 2}, "--batch-size 64 --accumulate 1; --batch-size 32 --accumulate 2"),
+])
+def test_a_split_that_cannot_keep_the_global_batch_is_refused_with_the_ones_that_can(world, flags, message):
+    from core.config import resume_batch_split
+
+    saved = TrainConfig().replace(batch_size=64, accumulate=1)
+    with pytest.raises(ConfigError) as error:
+        resume_batch_split(saved, 2, world, flags)
+    assert "global batch is 128 images per step (64 x 1 accumulated x 2 processes)" in str(error.value)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("text", ["lr: .nan\n", "lr: .inf\n", "method: dcq\ndcq_momentum: .nan\n",
+                                  "margin_m: -.inf\n"])
+def test_numbers_that_are_not_finite_are_refused(tmp_path, text):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="must be a finite number"):
+        load_config(path, {})
