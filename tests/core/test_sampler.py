@@ -201,7 +201,8 @@ def _shard_writer(rank, world_size, init_file, name, run_dir):
         keys = None if whole.key_images is None else whole.key_images[mine]
         _step(name, sampler, backbone, Batch(whole.images[mine], whole.labels[mine], keys))
         torch.save(_tensors(sampler), f"{run_dir}/own-{rank}.pt")
-        save_checkpoint(Path(run_dir), {"config": {"method": name}}, sampler, 1, DistributedContext(rank, world_size))
+        save_checkpoint(Path(run_dir), {"config": {"method": name}, "step": 1}, sampler, 1,
+                        DistributedContext(rank, world_size))
     finally:
         dist.destroy_process_group()
 
