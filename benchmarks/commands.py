@@ -17,6 +17,7 @@ import click
 from core.config import all_option_names
 from core.errors import ConfigError
 from core.method_options import method_choice, method_option_flags
+from core.method_spec import option_flag
 from core.methods import all_methods, get_method, method_names
 
 
@@ -34,7 +35,7 @@ def method_options_for(methods: tuple[str, ...], given: dict[str, Any]) -> dict[
         chosen[name] = values
     unused = sorted(set(given) - {key for name in chosen for key in get_method(name).option_names()})
     if unused:
-        raise ConfigError(f"{', '.join('--' + key.replace('_', '-') for key in unused)}: not an option of "
+        raise ConfigError(f"{', '.join(map(option_flag, unused))}: not an option of "
                           f"{', '.join(chosen)}")
     return chosen
 

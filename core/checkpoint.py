@@ -29,8 +29,8 @@ RUN_FILES = (CHECKPOINT_NAME, "config.yaml", "env.json", "log.csv", "metrics.jso
 SHARD_GLOB = "sampler-step*-rank*-of-*.pt"
 # 2: the method's record (name, evaluation network, class statistics by name) and a sampler state laid out
 # by the method plug-ins (Partial FC's tables under ``store.``).
-# 3: the position in the data in samples, with the global batch and world size (a run resumes on any number
-# of processes), and no flip generator (flips are keyed by each sample's position).
+# 3: the position in the data in samples and the world size (a run resumes on any number of processes), and
+# no flip generator (flips are keyed by each sample's position).
 # Older checkpoints still evaluate, export and analyse.
 CHECKPOINT_FORMAT = 3
 
@@ -77,12 +77,17 @@ def load_file(path: Path, map_location: Any = "cpu", **options: Any) -> Any:
 def _numpy_data_globals() -> list[Any]:
     """The constructors of numpy arrays, scalars and dtypes: checkpoints before format 2 held numpy's RNG state
     and numpy numbers. They build data from bytes and run nothing else; an object array still needs the
-    globals of its objects, which stay refused."""
+    globals of its objects, which stay refused. Each is allowed under both module paths numpy has pickled
+    it from (``numpy.core`` before numpy 2, ``numpy._core`` since), whichever numpy is installed."""
     import numpy as np
-    from numpy._core.multiarray import _reconstruct, scalar
 
-    dtypes = [type(np.dtype(kind)) for kind in (np.uint32, np.int64, np.float64, np.float32, np.bool_)]
-    return [_reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
+    from core.data.verification_bin import NUMPY_RECONSTRUCT, NUMPY_SCALAR
+
+    allowed: list[Any] = [np.ndarray, np.dtype]
+    allowed += [type(np.dtype(kind)) for kind in (np.uint32, np.int64, np.float64, np.float32, np.bool_)]
+    for function, name in ((NUMPY_RECONSTRUCT, "_reconstruct"), (NUMPY_SCALAR, "scalar")):
+        allowed += [(function, f"{module}.multiarray.{name}") for module in ("numpy.core", "numpy._core")]
+    return allowed
 
 
 def _first_line(exc: BaseException) -> str:

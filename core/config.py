@@ -18,7 +18,7 @@ from typing import Any, Optional
 import yaml
 
 from core.errors import ConfigError
-from core.method_spec import MethodSpec
+from core.method_spec import MethodSpec, option_flag
 from core.methods import all_methods, get_method
 
 
@@ -154,7 +154,7 @@ def all_option_names() -> list[str]:
 
 
 def _option(name: str) -> str:
-    return f"{name} (--{name.replace('_', '-')})"
+    return f"{name} ({option_flag(name)})"
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -181,10 +181,10 @@ def _describe(hint: Any) -> str:
     return "null" if hint is type(None) else ("a number" if hint is float else hint.__name__)
 
 
-def config_keys(method: Optional[str] = None) -> list[str]:
-    """The keys a config may hold: the shared ones, and ``method``'s options (every method's when None)."""
-    options = all_option_names() if method is None else get_method(method).option_names()
-    return sorted(_SHARED_KEYS) + options
+def config_keys() -> list[str]:
+    """The keys a config may hold: the shared ones and every method's options (which fit the method is
+    checked with the rest of the config)."""
+    return sorted(_SHARED_KEYS) + all_option_names()
 
 
 def load_config(path: Optional[str | Path], overrides: dict[str, Any]) -> TrainConfig:
@@ -237,7 +237,7 @@ def resume_config(options: dict[str, Any]) -> tuple[Path, TrainConfig]:
                           "copy that directory first to branch the run")
     saved = TrainConfig.from_dict(state["config"])
     fixed = RESUME_FIXED_KEYS + saved.spec.fixed_on_resume()
-    changed = [f"--{key.replace('_', '-')} {options[key]} (the run has {_saved_value(saved, key)})"
+    changed = [f"{option_flag(key)} {options[key]} (the run has {_saved_value(saved, key)})"
                for key in fixed if key in options and _differs(key, options[key], saved)]
     if changed:
         raise ConfigError(f"--resume {run_dir}: {'; '.join(changed)}. A resumed run keeps its method, model, data "

@@ -44,23 +44,29 @@ def atomic_path(path: str | Path, expected_bytes: Optional[int] = None) -> Itera
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:
-        if not _out_of_space(exc):
-            raise
         from core.errors import DataError
 
         free = shutil.disk_usage(path.parent).free
-        needs = f"; it needs about {_megabytes(expected_bytes)}" if expected_bytes else ""
-        raise DataError(f"{path}: cannot be written: no space left on its device ({_megabytes(free)} free{needs}). "
-                        "Its previous version, if any, is intact") from exc
+        if _out_of_space(exc, free, expected_bytes):
+            needs = f"; it needs about {_megabytes(expected_bytes)}" if expected_bytes else ""
+            raise DataError(f"{path}: cannot be written: no space left on its device ({_megabytes(free)} free"
+                            f"{needs}). Its previous version, if any, is intact") from exc
+        if isinstance(exc, RuntimeError) and "write failed" in str(exc):  # torch's writer, any other I/O error
+            raise DataError(f"{path}: cannot be written ({str(exc).strip().splitlines()[0]}). Its previous "
+                            "version, if any, is intact") from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _out_of_space(exc: BaseException) -> bool:
-    """ENOSPC, as the OS raises it or as torch's file writer words it (a RuntimeError without an errno)."""
+def _out_of_space(exc: BaseException, free: int, expected_bytes: Optional[int]) -> bool:
+    """ENOSPC, as the OS raises it, or as torch's file writer reports it: a RuntimeError without an errno,
+    "file write failed" for any failed write, so counted as a full disk only when the space left is too small."""
     if isinstance(exc, OSError):
         return exc.errno == errno.ENOSPC
-    return "No space left" in str(exc) or "file write failed" in str(exc)
+    if "No space left" in str(exc):
+        return True
+    return "file write failed" in str(exc) and free < max(expected_bytes or 0, 1 << 20)
 
 
 def _megabytes(size: int) -> str:

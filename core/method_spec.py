@@ -75,7 +75,7 @@ class OptionInfo:
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return option_flag(self.name)
 
 
 @dataclass(frozen=True)
@@ -127,19 +127,15 @@ class MethodSpec:
         infos = {info.name: info for info in self.option_infos()}
         unknown = sorted(set(values) - set(infos))
         if unknown:
-            raise ConfigError(f"{', '.join(_flag(name) for name in unknown)}: not an option of --method {self.name}"
+            raise ConfigError(f"{', '.join(map(option_flag, unknown))}: not an option of --method {self.name}"
                               f" ({self.title}); its options are "
-                              f"{', '.join(_flag(name) for name in infos) or 'none'}")
+                              f"{', '.join(map(option_flag, infos)) or 'none'}")
         for name, value in values.items():
             check_option_value(infos[name], value)
         return self.options(**values)
 
     def fixed_on_resume(self) -> tuple[str, ...]:
         return tuple(info.name for info in self.option_infos() if info.fixed_on_resume)
-
-    def statistic(self, role: str) -> Optional[Statistic]:
-        """The first statistic with ``role``, if the method records one."""
-        return next((item for item in self.statistics if item.role == role), None)
 
 
 def check_option_value(info: OptionInfo, value: Any) -> None:
@@ -170,5 +166,6 @@ def load_reference(reference: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module_name), attribute)
 
 
-def _flag(name: str) -> str:
+def option_flag(name: str) -> str:
+    """The command-line flag of a config key: ``sample_rate`` -> ``--sample-rate``."""
     return "--" + name.replace("_", "-")

@@ -81,7 +81,7 @@ class ClassSampler(nn.Module, ABC):
         """
 
     def extra_parameters(self) -> list[nn.Parameter]:
-        """Parameters to be optimised together with the backbone (none for both methods)."""
+        """Parameters to be optimised together with the backbone (none of the registered methods has any)."""
         return []
 
     def evaluation_model(self, backbone: nn.Module) -> nn.Module:

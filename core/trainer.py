@@ -225,9 +225,10 @@ class Trainer:
             "config": self.config.to_dict(),
             "method": method_record(self.spec, self.sampler),
             "step": self.step, "epoch": self.epoch, "num_classes": self.num_classes, "input_size": self.input_size,
-            # the position in the data, in samples, and the batch it was read with: any world size continues it
+            # the position in the data in samples, and the world size (with the config: the global batch), so
+            # that any number of processes continues it
             "samples_in_epoch": self.batch_in_epoch * self.config.batch_size * self.context.world_size,
-            "global_batch": self.global_batch, "world_size": self.context.world_size,
+            "world_size": self.context.world_size,
             "backbone": self.backbone.state_dict(),
             "eval_backbone": self.sampler.evaluation_model(self.backbone).state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -242,8 +243,10 @@ class Trainer:
         if state["num_classes"] != self.num_classes:
             raise DataError(f"the checkpoint was trained on {state['num_classes']} classes but the data has "
                             f"{self.num_classes}")
-        if state["global_batch"] != self.global_batch:
-            raise DataError(f"the checkpoint was trained with a global batch of {state['global_batch']} images per "
+        saved = state["config"]
+        saved_global_batch = saved["batch_size"] * saved["accumulate"] * state["world_size"]
+        if saved_global_batch != self.global_batch:
+            raise DataError(f"the checkpoint was trained with a global batch of {saved_global_batch} images per "
                             f"step, this run takes {self.global_batch}; a resumed run keeps its global batch")
         self.backbone.load_state_dict(state["backbone"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -368,14 +371,16 @@ class Trainer:
         if not self.context.is_main:
             yield
             return
+        created = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with exclusive_directory(self.run_dir, "--resume" if self.config.resume else "--out"):
             remove_stale_temporaries(self.run_dir)
+            before = {entry.name for entry in self.run_dir.iterdir()}
             try:
                 yield
             except BaseException:
                 if not (self.run_dir / CHECKPOINT_NAME).exists():
-                    _remove_unfinished_run(self.run_dir)
+                    _remove_unfinished_run(self.run_dir, keep=before, remove_directory=created)
                 raise
 
     def _fit(self) -> dict[str, Any]:
@@ -498,25 +503,26 @@ class _CsvLog:
                 csv.DictWriter(handle, self.FIELDS).writerow(row)
 
 
-def _remove_unfinished_run(run_dir: Path) -> None:
-    """Delete what a run that never checkpointed wrote (nothing in it can be resumed or evaluated), and the
-    directory itself when nothing else is left in it."""
+def _remove_unfinished_run(run_dir: Path, keep: set[str], remove_directory: bool) -> None:
+    """Delete what a run that never checkpointed wrote (nothing in it can be resumed or evaluated, so nothing
+    should look like a run): only the entries that were not there before it started, and the directory when
+    this run made it and it is left empty. The error that stopped the run says what went wrong."""
     import shutil
 
     from core.io import LOCK_NAME
 
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-    for shard in run_dir.glob(SHARD_GLOB):
-        shard.unlink()
-    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-    remove_stale_temporaries(run_dir)
-    left = [entry.name for entry in run_dir.iterdir() if entry.name != LOCK_NAME]
-    if not left:
+    ours = [entry for entry in run_dir.iterdir() if entry.name not in keep and entry.name != LOCK_NAME
+            and (entry.name in RUN_FILES or entry.match(SHARD_GLOB) or entry.name == "tensorboard")]
+    for entry in ours:
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    left = sorted(entry.name for entry in run_dir.iterdir() if entry.name != LOCK_NAME)
+    if remove_directory and not left:
         (run_dir / LOCK_NAME).unlink(missing_ok=True)
         run_dir.rmdir()
-    print(f"note: {run_dir} held no checkpoint, so its partial outputs were removed"
-          + (f" (other files left there: {', '.join(sorted(left)[:3])})" if left else ""), file=sys.stderr)
+        print(f"note: {run_dir} held no checkpoint, so it was removed", file=sys.stderr)
+    elif ours:
+        print(f"note: {run_dir} holds no checkpoint; removed what this run wrote there "
+              f"({', '.join(sorted(entry.name for entry in ours))})", file=sys.stderr)
 
 
 def _numeric_row(row: dict[str, Any], fields: list[str]) -> bool:

@@ -15,7 +15,7 @@ class DCQOptions:
     dcq_momentum: float = option(0.999, "Momentum of the EMA (key) encoder.",
                                  allowed=Range(0.0, 1.0, high_inclusive=False))
     k_shot: int = option(1, "Other images per identity that generate its class weight (1: the official recipe).",
-                         allowed=Range(1), fixed_on_resume=True)
+                         allowed=Range(1, 63), fixed_on_resume=True)  # each key flips by its own coin, 63 at most
     strict_k_shot: bool = option(False, "Fail when an identity has fewer than k + 1 images instead of repeating "
                                         "images.")
     identity_sampling: str = option("image", "Draw batch rows uniformly over images or over identities.",

@@ -132,10 +132,21 @@ def cell_updates(grid_dir: Path, frame: pd.DataFrame, dataset: str, arm: str) ->
 def _load_updates(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path) as stored:
-            return {name: stored[name] for name in stored.files}
+            updates = {name: stored[name] for name in stored.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:  # missing, truncated, not an npz
         raise DataError(f"{path}: cannot read the cell's update counters ({type(exc).__name__}: {exc}); delete the "
                         "cell's result.json to rerun it") from exc
+    return updates if "positive" in updates else _by_role(updates)
+
+
+def _by_role(updates: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A grid cell written before the counters were stored by role: its counters under their old names."""
+    if "positive_updates" not in updates:
+        raise DataError("a cell's update counters hold neither the roles nor the names of earlier grids")
+    queue = "queue_steps" in updates  # a queue's exposure, not trained weights
+    return {"counts": updates["counts"], "positive": updates["positive_updates"],
+            "negative": updates["queue_steps" if queue else "negative_updates"],
+            "negative_updates_weights": np.array(not queue)}
 
 
 # -- claims ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ All of that machinery is the center store's (core/center_store/): the sharded ce
 table outside autograd and outside the backbone's optimizer, the sampled rows copied
 into a fresh leaf so their gradient is exactly sparse, and the row optimizer that
 touches them alone. Partial FC is the store with one center per class and
-``int(sample_rate * C_local)`` columns per step; ``sample_rate=1.0`` is exact full softmax.
+``int(sample_rate * C_local)`` columns per step (at least one); ``sample_rate=1.0`` is exact full softmax.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ from core.sampler import ClassSampler, SamplerEnvironment, Selection
 
 
 class CenterStoreSampler(ClassSampler):
-    """Each step's columns: the batch's positives, topped up with sampled rows to ``int(sample_rate * C_local)``."""
+    """Each step's columns: the batch's positives, topped up with sampled rows to ``int(sample_rate * C_local)``
+    (at least one)."""
 
     def __init__(self, store: CenterStore, sample_rate: float, sampling: str = "uniform") -> None:
         super().__init__()

@@ -67,10 +67,13 @@ class CenterStore(nn.Module):
     def _initial_rows(self, seed: int, device: Optional[torch.device], dtype: torch.dtype) -> torch.Tensor:
         """N(0, 0.01) rows, each prototype of a row from its own stream (the first one's is a one-prototype
         store's), drawn a ``[C_local, D]`` slice at a time so the draw never holds K times one table."""
-        prototypes = math.prod(self.row_shape[:-1])
-        rows = torch.empty(self.shard_size, prototypes, self.row_shape[-1], device=device, dtype=dtype)
+        prototypes, dim = math.prod(self.row_shape[:-1]), self.row_shape[-1]
+        if prototypes == 1:  # one center per class: the draw is the table (no second copy at 20M classes)
+            return init_centers(self.shard_start, self.shard_size, dim, seed, device, dtype).view(
+                self.shard_size, *self.row_shape)
+        rows = torch.empty(self.shard_size, prototypes, dim, device=device, dtype=dtype)
         for prototype in range(prototypes):
-            rows[:, prototype] = init_centers(self.shard_start, self.shard_size, self.row_shape[-1],
+            rows[:, prototype] = init_centers(self.shard_start, self.shard_size, dim,
                                               seed + PROTOTYPE_SEED_STRIDE * prototype, device, dtype)
         return rows.view(self.shard_size, *self.row_shape)
 
@@ -135,7 +138,7 @@ class CenterStore(nn.Module):
         if len(self._pending) == 1:
             rows, grad = self._pending[0]
         elif any(index is None for index in indices):
-            rows, grad = None, torch.zeros_like(self.centers)
+            rows, grad = None, torch.zeros(self.centers.shape, dtype=self.compute_dtype, device=self.centers.device)
             for index, part in self._pending:
                 if index is None:
                     grad += part

@@ -43,7 +43,8 @@ class ModelInputTransform:
     """Per-sample transform for datasets: HWC uint8 -> CHW float in [-1, 1] at the model size.
 
     It is deterministic on purpose: random augmentation (the flip) happens on the batch in
-    the trainer, from a generator the checkpoint saves, so resumed runs see the same flips.
+    the trainer, keyed by each sample's place in the data order (RandomFlip), so resumed runs and
+    runs on any number of processes see the same flips.
     """
 
     def __init__(self, size: int) -> None:

@@ -26,8 +26,8 @@ from core.io import atomic_path
 
 # numpy moved these between numpy.core and numpy._core; asking an object for its reducer
 # finds them wherever this numpy keeps them without importing a deprecated module path.
-_NUMPY_RECONSTRUCT = np.zeros(1, dtype=np.uint8).__reduce__()[0]
-_NUMPY_SCALAR = np.bool_(True).__reduce__()[0]
+NUMPY_RECONSTRUCT = np.zeros(1, dtype=np.uint8).__reduce__()[0]
+NUMPY_SCALAR = np.bool_(True).__reduce__()[0]
 _NUMPY_FROMBUFFER = np.zeros(1, dtype=np.uint8).__reduce_ex__(5)[0]  # protocol-5 arrays
 _SAFE_DTYPE_KINDS = "biu"  # bool, signed and unsigned integers: plain bytes, no objects
 
@@ -85,7 +85,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def _reconstruct(self, subtype: Any, shape: Any, dtype_char: Any) -> np.ndarray:
         if subtype is not _NdarrayToken:
             raise self._refuse(f"array reconstruction of {subtype!r}")
-        return _NUMPY_RECONSTRUCT(np.ndarray, shape, dtype_char)
+        return NUMPY_RECONSTRUCT(np.ndarray, shape, dtype_char)
 
     def _frombuffer(self, buffer: Any, dtype: Any, shape: Any, order: Any, *rest: Any) -> np.ndarray:
         # Python >= 3.8 with pickle.HIGHEST_PROTOCOL stores cv2.imencode arrays this way.
@@ -98,7 +98,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def _scalar(self, dtype: Any, data: Any = None) -> Any:
         if not isinstance(dtype, np.dtype) or dtype.kind not in _SAFE_DTYPE_KINDS:
             raise self._refuse(f"numpy scalar of dtype {dtype!r}")
-        return _NUMPY_SCALAR(dtype, data)
+        return NUMPY_SCALAR(dtype, data)
 
 
 def _as_image_bytes(item: Any, index: int, where: str) -> bytes:

@@ -173,15 +173,32 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoi
         original(obj, path, *rest, **options)
 
     monkeypatch.setattr(core.io.torch, "save", save)
+    usage = core.io.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(core.io.shutil, "disk_usage", lambda path: usage._replace(free=300_000))  # a full disk
     result = CliRunner().invoke(main, _train_command(data, run))
     assert result.exit_code == 2
     (message,) = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert "Traceback" not in result.output
     assert f"{run / 'checkpoint.pt'}: cannot be written: no space left on its device" in message
-    assert "MB free; it needs about" in message
+    assert "0.3 MB free; it needs about" in message
     monkeypatch.undo()
     assert _final_state(run)[0] == 4  # the last good checkpoint is intact
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_failed_write_with_room_left_is_not_called_a_full_disk(tmp_path, monkeypatch):
+    import core.io
+    from core.errors import DataError
+
+    def save(obj, path, *rest, **options):
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(core.io.torch, "save", save)
+    with pytest.raises(DataError) as error:
+        core.io.atomic_torch_save({"x": torch.zeros(3)}, tmp_path / "state.pt")
+    assert "no space" not in str(error.value) and "PytorchStreamWriter failed writing file" in str(error.value)
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_second_training_into_a_busy_directory_is_refused_naming_the_holder(data, tmp_path):
@@ -198,7 +215,7 @@ def test_a_second_training_into_a_busy_directory_is_refused_naming_the_holder(da
     assert not (run / "config.yaml").exists()
 
 
-def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_folder(tmp_path):
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_folder_and_no_stranger_s_file_goes(tmp_path):
     from PIL import Image
 
     faces = tmp_path / "faces"
@@ -212,6 +229,15 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_run_folder(tmp_p
                                        *FLAGS, "--batch-size", "4"])
     assert result.exit_code == 2 and "3.png" in result.output
     assert not run.exists()
+    # into a directory the user made and filled: only what the run wrote goes, and its log.csv stays
+    run.mkdir()
+    (run / "config.yaml").write_text("lr: 0.1\n")  # the user's own config, given as --config
+    (run / "notes.txt").write_text("mine")
+    again = CliRunner().invoke(main, ["train", "--config", str(run / "config.yaml"), "--data", str(faces), "--out",
+                                      str(run), "--cache-images", "off", *FLAGS, "--batch-size", "4"])
+    assert again.exit_code == 2
+    assert (run / "config.yaml").is_file() and (run / "notes.txt").read_text() == "mine"  # (the run resolved it)
+    assert not (run / "env.json").exists()
 
 
 def test_a_damaged_log_is_no_reason_to_stop_a_resume(data, tmp_path):

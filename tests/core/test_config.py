@@ -50,7 +50,7 @@ def test_method_options_are_checked_and_read_with_their_defaults(tmp_path):
     assert (config.options.queue_size, config.options.k_shot, config.options.dcq_momentum) == (0.1, 2, 0.99)
     assert config.options.identity_sampling == "image"  # the method's default
     path.write_text("method: dcq\nk_shot: 0\n")
-    with pytest.raises(ConfigError, match=r"k_shot \(--k-shot\) must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"k_shot \(--k-shot\) must be in \[1, 63\], got 0"):
         load_config(path, {})
 
 

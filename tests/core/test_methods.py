@@ -43,9 +43,19 @@ def test_every_spec_is_complete_and_its_references_resolve(name):
     assert set(spec.recipe) <= {"margin", "margin_m", "scale"}
 
 
-def test_an_option_two_methods_share_has_one_type():
-    shared = {name: titles for name, (_, titles) in options_by_name().items()}
-    assert set(shared) == {name for spec in all_methods() for name in spec.option_names()}
+def test_an_option_two_methods_share_means_the_same_in_both():
+    declared = {}
+    for spec in all_methods():
+        for info in spec.option_infos():
+            declared.setdefault(info.name, []).append(info)
+    shared = {name: infos for name, infos in declared.items() if len(infos) > 1}
+    assert shared  # sub-center ArcFace takes Partial FC's center-store options
+    for name, infos in shared.items():
+        first = infos[0]
+        meaning = (first.type, first.default, first.choices, first.allowed)
+        assert all((i.type, i.default, i.choices, i.allowed) == meaning for i in infos), name
+    by_flag = options_by_name()
+    assert set(by_flag) == set(declared) and all(len(by_flag[name][1]) == len(declared[name]) for name in declared)
 
 
 def test_a_registry_entry_must_name_a_spec_of_that_name(monkeypatch):

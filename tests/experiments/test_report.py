@@ -131,3 +131,16 @@ def test_a_report_that_fails_keeps_the_previous_plots(tmp_path):
         write_report(tmp_path, out)
     assert {path.name: path.read_bytes() for path in (out.parent / "results").iterdir()} == before
     assert [path.name for path in out.parent.iterdir() if path.name.startswith(".")] == []
+
+
+def test_counters_of_a_grid_written_before_roles_are_read_by_their_old_names(tmp_path):
+    from experiments.report import _load_updates
+
+    counts = np.array([2, 3, 25, 30])
+    np.savez(tmp_path / "pfc.npz", counts=counts, positive_updates=counts * 2, negative_updates=np.array([9, 9, 1, 1]))
+    np.savez(tmp_path / "dcq.npz", counts=counts, positive_updates=counts, negative_updates=np.zeros(4, dtype=int),
+             queue_steps=np.array([5, 5, 9, 9]))
+    pfc, dcq = _load_updates(tmp_path / "pfc.npz"), _load_updates(tmp_path / "dcq.npz")
+    assert pfc["negative"].tolist() == [9, 9, 1, 1] and bool(pfc["negative_updates_weights"])
+    assert dcq["negative"].tolist() == [5, 5, 9, 9] and not bool(dcq["negative_updates_weights"])
+    assert pfc["positive"].tolist() == (counts * 2).tolist()
