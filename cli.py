@@ -48,40 +48,50 @@ def main() -> None:
 @main.command()
 @method_choice()
 @click.option("--data", help="'synthetic' (default), a .rec directory, a folder of identities or a list file.")
-@click.option("--val", multiple=True, help="Verification .bin file (repeatable); synthetic data ships val.bin.")
+@click.option("--val", multiple=True, help="Verification .bin file, or a name (lfw, cfp_fp, agedb_30) for NAME.bin "
+                                          "beside the training data (repeatable); synthetic data ships val.bin.")
 @click.option("--backbone", help="tiny (CPU default), iresnet18/34/50/100, mobilefacenet.")
-@click.option("--embedding-size", type=int)
+@click.option("--embedding-size", type=int, help="Dimension of the embedding (insightface: 512).")
 @click.option("--input-size", type=int, help="Model input side; defaults to the backbone's.")
-@click.option("--margin", type=click.Choice(["arcface", "cosface", "combined"]))
+@click.option("--margin", type=click.Choice(["arcface", "cosface", "combined"]),
+              help="Margin of the softmax (default: the method's recipe, e.g. arcface for pfc, cosface for dcq).")
 @click.option("--margin-m", type=float, help="The margin of arcface (0.5) or cosface (0.4).")
 @click.option("--margin-combined", nargs=3, type=float, help="m1 m2 m3 of the combined margin.")
 @click.option("--scale", type=float, help="Logit scale s.")
 @click.option("--straight-through/--exact-gradient", default=None,
               help="ArcFace gradient as insightface computes it (straight through) or exact (default).")
 @click.option("--interclass-threshold", type=float, help="Zero non-target cosines above this (duplicates).")
-@click.option("--epochs", type=int)
+@click.option("--epochs", type=int, help="Epochs the schedule spans.")
 @click.option("--max-steps", type=int, help="Stop after this many steps (the schedule still spans --epochs; 0: no "
                                            "cap).")
 @click.option("--batch-size", type=int, help="Per-process batch size.")
 @click.option("--accumulate", type=int, help="Micro-batches per optimizer step.")
-@click.option("--lr", type=float)
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]))
-@click.option("--weight-decay", type=float)
+@click.option("--lr", type=float, help="Base learning rate (for the global batch; warm-up then polynomial decay).")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help="Optimizer of the backbone and center store.")
+@click.option("--momentum", type=float, help="SGD momentum (backbone and center store).")
+@click.option("--weight-decay", type=float, help="Weight decay (coupled for SGD, decoupled for AdamW).")
+@click.option("--warmup-epochs", type=float, help="Epochs of linear lr warm-up.")
+@click.option("--lr-power", type=float, help="Power of the polynomial lr decay after the warm-up.")
 @click.option("--grad-clip", type=float, help="Max backbone gradient norm (0 disables).")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "off"]))
+@click.option("--amp", type=click.Choice(["auto", "bf16", "off"]),
+              help="Mixed precision: auto is bf16 autocast on CUDA and off on CPU.")
 @click.option("--channels-last/--no-channels-last", default=None, help="NHWC convolutions (CUDA + bf16).")
 @click.option("--compile/--no-compile", "compile_backbone", default=None, help="torch.compile the backbone.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/METHOD-TIME).")
 @click.option("--resume", type=click.Path(), help="Continue the run in this directory from its checkpoint.")
-@click.option("--config", "config_file", type=click.Path(), help="YAML config; flags override it.")
+@click.option("--config", "config_file", type=click.Path(),
+              help="YAML config (keys are the option names), or an insightface arcface_torch config .py, read "
+                   "without running it; flags override it.")
 @click.option("--device", help="auto, cpu or cuda.")
-@click.option("--seed", type=int)
+@click.option("--seed", type=int, help="Seed of the initialisation, data order and augmentation.")
 @click.option("--workers", type=int, help="DataLoader workers.")
-@click.option("--cache-images", type=click.Choice(["auto", "on", "off"]))
+@click.option("--cache-images", type=click.Choice(["auto", "on", "off"]),
+              help="Keep decoded, resized images in memory (auto: when they fit in 2 GB).")
 @click.option("--checkpoint-every", type=int, help="Steps between checkpoints.")
 @click.option("--val-every", type=int, help="Steps between validations (0: every epoch).")
 @click.option("--log-every", type=int, help="Steps between log.csv rows.")
-@click.option("--identities", "synthetic_identities", type=int, help="Synthetic data: training identities.")
+@click.option("--identities", "--synthetic-identities", "synthetic_identities", type=int,
+              help="Synthetic data: training identities.")
 @click.option("--flip-noise", type=float, help="Synthetic data: fraction of flipped labels.")
 @click.option("--split", type=float, help="Synthetic data: fraction of identities split in two labels.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -124,6 +134,20 @@ def train(config_file: Optional[str], quiet: bool, **options: Any) -> None:
         click.echo(f"Run directory: {run_dir} (checkpoint.pt, config.yaml, log.csv, loss.png, metrics.json)")
         val = trainer.val_files[0] if trainer.val_files else "F.bin"
         click.echo(f"Next: python cli.py eval {run_dir} --val {val}")
+
+
+def _show_config_defaults(command: click.Command) -> None:
+    """Flags stay unset (None) so a --config file can supply them; their help still shows the default."""
+    from core.config import TrainConfig
+
+    defaults = TrainConfig()
+    for param in command.params:
+        default = getattr(defaults, param.name, None)
+        if isinstance(param, click.Option) and not param.is_flag and default not in (None, []):
+            param.help = f"{param.help or ''} (default {default})".strip()
+
+
+_show_config_defaults(train)
 
 
 # -- eval -------------------------------------------------------------------------------------

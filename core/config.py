@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,24 +189,8 @@ def config_keys() -> list[str]:
 
 
 def load_config(path: Optional[str | Path], overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults, then the YAML file, then ``overrides`` (flags the user actually gave)."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"--config {path}: file not found")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {path}: not valid YAML ({exc})") from exc
-        if not isinstance(values, dict):
-            raise ConfigError(f"--config {path}: expected a mapping of keys to values")
-        unknown = sorted(set(values) - set(config_keys()))
-        if unknown:
-            raise ConfigError(f"--config {path}: unknown key(s) {', '.join(unknown)}; "
-                              f"valid keys are {', '.join(config_keys())}")
-        if isinstance(values.get("val"), str):  # one file written as a string rather than a list
-            values["val"] = [values["val"]]
+    """Defaults, then the config file (YAML, or an arcface_torch ``.py``), then ``overrides`` (flags given)."""
+    values = {} if path is None else _read_config_file(Path(path))
     values = {**values, **{k: v for k, v in overrides.items() if v is not None}}
     method = values.get("method", TrainConfig.method)
     float_keys = _FLOAT_KEYS | {info.name for info in get_method(method).option_infos() if info.type is float}
@@ -216,6 +201,32 @@ def load_config(path: Optional[str | Path], overrides: dict[str, Any]) -> TrainC
             except ValueError:
                 pass  # validate() names the key and the value
     return TrainConfig().replace(**values).validate()
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """A config file's keys: YAML, or an arcface_torch Python config read without running it."""
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: file not found")
+    if path.suffix == ".py":
+        from core.arcface_config import read_arcface_config
+
+        values, notes = read_arcface_config(path)
+        for note in notes:
+            print(f"note: --config {path}: {note}", file=sys.stderr)
+        return values
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML ({exc})") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of keys to values")
+    unknown = sorted(set(values) - set(config_keys()))
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown key(s) {', '.join(unknown)}; "
+                          f"valid keys are {', '.join(config_keys())}")
+    if isinstance(values.get("val"), str):  # one file written as a string rather than a list
+        values["val"] = [values["val"]]
+    return values
 
 
 # What a resumed run cannot change: the model, the data and its order, and the shapes of the

@@ -27,7 +27,8 @@ from core.backbones import build_backbone, default_input_size
 from core.config import TrainConfig, save_config
 from core.data.base import FaceDataset
 from core.data.batch import Batch
-from core.data.loader import batch_order, default_val_files, make_loader, prepare_dataset, synthetic_dataset_root
+from core.data.loader import (batch_order, default_val_files, make_loader, prepare_dataset, resolve_val_files,
+                              synthetic_dataset_root)
 from core.data.transforms import RandomFlip
 from core.distributed import DistributedContext, init_distributed, resolve_device
 from core.errors import ConfigError, DataError, TrainingError
@@ -144,7 +145,8 @@ class Trainer:
         if empty and self.context.is_main:  # e.g. a .rec whose property declares more classes than it holds
             print(f"warning: --data {config.data}: {empty} of {self.num_classes} classes have no images; they "
                   "are never a positive (a stored center is kept for each)", file=sys.stderr)
-        self.val_files = list(config.val) or default_val_files(self.data_root)
+        self.val_files = (resolve_val_files(config.val, self.data_root or config.data) if config.val
+                          else default_val_files(self.data_root))
         # Read now, not at the first evaluation: a missing or corrupt --val file must not cost the steps before it.
         self._val_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if self.context.is_main:

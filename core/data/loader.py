@@ -271,3 +271,20 @@ def default_val_files(data_root: Optional[Path]) -> list[str]:
     if data_root is not None and (data_root / "val.bin").exists():
         return [str(data_root / "val.bin")]
     return []
+
+
+def resolve_val_files(values: Sequence[str], data: str | Path) -> list[str]:
+    """``--val`` entries as files: a path as given, or a name (``lfw``) as ``NAME.bin`` beside the training data,
+    where insightface keeps ``lfw.bin``, ``cfp_fp.bin`` and ``agedb_30.bin`` next to ``train.rec``."""
+    folder = Path(data) if Path(data).is_dir() else Path(data).parent
+    files = []
+    for value in values:
+        if Path(value).exists() or Path(value).suffix:  # a file; a missing one is named when it is read
+            files.append(str(value))
+            continue
+        beside = folder / f"{value}.bin"
+        if not beside.is_file():
+            raise DataError(f"--val {value}: neither a file nor {beside} (a name means NAME.bin beside the "
+                            "training data)")
+        files.append(str(beside))
+    return files

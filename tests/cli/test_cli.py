@@ -227,3 +227,15 @@ def test_non_finite_weights_and_one_sided_pairs_are_errors_naming_their_file(tin
     write_verification_bin(tmp_path / "same.bin", images, [True] * len(issame))
     result = CliRunner().invoke(main, ["eval", str(run), "--val", str(tmp_path / "same.bin")])
     assert result.exit_code == 2 and f"{tmp_path / 'same.bin'}: ROC needs both same and different" in result.output
+
+
+def test_every_config_key_is_a_flag_and_the_help_shows_its_default():
+    from core.config import TrainConfig, config_keys
+
+    train = main.commands["train"]
+    flags = {param.name for param in train.params} | {"compile"}  # --compile's parameter is compile_backbone
+    assert set(config_keys()) <= flags
+    text = " ".join(_run("train", "--help").output.split())
+    assert f"Epochs the schedule spans. (default {TrainConfig.epochs})" in text
+    assert f"(default {TrainConfig.momentum})" in text and "(default 0.3)" in text  # shared, and a method's
+    assert all(param.help for param in train.params if param.name not in ("quiet",))
