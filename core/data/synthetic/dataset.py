@@ -305,18 +305,16 @@ def make_synthetic_dataset(out_dir: str | Path, config: SyntheticConfig, progres
         _preview(train_images, counts, tmp / PREVIEW_FILE)
         label_identity = _label_identity(lab)
         per_label = np.bincount(lab.label, minlength=lab.num_classes)
+        totals = {"num_images": int(len(order)), "num_classes": int(lab.num_classes), "num_identities": n_id,
+                  "num_flipped": int(len(lab.flipped)), "num_split_pairs": int(len(lab.split_pairs)),
+                  "num_heldout_identities": n_held}
         ground_truth = {
             "format": _FORMAT,
             "kind": "images",
             "seed": seed,
             "config": asdict(config),
             "counts": {
-                "num_images": int(len(order)),
-                "num_classes": int(lab.num_classes),
-                "num_identities": n_id,
-                "num_flipped": int(len(lab.flipped)),
-                "num_split_pairs": int(len(lab.split_pairs)),
-                "num_heldout_identities": n_held,
+                **totals,
                 "images_per_identity": counts,
                 "images_per_label": per_label,
             },
@@ -362,12 +360,7 @@ def make_synthetic_dataset(out_dir: str | Path, config: SyntheticConfig, progres
         paths["val_tail"] = out_dir / "val_tail.bin"
     return {
         "root": str(out_dir),
-        "num_images": int(len(order)),
-        "num_classes": int(lab.num_classes),
-        "num_identities": n_id,
-        "num_flipped": int(len(lab.flipped)),
-        "num_split_pairs": int(len(lab.split_pairs)),
-        "num_heldout_identities": n_held,
+        **totals,
         "val_pairs": val_info["pairs"] if val_info else 0,
         "val_tail_pairs": tail_info["pairs"] if tail_info else 0,
         "seconds": round(time.perf_counter() - started, 2),
