@@ -15,7 +15,9 @@ from typing import Any, Optional
 
 import click
 
+from core.config import CHOICES
 from core.errors import FaceQueueError
+from core.figures import figure_format_option
 from core.method_options import method_choice, method_option_flags
 
 
@@ -53,7 +55,7 @@ def main() -> None:
 @click.option("--backbone", help="tiny (CPU default), iresnet18/34/50/100, mobilefacenet.")
 @click.option("--embedding-size", type=int, help="Dimension of the embedding (insightface: 512).")
 @click.option("--input-size", type=int, help="Model input side; defaults to the backbone's.")
-@click.option("--margin", type=click.Choice(["arcface", "cosface", "combined"]),
+@click.option("--margin", type=click.Choice(CHOICES["margin"]),
               help="Margin of the softmax (default: the method's recipe, e.g. arcface for pfc, cosface for dcq).")
 @click.option("--margin-m", type=float, help="The margin of arcface (0.5) or cosface (0.4).")
 @click.option("--margin-combined", nargs=3, type=float, help="m1 m2 m3 of the combined margin.")
@@ -67,13 +69,14 @@ def main() -> None:
 @click.option("--batch-size", type=int, help="Per-process batch size.")
 @click.option("--accumulate", type=int, help="Micro-batches per optimizer step.")
 @click.option("--lr", type=float, help="Base learning rate (for the global batch; warm-up then polynomial decay).")
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), help="Optimizer of the backbone and center store.")
+@click.option("--optimizer", type=click.Choice(CHOICES["optimizer"]),
+              help="Optimizer of the backbone and center store.")
 @click.option("--momentum", type=float, help="SGD momentum (backbone and center store).")
 @click.option("--weight-decay", type=float, help="Weight decay (coupled for SGD, decoupled for AdamW).")
 @click.option("--warmup-epochs", type=float, help="Epochs of linear lr warm-up.")
 @click.option("--lr-power", type=float, help="Power of the polynomial lr decay after the warm-up.")
 @click.option("--grad-clip", type=float, help="Max backbone gradient norm (0 disables).")
-@click.option("--amp", type=click.Choice(["auto", "bf16", "off"]),
+@click.option("--amp", type=click.Choice(CHOICES["amp"]),
               help="Mixed precision: auto is bf16 autocast on CUDA and off on CPU.")
 @click.option("--channels-last/--no-channels-last", default=None, help="NHWC convolutions (CUDA + bf16).")
 @click.option("--compile/--no-compile", "compile_backbone", default=None, help="torch.compile the backbone.")
@@ -85,11 +88,12 @@ def main() -> None:
 @click.option("--device", help="auto, cpu or cuda.")
 @click.option("--seed", type=int, help="Seed of the initialisation, data order and augmentation.")
 @click.option("--workers", type=int, help="DataLoader workers.")
-@click.option("--cache-images", type=click.Choice(["auto", "on", "off"]),
+@click.option("--cache-images", type=click.Choice(CHOICES["cache_images"]),
               help="Keep decoded, resized images in memory (auto: when they fit in 2 GB).")
 @click.option("--checkpoint-every", type=int, help="Steps between checkpoints.")
 @click.option("--val-every", type=int, help="Steps between validations (0: every epoch).")
 @click.option("--log-every", type=int, help="Steps between log.csv rows.")
+@figure_format_option(default=None)
 @click.option("--identities", "--synthetic-identities", "synthetic_identities", type=int,
               help="Synthetic data: training identities.")
 @click.option("--flip-noise", type=float, help="Synthetic data: fraction of flipped labels.")
@@ -131,7 +135,8 @@ def train(config_file: Optional[str], quiet: bool, **options: Any) -> None:
         click.echo(f"\nTrained {config.method} for {trainer.step} steps in {minutes:.1f} min "
                    f"({trainer.num_classes} classes, {len(trainer.dataset)} images).")
         click.echo("Held-out verification:\n  " + (metrics_summary(metrics).replace("\n", "\n  ") or "(no --val)"))
-        click.echo(f"Run directory: {run_dir} (checkpoint.pt, config.yaml, log.csv, loss.png, metrics.json)")
+        click.echo(f"Run directory: {run_dir} (checkpoint.pt, config.yaml, log.csv, training.{config.figure_format}, "
+                   "metrics.json)")
         val = trainer.val_files[0] if trainer.val_files else "F.bin"
         click.echo(f"Next: python cli.py eval {run_dir} --val {val}")
 
@@ -176,19 +181,24 @@ def eval_command(run: str, val: tuple[str, ...], online: bool, device: str, batc
 # -- export -----------------------------------------------------------------------------------
 @main.command()
 @click.argument("run", type=click.Path(exists=True))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write (e.g. model.pt).")
-@click.option("--format", "fmt", type=click.Choice(["state_dict", "torchscript"]), default="state_dict",
-              show_default=True, help="state_dict: insightface-style model.pt; torchscript: a traced module.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="File to write: model.pt (a state_dict) or model.onnx.")
+@click.option("--format", "export_format", type=click.Choice(["state_dict", "onnx"]),
+              help="state_dict: insightface-style weights; onnx: a dynamic-batch graph checked against onnxruntime "
+                   "(default: onnx for an .onnx --out, else state_dict).")
 @click.option("--online", is_flag=True, help="Export the online backbone instead of the network the method is "
                                             "evaluated with (DCQ: its momentum encoder).")
-def export(run: str, out: str, fmt: str, online: bool) -> None:
+def export(run: str, out: str, export_format: Optional[str], online: bool) -> None:
     """Write a run's evaluation network (DCQ: its momentum encoder) for deployment or insightface tools."""
-    from core.export import export_backbone
+    from core.export import export_backbone, loading_hint
 
-    input_size = export_backbone(run, out, fmt, online=online)
-    click.echo(f"Wrote {out} ({fmt}, input 3x{input_size}x{input_size} in [-1, 1]).")
-    if fmt == "state_dict":
-        click.echo("Load it with core.backbones.build_backbone(...).load_state_dict(torch.load(path)).")
+    result = export_backbone(run, out, export_format, online=online)
+    size = result.input_size
+    click.echo(f"Wrote {out} ({result.export_format}, {result.backbone}, input Nx3x{size}x{size} RGB in [-1, 1], "
+               f"output Nx{result.embedding_size})."
+               + ("" if result.onnx_max_difference is None else
+                  f" onnxruntime matches PyTorch to {result.onnx_max_difference:.1e} (max |difference|)."))
+    click.echo(f"Load it with: {loading_hint(result)}")
 
 
 # -- analyze ----------------------------------------------------------------------------------

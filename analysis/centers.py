@@ -31,11 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from analysis.choices import CENTER_SOURCES
 from core.errors import ConfigError, DataError
 from core.method_spec import MethodSpec
 
 CACHE_DIR_NAME = "analysis_cache"
-CENTER_SOURCES = ("auto", "store", "means")
 
 
 def _array(value: Any, what: str, dtype: Any = None) -> np.ndarray:
@@ -388,7 +388,7 @@ def choose_centers(source: str, purpose: str, run: RunInfo, embeddings: np.ndarr
     They say where the backbone actually puts each class's images; Partial FC's stored
     centers of tail classes are rarely updated and the softmax pushes the two labels of
     one person apart, so on the synthetic ground truth the means rank conflicts and
-    flips markedly better (see the README's figures). ``purpose="longtail"``: the
+    flips markedly better (see docs/ANALYSIS.md). ``purpose="longtail"``: the
     method's stored centers when it has them, since how the classifier's centers behave
     is the subject there; class means otherwise (DCQ).
     """

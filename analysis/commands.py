@@ -15,10 +15,10 @@ from typing import Any, Callable, Optional
 
 import click
 
-from analysis.centers import CENTER_SOURCES
-from analysis.conflict import DEFAULT_K
+from analysis.choices import CENTER_SOURCES, DEFAULT_K
 from analysis.index import METHODS
 from core.errors import ConfigError
+from core.figures import figure_format_option
 
 
 def _common(function: Callable) -> Callable:
@@ -38,6 +38,7 @@ def _common(function: Callable) -> Callable:
         click.option("--index", "index_method", type=click.Choice(METHODS), default="auto", show_default=True,
                      help="Nearest-neighbour search: exact, or IVF / HNSW tuned to recall >= 0.95 (auto: "
                           "approximate above 100k classes)."),
+        figure_format_option(),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
     for decorator in reversed(decorators):
@@ -90,7 +91,25 @@ def _next_after_clean(analysis, write_clean: str) -> str:
     if not clean.get("written"):
         metrics = shlex.quote(str(analysis.inputs.run.checkpoint.parent / "metrics.json"))
         return f"Next: check the run's verification accuracy ({metrics}) before cleaning with it"
-    return f"Next: python cli.py train --method {analysis.inputs.run.method} --data {shlex.quote(write_clean)}"
+    run = analysis.inputs.run
+    val = "".join(f" --val {shlex.quote(path)}" for path in run_val_files(run))
+    return f"Next: python cli.py train --method {run.method} --data {shlex.quote(write_clean)}{val}"
+
+
+def run_val_files(run) -> list[str]:
+    """The --val files the run was validated on, so that a retraining is measured the same way (none when they
+    cannot be found any more)."""
+    from analysis.centers import resolve_data_path
+    from core.data.loader import default_val_files, resolve_val_files
+    from core.errors import FaceQueueError
+
+    try:
+        trained_on = resolve_data_path(run)
+        if run.config.get("val"):
+            return resolve_val_files(run.config["val"], trained_on)
+        return default_val_files(trained_on if run.config.get("data") == "synthetic" else None)
+    except FaceQueueError:
+        return []
 
 
 def _data_flag(data: Optional[str]) -> str:

@@ -22,9 +22,11 @@ import pandas as pd
 
 from analysis import plots
 from analysis.centers import Centers
+from analysis.choices import DEFAULT_K
 from analysis.groundtruth import DetectionScore, conflict_positives, score_detection
 from analysis.index import IndexBuilder, IndexInfo, build_index, normalize_rows, self_neighbours
 from analysis.report import Report, write_csv
+from analysis.thumbnails import EXAMPLES_PER_CLASS, add_sheet, conflict_rows
 from core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 
 CONFLICT_COLUMNS = ["label_a", "label_b", "similarity", "count_a", "count_b", "flagged",
                     "a_samples_nearest_b", "b_samples_nearest_a", "same_person_llr"]
-DEFAULT_K = 5
+PAIRS_SHEET = "conflict_pairs.jpg"  # contact sheet of the most similar pairs' faces
 # The default threshold adapts to the run: a class's nearest-other-center cosine is
 # "ordinary" up to FENCE_SDS robust standard deviations above the median over all
 # classes, and never below insightface's duplicate threshold (interclass filtering 0.4).
@@ -302,25 +304,38 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         report.paragraph(f"**Warning:** {warning}.")
     report.heading("Why this threshold", level=3)
     report.paragraph(conflict_threshold_rationale(threshold, chosen_by_default, nearest, table, score, truth))
-    report.table(table, "Most similar class pairs (conflict.csv)")
+    shown = table.copy()
+    if truth is not None:  # the report's tables only: conflict.csv keeps CONFLICT_COLUMNS for every dataset
+        shown.insert(shown.columns.get_loc("label_b") + 1, "true_split", truth)
+        report.paragraph("`true_split` (a column of the report, not of conflict.csv): the ground truth says the "
+                         "pair is one person under two labels.")
+    report.table(shown, "Most similar class pairs (conflict.csv)")
     if model is not None:
-        report.table(table.sort_values("same_person_llr", ascending=False, kind="stable", na_position="last"),
+        report.table(shown.sort_values("same_person_llr", ascending=False, kind="stable", na_position="last"),
                      "Pairs most likely to be one person (conflict.csv sorted by same_person_llr): the order "
                      "in which to review them")
+    add_sheet(analysis, report, conflict_rows(table, inputs.labels, truth), PAIRS_SHEET,
+              f"The faces behind the most similar pairs (the first rows of conflict.csv): up to "
+              f"{EXAMPLES_PER_CLASS} images of each label (its first in dataset order) under the pair's cosine and "
+              "same-person LLR." + (" Green rows: one person under both labels, by the ground truth."
+                                    if truth is not None else ""))
     sims = table["similarity"].to_numpy()
-    plots.histogram(sims, "cosine similarity of the pair's centers", "candidate class pairs",
-                    analysis.file("conflict_similarity.png"), threshold=threshold,
+    plots.histogram(sims, "cosine similarity of the pair's centers",
+                    f"Conflict: each class against its {analysis.options.k} nearest other classes",
+                    analysis.figure("conflict_similarity"), threshold=threshold,
                     highlight=sims[truth] if truth is not None else None,
                     highlight_label="split identities (ground truth)")
-    report.image("conflict_similarity.png", "Similarity of candidate pairs; red: pairs that are one person "
+    report.image(analysis.figure_name("conflict_similarity"),
+                 "Similarity of candidate pairs; red: pairs that are one person "
                  "under two labels (ground truth), when known.")
     if model is not None:
         plots.pair_scatter(sims, table["same_person_llr"].to_numpy(),
                            np.minimum(table["count_a"], table["count_b"]).to_numpy(), "cosine",
-                           "same-person LLR", "candidate pairs: cosine vs same-person LLR",
-                           analysis.file("conflict_llr.png"), x_line=threshold, y_line=0.0, highlight=truth,
+                           "same-person LLR", "Conflict: candidate pairs by cosine and by same-person LLR",
+                           analysis.figure("conflict_llr"), x_line=threshold, y_line=0.0, highlight=truth,
                            highlight_label="split identities (ground truth)")
-        report.image("conflict_llr.png", "Each candidate pair by cosine and by same-person LLR; bigger dots: "
+        report.image(analysis.figure_name("conflict_llr"),
+                     "Each candidate pair by cosine and by same-person LLR; bigger dots: "
                      "more images on the pair's smaller label. Small pairs need a higher cosine for the same "
                      "evidence, which is what the LLR accounts for.")
     summary = {"pairs": len(table), "flagged": int(table["flagged"].sum()),
@@ -330,7 +345,7 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
     if warning:
         summary["warning"] = warning
     if scores:
-        analysis.score_block(report, scores, "conflict_pr.png", "split label pairs")
+        analysis.score_block(report, scores, "conflict_pr", "split label pairs")
         summary["ground_truth"] = scores[0].figures()
         if len(scores) > 1:
             llr_score = scores[1]

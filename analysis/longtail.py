@@ -156,24 +156,28 @@ def longtail_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
     if centers.source == "store":
         plots.frequency_scatter(counts[has], {"raw center norm": by_label["center_norm"].to_numpy()[has]},
                                 "raw center norm", f"{inputs.run.method}: stored center norm vs frequency",
-                                analysis.file("longtail_norm.png"))
-        report.image("longtail_norm.png", "Raw norm of each class's stored center against its frequency.")
+                                analysis.figure("longtail_norm"))
+        report.image(analysis.figure_name("longtail_norm"),
+                     "Raw norm of each class's stored center against its frequency.")
     plots.frequency_scatter(counts[has], {"compactness": by_label["compactness"].to_numpy()[has]},
-                            "mean cosine of samples to their center", "Compactness vs frequency",
-                            analysis.file("longtail_compactness.png"))
-    report.image("longtail_compactness.png", "Compactness: mean cosine of a class's samples to its center.")
+                            "mean cosine of samples to their center",
+                            f"{inputs.run.method}: compactness of each class, by class frequency",
+                            analysis.figure("longtail_compactness"))
+    report.image(analysis.figure_name("longtail_compactness"),
+                 "Compactness: mean cosine of a class's samples to its center.")
     plots.frequency_scatter(counts[has], {"nearest other center": by_label["nearest_other_similarity"]
                                           .to_numpy()[has]},
-                            "cosine to the nearest other center", "Nearest other center vs frequency",
-                            analysis.file("longtail_nearest.png"))
-    report.image("longtail_nearest.png", "Cosine of each class's center to its nearest other center.")
+                            "cosine to the nearest other center",
+                            f"{inputs.run.method}: each class's nearest other center, by class frequency",
+                            analysis.figure("longtail_nearest"))
+    report.image(analysis.figure_name("longtail_nearest"), "Cosine of each class's center to its nearest other center.")
     if stats.series:
         series = {record["name"].replace("_", " "): by_label[record["name"]].to_numpy()[has]
                   for record in stats.records}
         plots.frequency_scatter(counts[has], series, "count per class (symlog)",
-                                f"{inputs.run.method}: per-class counters vs frequency",
-                                analysis.file("longtail_updates.png"), log_y=True)
-        report.image("longtail_updates.png", "What the sampler counted per class: "
+                                f"{inputs.run.method}: what the sampler counted per class, by class frequency",
+                                analysis.figure("longtail_updates"), log_y=True)
+        report.image(analysis.figure_name("longtail_updates"), "What the sampler counted per class: "
                      + "; ".join(f"{record['name'].replace('_', ' ')}: {record['meaning']}"
                                  for record in stats.records) + ".")
     present = np.flatnonzero(centers.present)
@@ -186,8 +190,8 @@ def longtail_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
     nearest = by_label["nearest_other_similarity"].to_numpy()
     plots.head_tail_histograms(head_pairs, tail_pairs, nearest[split.head], nearest[split.tail],
                                f"head ({len(split.head)} classes)", f"tail ({len(split.tail)} classes)",
-                               analysis.file("longtail_head_tail.png"))
-    report.image("longtail_head_tail.png", "Inter-center similarity of head vs tail classes.")
+                               analysis.figure("longtail_head_tail"))
+    report.image(analysis.figure_name("longtail_head_tail"), "Inter-center similarity of head vs tail classes.")
     report.table(table, "Most frequent classes (longtail.csv)", max_rows=10)
     report.table(table.iloc[::-1].reset_index(drop=True), "Least frequent classes", max_rows=10)
     summary = {"classes": len(table), "head_classes": len(split.head), "tail_classes": len(split.tail),

@@ -30,6 +30,7 @@ from analysis.centers import Centers, class_sums
 from analysis.groundtruth import noise_positives, score_detection
 from analysis.index import IndexBuilder, build_index, normalize_rows
 from analysis.report import Report, write_csv
+from analysis.thumbnails import EXAMPLES_PER_CLASS, add_sheet, noise_rows
 from core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ MIN_ROBUST_SD = 0.05
 SAMPLE_CHUNK_ROWS = 262_144
 # --write-clean's list is staged beside the other outputs under this name, and moved to its path last.
 STAGED_CLEAN_LIST = ".clean-list"
+SAMPLES_SHEET = "noise_samples.jpg"  # contact sheet of the most suspect samples' faces
 
 
 @dataclass
@@ -365,18 +367,28 @@ def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         report.paragraph(f"`{signal.name}` ({signal.title}, from the {inputs.run.method} run's own state): "
                          f"{signal.description} It flags {int(signal.flagged.sum()):,} samples "
                          f"(`{signal.name}_flagged`).")
-    report.table(table.drop(columns=[c for c in ("record", "path") if table[c].isna().all()
-                                     or (table[c] == "").all()]),
-                 "Most suspect samples (noise.csv)")
+    shown = table.copy()
+    if truth_by_row is not None:  # the report's table only: noise.csv keeps its columns for every dataset
+        shown.insert(shown.columns.get_loc("path") + 1, "true_flip", truth_by_row)
+        report.paragraph("`true_flip` (a column of the report, not of noise.csv): the ground truth says the "
+                         "sample's label was flipped.")
+    report.table(shown, "Most suspect samples (noise.csv)")
+    add_sheet(analysis, report, noise_rows(table, inputs.labels, truth_by_row), SAMPLES_SHEET,
+              f"The most suspect samples (the first rows of noise.csv), each beside up to {EXAMPLES_PER_CLASS} "
+              "images of its given label and of its nearest other label (their first in dataset order, the "
+              "sheet's suspects left out)." + (" Green rows: the label was flipped, by the ground truth."
+                                               if truth_by_row is not None else ""))
     scores = table["score"].to_numpy()
-    plots.histogram(scores, "score (nearest other - own similarity)", "samples",
-                    analysis.file("noise_score.png"), threshold=threshold,
+    plots.histogram(scores, "score (nearest other - own similarity)",
+                    "Label noise: how much nearer another class's center each sample lies",
+                    analysis.figure("noise_score"), threshold=threshold,
                     highlight=scores[truth_by_row] if truth_by_row is not None else None,
                     highlight_label="flipped labels (ground truth)")
-    report.image("noise_score.png", "Noise score of every sample; red: samples whose label was flipped "
+    report.image(analysis.figure_name("noise_score"),
+                 "Noise score of every sample; red: samples whose label was flipped "
                  "(ground truth), when known.")
     if score is not None:
-        analysis.score_block(report, [score, *signal_scores], "noise_pr.png", "flipped images")
+        analysis.score_block(report, [score, *signal_scores], "noise_pr", "flipped images")
         summary["ground_truth"] = score.figures()
     analysis.summary["noise"] = summary
     return summary

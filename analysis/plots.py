@@ -1,9 +1,6 @@
-"""PNG figures of the analyses, drawn without pyplot and written atomically.
+"""The analyses' figures, in the format the command asks for (``core.figures.save_figure``).
 
-Figures are built on ``matplotlib.figure.Figure`` (the Agg canvas), not pyplot, so no
-global state or display backend is touched and plots can be made from any thread or a
-headless CI. Every file goes through ``core.io.atomic_path``: a report never links to a
-half-written image. Scatter plots of a million classes draw a fixed random subsample
+Scatter plots of a million classes draw a fixed random subsample
 (with binned medians over all classes), so drawing time stays bounded.
 """
 
@@ -15,18 +12,9 @@ from typing import Optional, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from core.io import atomic_path
+from core.figures import save_figure
 
 MAX_SCATTER_POINTS = 50_000
-
-
-def save_figure(figure: Figure, path: str | Path) -> Path:
-    """PNG through a temporary name: a report never links to a half-written image."""
-    path = Path(path)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    return path
 
 
 def _subsample(n: int, limit: int = MAX_SCATTER_POINTS, seed: int = 0) -> np.ndarray:
@@ -67,8 +55,9 @@ def frequency_scatter(counts: np.ndarray, series: dict[str, np.ndarray], ylabel:
         if len(x):
             axes.plot(x, y, color=colour, linewidth=2, label=f"{name} (median)")
     axes.set_xscale("log")
-    if log_y:
+    if log_y:  # symlog: linear near zero, so classes counted 0 times stay on the plot (log would drop them)
         axes.set_yscale("symlog", linthresh=1)
+        axes.set_ylim(bottom=0)  # counts: an axis running below zero would only suggest negative ones
     axes.set_xlabel("images per class (log)")
     axes.set_ylabel(ylabel)
     axes.set_title(title)

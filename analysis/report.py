@@ -9,6 +9,7 @@ be moved or archived whole. Both files are written atomically.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -71,11 +72,21 @@ class Report:
 
     def figures(self, values: dict[str, Any], caption: str = "Key figures") -> None:
         """Name / value pairs: the numbers a reader came for."""
-        table = pd.DataFrame({"figure": list(values), "value": [format_value(v) for v in values.values()]})
-        self.blocks.append(("table", (table, caption, len(table))))
+        self.table(pd.DataFrame({"figure": list(values), "value": [format_value(v) for v in values.values()]}),
+                   caption, max_rows=len(values))
 
     def table(self, frame: pd.DataFrame, caption: str, max_rows: int = DEFAULT_TOP_ROWS) -> None:
-        self.blocks.append(("table", (frame.head(max_rows), caption, len(frame))))
+        """The first ``max_rows`` rows, without the columns that are empty in all of them.
+
+        A CSV keeps one schema for every method and every kind of data, so some of its
+        columns are empty in a given run (``center_norm`` of class means, ``record`` of
+        folder data); in the report they would only push the numbers off the screen.
+        The caption names what was left out, so the report and the CSV still agree.
+        """
+        shown = frame.head(max_rows)
+        empty = [] if shown.empty else [column for column in shown.columns
+                                        if all(format_value(value) == "" for value in shown[column])]
+        self.blocks.append(("table", (shown.drop(columns=empty), _caption(caption, len(shown), len(frame), empty))))
 
     def image(self, path: str | Path, caption: str) -> None:
         self.blocks.append(("image", (Path(path).name, caption)))
@@ -92,12 +103,13 @@ class Report:
             elif kind == "bullets":
                 lines += [f"- {item}" for item in payload] + [""]
             elif kind == "table":
-                frame, caption, total = payload
-                title = _caption(caption, len(frame), total)
+                frame, title = payload
                 lines += ([title, ""] if title else []) + _markdown_table(frame) + [""]
             elif kind == "image":
                 name, caption = payload
-                lines += [f"![{caption}]({name})", "", f"*{caption}*", ""]
+                # Markdown viewers show no PDF inline: a link to it instead
+                shown = f"[{name}]({name})" if name.endswith(".pdf") else f"![{caption}]({name})"
+                lines += [shown, "", f"*{caption}*", ""]
         return "\n".join(lines).rstrip() + "\n"
 
     def to_html(self) -> str:
@@ -109,19 +121,22 @@ class Report:
                 level, text = payload
                 parts.append(f"<h{level}>{esc(text)}</h{level}>")
             elif kind == "paragraph":
-                parts.append(f"<p>{_inline_code(esc(payload))}</p>")
+                parts.append(f"<p>{inline_html(payload)}</p>")
             elif kind == "bullets":
-                parts.append("<ul>" + "".join(f"<li>{_inline_code(esc(item))}</li>" for item in payload) + "</ul>")
+                parts.append("<ul>" + "".join(f"<li>{inline_html(item)}</li>" for item in payload) + "</ul>")
             elif kind == "table":
-                frame, caption, total = payload
-                title = _caption(caption, len(frame), total)
+                frame, title = payload
                 if title:
                     parts.append(f"<p><b>{esc(title)}</b></p>")
                 parts.append(_html_table(frame))
             elif kind == "image":
                 name, caption = payload
-                parts.append(f"<figure><img src=\"{esc(name)}\" alt=\"{esc(caption)}\">"
-                             f"<figcaption>{esc(caption)}</figcaption></figure>")
+                if name.endswith(".pdf"):  # browsers show a PDF in an <object>; the link is for those that do not
+                    shown = (f"<object data=\"{esc(name)}\" type=\"application/pdf\" width=\"100%\" height=\"520\">"
+                             f"<a href=\"{esc(name)}\">{esc(name)}</a></object>")
+                else:
+                    shown = f"<img src=\"{esc(name)}\" alt=\"{esc(caption)}\">"
+                parts.append(f"<figure>{shown}<figcaption>{esc(caption)}</figcaption></figure>")
         parts.append("</body></html>")
         return "\n".join(parts) + "\n"
 
@@ -134,12 +149,12 @@ class Report:
         return out / REPORT_HTML, out / REPORT_MD
 
 
-def _caption(caption: str, shown: int, total: int) -> str:
-    if not caption:
-        return ""
-    if total > shown:
-        return f"{caption} (top {shown} of {total:,} rows)"
-    return caption
+def _caption(caption: str, shown: int, total: int, left_out: Sequence[str] = ()) -> str:
+    notes = ([f"top {shown} of {total:,} rows"] if total > shown else []) + (
+        [f"empty here, not shown: {', '.join(map(str, left_out))}"] if left_out else [])
+    if not notes:
+        return caption
+    return f"{caption} ({'; '.join(notes)})".strip()
 
 
 def _cell(value: Any) -> str:
@@ -171,12 +186,18 @@ def _html_table(frame: pd.DataFrame) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _inline_code(escaped: str) -> str:
-    """`code` spans of Markdown, rendered as <code> in HTML."""
-    pieces = escaped.split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(pieces))
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
 
 
+def inline_html(text: str) -> str:
+    """Report text (Markdown's inline `code` and **bold**) as HTML, everything else escaped.
+
+    Escaping comes first, so text that looks like a tag stays text; bold is not looked
+    for inside code spans, where Markdown shows asterisks as they are.
+    """
+    pieces = html.escape(text).split("`")
+    return "".join(f"<code>{piece}</code>" if i % 2 else _BOLD.sub(r"<b>\1</b>", piece)
+                   for i, piece in enumerate(pieces))
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+from tqdm import tqdm
 
 from analysis import plots
 from analysis.centers import Centers, choose_centers, class_sums
-from analysis.conflict import DEFAULT_K, CenterNeighbours, center_neighbours, conflict_section
+from analysis.choices import DEFAULT_K
+from analysis.conflict import CenterNeighbours, center_neighbours, conflict_section
 from analysis.groundtruth import DetectionScore
 from analysis.index import IndexBuilder, build_index
 from analysis.inputs import AnalysisInput
@@ -28,17 +30,20 @@ from analysis.noise import STAGED_CLEAN_LIST, NoiseSignal, SampleNeighbours, noi
 from analysis.plda import TwoCovarianceModel, fit_two_covariance
 from analysis.report import Report
 from core.errors import ConfigError, DataError
+from core.figures import figure_file, figure_files
 from core.io import atomic_write_json, plain, staging_folder
 from core.method_spec import load_reference
 
 SUMMARY_JSON = "summary.json"
 # Every file an analyze command may write in --out; a new command replaces all of them (and nothing else).
-OUTPUT_FILES = frozenset({
-    "conflict.csv", "conflict_similarity.png", "conflict_llr.png", "conflict_pr.png",
-    "noise.csv", "noise_score.png", "noise_pr.png",
-    "longtail.csv", "longtail_norm.png", "longtail_compactness.png", "longtail_nearest.png", "longtail_updates.png",
-    "longtail_head_tail.png", "report.html", "report.md", SUMMARY_JSON})
+FIGURES = ("conflict_similarity", "conflict_llr", "conflict_pr", "noise_score", "noise_pr", "longtail_norm",
+           "longtail_compactness", "longtail_nearest", "longtail_updates", "longtail_head_tail")
+OUTPUT_FILES = frozenset({"conflict.csv", "noise.csv", "longtail.csv", "report.html", "report.md", SUMMARY_JSON,
+                          "conflict_pairs.jpg", "noise_samples.jpg"}
+                         | figure_files(FIGURES))
 SECTIONS = {"conflict": conflict_section, "noise": noise_section, "longtail": longtail_section}
+SECTION_WORK = {"conflict": "conflict: class pairs, same-person model, plots",
+                "noise": "noise: per-sample scores, plots", "longtail": "long tail: per-class figures, plots"}
 
 
 @dataclass
@@ -54,6 +59,7 @@ class AnalysisOptions:
     index_method: str = "auto"
     centers: str = "auto"
     progress: bool = True
+    figure_format: str = "png"
 
 
 @dataclass
@@ -139,6 +145,13 @@ class Analysis:
         self.written.append(path)
         return path
 
+    def figure(self, stem: str) -> Path:
+        """The path of figure ``stem`` in the --figure-format asked for, recorded as written."""
+        return self.file(self.figure_name(stem))
+
+    def figure_name(self, stem: str) -> str:
+        return figure_file(stem, self.options.figure_format)
+
     def parameters(self, report: Report, commands: str) -> None:
         """Everything needed to reproduce (or distrust) the numbers below it."""
         inputs = self.inputs
@@ -176,7 +189,7 @@ class Analysis:
         return self.options.k if used == self.options.k else f"{used} (--k {self.options.k}: only {used} other classes)"
 
     # -- shared pieces -----------------------------------------------------------------
-    def score_block(self, report: Report, scores: list[DetectionScore], png: str, what: str) -> None:
+    def score_block(self, report: Report, scores: list[DetectionScore], figure: str, what: str) -> None:
         """Figures of the first ranking, the APs of the others, and every PR curve in one plot."""
         first = scores[0]
         report.heading(f"Against ground truth ({what})", level=3)
@@ -188,8 +201,9 @@ class Analysis:
                             "recall": round(other.recall, 4)},
                            caption=f"{other.task}: the same candidates ranked by it, and flagged where it is > 0")
         plots.pr_curves([(s.task, s.curve_precision, s.curve_recall, s.average_precision, s.chance_average_precision)
-                         for s in scores], self.file(png), title=f"precision-recall against {what}")
-        report.image(png, f"Precision-recall curves of the {first.task} rankings against the ground truth "
+                         for s in scores], self.figure(figure), title=f"precision-recall against {what}")
+        report.image(self.figure_name(figure),
+                     f"Precision-recall curves of the {first.task} rankings against the ground truth "
                           f"({what}); dotted: chance.")
 
     def write_summary(self) -> Path:
@@ -222,8 +236,13 @@ def run_analyses(inputs: AnalysisInput, out_dir: Path, which: tuple[str, ...], o
     with staging_folder(out_dir, ".analysis-") as staging:
         analysis = Analysis(inputs, staging, options, index_builder)
         body = Report(title="")
-        for name in which:
+        # Between the index searches' own bars the sections fit models and draw plots (seconds each on a large
+        # set): a bar of sections says which one is running.
+        sections = tqdm(which, desc="analyse", unit="section", disable=not options.progress, dynamic_ncols=True)
+        for name in sections:
+            sections.set_description(SECTION_WORK[name])
             SECTIONS[name](analysis, body)
+        sections.close()
         titles = {"conflict": "Conflict", "noise": "Noise", "longtail": "Long-tail"}
         title = " + ".join(titles[name] for name in which) + f" analysis of {inputs.run.path}"
         report = Report(title=title)

@@ -19,13 +19,17 @@ import torch
 
 from core.distributed import DistributedContext
 from core.errors import DataError, TrainingError
+from core.figures import figure_files
 from core.io import atomic_torch_save
 from core.method_spec import MethodSpec
 from core.sampler import ClassSampler
 
 CHECKPOINT_NAME = "checkpoint.pt"
+#: The training curves' file name, less its --figure-format suffix.
+TRAINING_FIGURE = "training"
 #: Every file training writes into a run directory (the checkpoint's shards match SHARD_GLOB).
-RUN_FILES = (CHECKPOINT_NAME, "config.yaml", "env.json", "log.csv", "metrics.json", "loss.png")
+RUN_FILES = (CHECKPOINT_NAME, "config.yaml", "env.json", "log.csv", "metrics.json",
+             *sorted(figure_files((TRAINING_FIGURE,))))
 SHARD_GLOB = "sampler-step*-rank*-of-*.pt"
 # 2: the method's record (name, evaluation network, class statistics by name) and a sampler state laid out
 # by the method plug-ins (Partial FC's tables under ``store.``).

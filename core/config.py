@@ -19,6 +19,7 @@ from typing import Any, Optional
 import yaml
 
 from core.errors import ConfigError
+from core.figures import FIGURE_FORMATS
 from core.method_spec import MethodSpec, option_flag
 from core.methods import all_methods, get_method
 
@@ -64,6 +65,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 20
     val_every: int = 0  # 0: at the end of every epoch
+    figure_format: str = "png"  # png | pdf | svg: the training curves' file
     # the embedded synthetic default
     synthetic_identities: int = 600
     flip_noise: float = 0.05
@@ -102,6 +104,10 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (value < low or (value == low and not inclusive)):
                 raise ConfigError(f"{_option(name)} must be {'>=' if inclusive else '>'} {low}, got {value}")
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ConfigError(f"{_option(name)} must be one of {', '.join(allowed)}, got {value!r}")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"{_option('momentum')} must be in [0, 1), got {self.momentum}")
         self.options  # the method exists and its options fit it
@@ -136,6 +142,10 @@ class TrainConfig:
         """The inverse of ``to_dict`` (a saved config.yaml or a checkpoint's config)."""
         return cls().replace(**values)
 
+
+# The keys that name one of a few choices: the flags offer these, and a config file is held to them.
+CHOICES = {"margin": ("arcface", "cosface", "combined"), "optimizer": ("sgd", "adamw"),
+           "amp": ("auto", "bf16", "off"), "cache_images": ("auto", "on", "off"), "figure_format": FIGURE_FORMATS}
 
 # (key, bound, bound allowed): the options whose range is simple enough to state here.
 _LOWER_BOUNDS = (("batch_size", 1, True), ("epochs", 1, True), ("accumulate", 1, True), ("lr", 0.0, False),

@@ -19,6 +19,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -80,6 +81,11 @@ class ClassSampler(nn.Module, ABC):
         center optimizer follows.
         """
 
+    def notes(self) -> list[str]:
+        """What the user should know about this configuration before it trains (printed once at the start):
+        a setting that quietly degenerates, say."""
+        return []
+
     def extra_parameters(self) -> list[nn.Parameter]:
         """Parameters to be optimised together with the backbone (none of the registered methods has any)."""
         return []
@@ -123,6 +129,8 @@ class SamplerEnvironment:
     optimizer: str = "sgd"  # the backbone's optimizer settings, which a center store follows
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    class_counts: Optional[np.ndarray] = None  # images per class of the training data
+    batch_size: int = 0  # images per select(): one micro-batch of every rank
 
 
 def build_sampler(spec: MethodSpec, options: Any, environment: SamplerEnvironment) -> ClassSampler:

@@ -16,7 +16,7 @@ import sys
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -33,8 +33,10 @@ from core.data.transforms import RandomFlip
 from core.distributed import DistributedContext, init_distributed, resolve_device
 from core.errors import ConfigError, DataError, TrainingError
 from core.evaluation import embed_images, evaluate_pairs, val_names
-from core.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, RUN_FILES, SHARD_GLOB, check_resumable, method_record,
-                             non_finite_names, read_checkpoint, sampler_state_for, save_checkpoint)
+from core.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, RUN_FILES, SHARD_GLOB, TRAINING_FIGURE,
+                             check_resumable, method_record, non_finite_names, read_checkpoint, sampler_state_for,
+                             save_checkpoint)
+from core.figures import figure_file, save_figure
 from core.io import atomic_path, atomic_write_json, exclusive_directory, plain, remove_stale_temporaries
 from core.loss import margin_loss_for
 from core.sampler import SamplerEnvironment, build_sampler
@@ -135,6 +137,15 @@ class Trainer:
         config = self.config
         self.input_size = config.input_size or default_input_size(config.backbone)
         self.data_root = self._data_root() if dataset is None else None
+        self.val_files = (resolve_val_files(config.val, self.data_root or config.data) if config.val
+                          else default_val_files(self.data_root))
+        # Read now, before the training images are decoded and long before the first evaluation: a missing or
+        # corrupt --val file must cost neither.
+        self._val_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if self.context.is_main:
+            from core.data.verification_bin import load_verification_pairs
+            for path in self.val_files:
+                self._val_pairs[path] = load_verification_pairs(path)
         self.dataset = dataset if dataset is not None else prepare_dataset(
             self.data_root or config.data, self.input_size, config.cache_images, progress=self.progress)
         self.num_classes = self.dataset.num_classes
@@ -145,14 +156,6 @@ class Trainer:
         if empty and self.context.is_main:  # e.g. a .rec whose property declares more classes than it holds
             print(f"warning: --data {config.data}: {empty} of {self.num_classes} classes have no images; they "
                   "are never a positive (a stored center is kept for each)", file=sys.stderr)
-        self.val_files = (resolve_val_files(config.val, self.data_root or config.data) if config.val
-                          else default_val_files(self.data_root))
-        # Read now, not at the first evaluation: a missing or corrupt --val file must not cost the steps before it.
-        self._val_pairs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        if self.context.is_main:
-            from core.data.verification_bin import load_verification_pairs
-            for path in self.val_files:
-                self._val_pairs[path] = load_verification_pairs(path)
 
     def _init_model(self) -> None:
         """The backbone, wrapped for DDP and torch.compile as asked."""
@@ -175,7 +178,8 @@ class Trainer:
         self.sampler = build_sampler(self.spec, config.options, SamplerEnvironment(
             num_classes=self.num_classes, num_images=len(self.dataset), embedding_size=config.embedding_size,
             backbone=self.backbone, device=self.device, context=self.context, seed=config.seed,
-            optimizer=config.optimizer, momentum=config.momentum, weight_decay=config.weight_decay))
+            optimizer=config.optimizer, momentum=config.momentum, weight_decay=config.weight_decay,
+            class_counts=self.dataset.class_counts(), batch_size=config.batch_size * self.context.world_size))
         self.criterion = margin_loss_for(config, bf16_on_cuda=self.amp_dtype is not None)
         self.optimizer = build_optimizer(config, list(self.backbone.parameters()) + self.sampler.extra_parameters())
         self.dataset, self.batch_sampler = batch_order(self.dataset, self.sampler.batch_layout(), config.batch_size,
@@ -389,9 +393,13 @@ class Trainer:
         config = self.config
         last_step = self.last_step
         if self.context.is_main:
+            if self.step == 0:  # a new run: a resumed one was told when it started
+                for note in self.sampler.notes():
+                    print(f"note: {note}", file=sys.stderr)
             save_config(config, self.run_dir / "config.yaml")
             _write_environment(self.run_dir / "env.json", self.device, resumed_at=self.step)
-        log = _CsvLog(self.run_dir / "log.csv", self.context.is_main, keep_through_step=self.step)
+        log = _CsvLog(self.run_dir / "log.csv", self.context.is_main, keep_through_step=self.step,
+                      validation_columns=validation_columns(val_names(self.val_files)))
         board = _tensorboard(self.run_dir) if self.context.is_main else None
         micro_batches = self.batches()
         images_per_step = self.global_batch
@@ -404,16 +412,24 @@ class Trainer:
                 window_loss += self.train_step(micro_batches)
                 window_steps += 1
                 bar.update(1)
-                due_to_log = self.step % config.log_every == 0 or self.step == last_step
+                epoch_done = self.batch_in_epoch >= self.steps_per_epoch * config.accumulate
+                due_to_validate = self._should_validate(epoch_done, last_step)
+                due_to_log = self.step % config.log_every == 0 or self.step == last_step or due_to_validate
                 due_to_save = bool(config.checkpoint_every) and self.step % config.checkpoint_every == 0
                 if self.device.type != "cuda" or due_to_log or due_to_save:
                     self.check_finite()
                 if due_to_log:
-                    elapsed = time.perf_counter() - window_start
+                    elapsed = time.perf_counter() - window_start  # before validating: img/s counts training only
                     row = {"step": self.step, "epoch": epoch_before,
                            "loss": self.context.mean_over_ranks(window_loss / window_steps).item(),
                            "lr": self.scheduler.get_last_lr()[0],
                            "img_per_s": window_steps * images_per_step / max(elapsed, 1e-9)}
+                if due_to_validate:
+                    self.metrics = self.evaluate()
+                    self._report_metrics(bar, board)
+                    self.context.barrier()
+                    row.update(validation_row(self.metrics))
+                if due_to_log:
                     log.write(row)
                     if board is not None:
                         for key in ("loss", "lr", "img_per_s"):
@@ -421,11 +437,6 @@ class Trainer:
                     bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{row['img_per_s']:.0f}")
                     window_loss, window_steps = torch.zeros((), device=self.device), 0
                     window_start = time.perf_counter()
-                epoch_done = self.batch_in_epoch >= self.steps_per_epoch * config.accumulate
-                if self._should_validate(epoch_done, last_step):
-                    self.metrics = self.evaluate()
-                    self._report_metrics(bar, board)
-                    self.context.barrier()
                 if due_to_save:
                     self.save_checkpoint()
         finally:
@@ -437,7 +448,9 @@ class Trainer:
         if self.context.is_main:  # before the final checkpoint, the commit point: a run with it has them too
             atomic_write_json(self.run_dir / "metrics.json",
                               {k: v for k, v in self.metrics.items() if not k.startswith("_")})
-            _plot_log(self.run_dir)
+            plot_training(self.run_dir / "log.csv", self.run_dir / figure_file(TRAINING_FIGURE, config.figure_format),
+                          title=f"{self.run_dir.name}: {config.method} ({self.spec.title}), {config.backbone}, "
+                                f"{self.num_classes:,} classes")
         self.save_checkpoint()
         return self.metrics
 
@@ -447,8 +460,11 @@ class Trainer:
         return min(self.total_steps, self.config.max_steps or self.total_steps)
 
     def _should_validate(self, epoch_done: bool, last_step: int) -> bool:
-        if not self.val_files or self.step == last_step:
+        """At every epoch's end (or every --val-every steps) and at the last step, when there is a --val."""
+        if not self.val_files:
             return False
+        if self.step == last_step:
+            return True
         if self.config.val_every:
             return self.step % self.config.val_every == 0
         return epoch_done
@@ -457,8 +473,9 @@ class Trainer:
         for name, result in self.metrics.items():
             if name.startswith("_"):
                 continue
-            bar.write(f"step {self.step}: {name} accuracy {result['accuracy']:.4f} "
-                      f"± {result['accuracy_std']:.4f}")
+            if self.step < self.last_step:  # the last is in the summary that follows the run
+                bar.write(f"step {self.step}: {name} accuracy {result['accuracy']:.4f} "
+                          f"± {result['accuracy_std']:.4f}")
             if board is not None:
                 board.add_scalar(f"val/{name}/accuracy", result["accuracy"], self.step)
 
@@ -476,33 +493,51 @@ class Trainer:
         return results
 
 
+def validation_columns(names: list[str]) -> list[str]:
+    """log.csv's columns for the --val sets ``names``: accuracy and its std over the 10 folds."""
+    return [f"{name}_{figure}" for name in names for figure in ("accuracy", "accuracy_std")]
+
+
+def validation_row(metrics: dict[str, Any]) -> dict[str, float]:
+    """The validation columns' values for one evaluation (see ``validation_columns``)."""
+    return {f"{name}_{figure}": result[figure] for name, result in metrics.items() if not name.startswith("_")
+            for figure in ("accuracy", "accuracy_std")}
+
+
 class _CsvLog:
-    """Append-only CSV of training progress (step, epoch, loss, lr, img/s)."""
+    """Append-only CSV of training progress: step, epoch, loss, lr, img/s on every row, and each --val set's
+    accuracy on the rows of the steps it was measured at (empty on the others)."""
 
     FIELDS = ["step", "epoch", "loss", "lr", "img_per_s"]
 
-    def __init__(self, path: Path, enabled: bool, keep_through_step: int = 0) -> None:
+    def __init__(self, path: Path, enabled: bool, keep_through_step: int = 0,
+                 validation_columns: Sequence[str] = ()) -> None:
         """Rows after ``keep_through_step`` (the checkpoint being resumed, 0 for a new run) are dropped:
-        they were logged by an interrupted run after its last checkpoint and are about to be redone."""
+        they were logged by an interrupted run after its last checkpoint and are about to be redone. A resumed
+        run keeps the validation columns of the rows before it, beside its own (its --val may differ)."""
         self.path = path
         self.enabled = enabled
         if not enabled:
             return
-        kept = []
+        kept: list[dict[str, str]] = []
+        earlier: list[str] = []
         if path.exists() and keep_through_step > 0:
             # A damaged row (bytes that are not UTF-8, a cut line) is dropped, not a reason to stop the resume.
             with open(path, newline="", encoding="utf-8", errors="replace") as handle:
-                kept = [row for row in csv.DictReader(handle)
+                reader = csv.DictReader(handle)
+                kept = [row for row in reader
                         if _numeric_row(row, self.FIELDS) and int(row["step"]) <= keep_through_step]
+                earlier = [name for name in reader.fieldnames or () if name not in self.FIELDS]
+        self.fields = self.FIELDS + list(dict.fromkeys([*earlier, *validation_columns]))
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, self.FIELDS)
+            writer = csv.DictWriter(handle, self.fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(kept)
 
     def write(self, row: dict[str, Any]) -> None:
         if self.enabled:
             with open(self.path, "a", newline="") as handle:
-                csv.DictWriter(handle, self.FIELDS).writerow(row)
+                csv.DictWriter(handle, self.fields).writerow(row)
 
 
 def _remove_unfinished_run(run_dir: Path, keep: set[str], remove_directory: bool) -> None:
@@ -547,28 +582,42 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def _plot_log(run_dir: Path) -> None:
-    """loss.png: the training loss and learning rate against the step."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_training(log_csv: Path, out: Path, title: str) -> Optional[Path]:
+    """The training curves of log.csv: loss and learning rate against the step, and beside them each --val
+    set's accuracy (± its std over the folds) at the steps it was measured. None when the log has no rows."""
     import pandas as pd
+    from matplotlib.figure import Figure
 
-    log = pd.read_csv(run_dir / "log.csv")
+    log = pd.read_csv(log_csv)
     if log.empty:
-        return
-    figure, loss_axis = plt.subplots(figsize=(7, 4))
+        return None
+    accuracy_columns = [c for c in log.columns if c not in _CsvLog.FIELDS and c.endswith("_accuracy")]
+    figure = Figure(figsize=(11 if accuracy_columns else 7, 4))
+    loss_axis = figure.add_subplot(1, 2 if accuracy_columns else 1, 1)
     loss_axis.plot(log["step"], log["loss"], color="tab:blue")
     loss_axis.set_xlabel("step")
-    loss_axis.set_ylabel("loss", color="tab:blue")
+    loss_axis.set_ylabel("training loss", color="tab:blue")
+    loss_axis.grid(alpha=0.3)
+    loss_axis.set_title("loss and learning rate", fontsize=10)
     lr_axis = loss_axis.twinx()
     lr_axis.plot(log["step"], log["lr"], color="tab:orange")
     lr_axis.set_ylabel("learning rate", color="tab:orange")
-    figure.tight_layout()
-    from core.io import atomic_path
-    with atomic_path(run_dir / "loss.png") as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
+    if accuracy_columns:
+        accuracy_axis = figure.add_subplot(1, 2, 2)
+        for column in accuracy_columns:
+            measured = log.dropna(subset=[column])
+            spread = measured.get(f"{column}_std")
+            accuracy_axis.errorbar(measured["step"], measured[column] * 100,
+                                   yerr=None if spread is None else spread * 100, marker="o", capsize=3,
+                                   label=column[:-len("_accuracy")])
+        accuracy_axis.set_xlabel("step")
+        accuracy_axis.set_ylabel("verification accuracy % (± std over 10 folds)")
+        accuracy_axis.set_xlim(loss_axis.get_xlim())
+        accuracy_axis.grid(alpha=0.3)
+        accuracy_axis.legend(fontsize=8)
+        accuracy_axis.set_title("held-out verification", fontsize=10)
+    figure.suptitle(title, fontsize=11)
+    return save_figure(figure, out)
 
 
 def metrics_summary(metrics: dict[str, Any]) -> str:

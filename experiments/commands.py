@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from core.errors import ConfigError
+from core.figures import figure_format_option
 
 
 @click.group()
@@ -45,9 +46,10 @@ def run_command(out: str, quick: bool, device: str, only: int | None) -> None:
 @click.argument("grid_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", default="docs/RESULTS.md", show_default=True, type=click.Path(dir_okay=False),
               help="Markdown file to write; its plots go into a results/ folder beside it.")
-def report_command(grid_dir: str, out: str) -> None:
+@figure_format_option()
+def report_command(grid_dir: str, out: str, figure_format: str) -> None:
     """Tables, plots, verdicts per claim, and the exact commands and versions."""
     from experiments.report import write_report
 
-    written = write_report(Path(grid_dir), Path(out))
+    written = write_report(Path(grid_dir), Path(out), figure_format)
     click.echo("Wrote " + ", ".join(str(path) for path in written))

@@ -19,8 +19,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from analysis.plots import save_figure
 from core.errors import DataError
+from core.figures import figure_file, save_figure
 from core.io import atomic_write_text, read_json, staging_folder
 from experiments.grid import ARMS, DCQ, GridScale, NOISY_FLIP, NOISY_SPLIT, PFC_01, PFC_03, SOFTMAX, filtered
 from experiments.runner import GRID_FILE, UPDATES_FILE, load_results
@@ -240,7 +240,7 @@ def claim_analysis(frame: pd.DataFrame) -> list[str]:
             f"({best['conflict_ap'].idxmax()}). Every arm ranks flipped labels at ≥ "
             f"{(best['noise_ap'] / noisy['noise_chance'].mean()).min():.1f}x chance; split identities at ≤ "
             f"{(best['conflict_ap'] / noisy['conflict_chance'].mean()).max():.1f}x chance (why conflicts are hard "
-            "to see in class means of small classes: the README's analysis section).")
+            "to see in class means of small classes: docs/ANALYSIS.md).")
     return lines
 
 
@@ -260,22 +260,30 @@ def cell_table(frame: pd.DataFrame) -> str:
 
 # -- plots -------------------------------------------------------------------------------
 def accuracy_plot(frame: pd.DataFrame, path: Path) -> Path:
+    """Each arm's accuracy as a mean ± std marker over its seeds' dots. Markers, not bars: a bar's length
+    reads as the value, which a y axis zoomed in on the differences would exaggerate."""
     figure = Figure(figsize=(10, 4.2))
     for position, dataset in enumerate(ARMS, 1):
         axes = figure.add_subplot(1, len(ARMS), position)
         arms = [arm.label for arm in ARMS[dataset]]
         x = np.arange(len(arms))
-        for offset, column, name in ((-0.2, "val_accuracy", "val"), (0.2, "tail_accuracy", "val_tail")):
+        for offset, column, name, colour in ((-0.12, "val_accuracy", "val", "tab:blue"),
+                                             (0.12, "tail_accuracy", "val_tail", "tab:orange")):
             grouped = [frame[(frame.dataset == dataset) & (frame.arm == arm)][column].dropna() * 100 for arm in arms]
             means = [g.mean() if len(g) else np.nan for g in grouped]
             stds = [g.std(ddof=1) if len(g) > 1 else 0.0 for g in grouped]
-            axes.bar(x + offset, means, 0.4, yerr=stds, capsize=3, label=name)
+            axes.errorbar(x + offset, means, yerr=stds, fmt="o", capsize=3, color=colour,
+                          label=f"{name} (mean ± std)")
+            for arm_position, seeds in zip(x, grouped):
+                axes.scatter(np.full(len(seeds), arm_position + offset), seeds, s=8, color=colour, alpha=0.4,
+                             linewidths=0)
         axes.set_xticks(x, arms, rotation=35, ha="right", fontsize=7)
+        axes.grid(axis="y", alpha=0.3)
         values = frame[frame.dataset == dataset][["val_accuracy", "tail_accuracy"]].to_numpy(dtype=float) * 100
         if np.isfinite(values).any():
             axes.set_ylim(max(0.0, np.nanmin(values) - 5), min(100.0, np.nanmax(values) + 2))
         axes.set_ylabel("verification accuracy %")
-        axes.set_title(f"{dataset} data (mean ± std over seeds)")
+        axes.set_title(f"{dataset} data: verification accuracy per arm (dots: seeds)", fontsize=10)
         axes.legend(fontsize=7)
     return save_figure(figure, path)
 
@@ -339,7 +347,7 @@ def passive_updates_table(grid_dir: Path, frame: pd.DataFrame) -> str:
 SCALE_KEYS = tuple(field.name for field in fields(GridScale))
 
 
-def write_report(grid_dir: Path, out: Path) -> list[Path]:
+def write_report(grid_dir: Path, out: Path, figure_format: str = "png") -> list[Path]:
     """RESULTS.md and its PNGs (in ``results/`` beside it)."""
     grid_file = grid_dir / GRID_FILE
     if not grid_file.exists():
@@ -358,19 +366,20 @@ def write_report(grid_dir: Path, out: Path) -> list[Path]:
     # Plots are drawn into a staging folder and moved beside the report only once all of it is written:
     # a report that fails half-way must not leave new plots next to an old RESULTS.md.
     with staging_folder(out.parent, ".results-") as staging:
-        plots = _write_report(grid_dir, out, grid, frame, staging)
+        plots = _write_report(grid_dir, out, grid, frame, staging, figure_format)
         figures_dir.mkdir(exist_ok=True)
         for plot in plots:
             os.replace(plot, figures_dir / plot.name)
     return [out] + [figures_dir / plot.name for plot in plots]
 
 
-def _write_report(grid_dir: Path, out: Path, grid: dict[str, Any], frame: pd.DataFrame, staging: Path) -> list[Path]:
+def _write_report(grid_dir: Path, out: Path, grid: dict[str, Any], frame: pd.DataFrame, staging: Path,
+                  figure_format: str) -> list[Path]:
     """RESULTS.md written in place (atomically), its plots in ``staging``; returns the plots."""
     scale = grid["scale"]
     quick = scale["name"] == "quick"
-    accuracy_png = accuracy_plot(frame, staging / "accuracy.png")
-    passive_png = passive_updates_plot(grid_dir, frame, staging / "passive_updates.png")
+    accuracy_png = accuracy_plot(frame, staging / figure_file("accuracy", figure_format))
+    passive_png = passive_updates_plot(grid_dir, frame, staging / figure_file("passive_updates", figure_format))
     label = "QUICK grid (smoke scale, not the record)" if quick else "full grid"
     cell_minutes = (frame.train_seconds.sum() + frame.analysis_seconds.fillna(0).sum()) / 60
     machine = grid.get("machine", {})

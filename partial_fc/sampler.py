@@ -37,4 +37,5 @@ class PartialFCSampler(CenterStoreSampler):
 def build_sampler(options: PartialFCOptions, environment: SamplerEnvironment) -> CenterStoreSampler:
     """The spec's builder (see partial_fc/spec.py): the store with one center per class."""
     store = store_from_options(options, environment, (environment.embedding_size,))
-    return CenterStoreSampler(store, options.sample_rate, options.pfc_sampling)
+    return CenterStoreSampler(store, options.sample_rate, options.pfc_sampling, environment.class_counts,
+                              environment.batch_size)

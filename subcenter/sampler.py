@@ -24,4 +24,5 @@ from subcenter.spec import SubCenterOptions
 def build_sampler(options: SubCenterOptions, environment: SamplerEnvironment) -> CenterStoreSampler:
     """The spec's builder: a center store with K sub-centers per class."""
     store = store_from_options(options, environment, (options.subcenters, environment.embedding_size))
-    return CenterStoreSampler(store, options.sample_rate, options.pfc_sampling)
+    return CenterStoreSampler(store, options.sample_rate, options.pfc_sampling, environment.class_counts,
+                              environment.batch_size)

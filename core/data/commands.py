@@ -9,6 +9,7 @@ from typing import Optional
 import click
 
 from core.errors import FaceQueueError
+from core.figures import FIGURE_FORMATS
 
 
 @click.group()
@@ -37,30 +38,31 @@ def make_synthetic(out: str, identities: int, heldout: int, flip_noise: float, s
                f"({summary.get('num_flipped', 0)} flipped labels, {summary.get('num_split_pairs', 0)} split pairs).")
     plot = Path(out).with_name(Path(out).name + "-counts.png")  # beside the dataset: regenerating replaces it whole
     click.echo(f"Next: python cli.py data inspect {out} --plot {plot}  |  "
-               f"python cli.py train --method pfc --data {out}")
+               f"python cli.py train --method pfc --data {out}"
+               + (" --val val   (val.bin beside the data)" if (Path(out) / "val.bin").exists() else ""))
 
 
 @data.command()
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON line.")
-@click.option("--plot", type=click.Path(dir_okay=False), help="Write the images-per-class histogram here.")
+@click.option("--plot", type=click.Path(dir_okay=False),
+              help="Write the images-per-class histogram here; its suffix picks the format (.png, .pdf, .svg).")
 def inspect(path: str, as_json: bool, plot: Optional[str]) -> None:
     """Counts of a dataset (images, classes, images per class) or of a .bin (pairs, positives)."""
     from core.data.inspect import inspect_path, plot_class_histogram
 
-    if plot is not None and Path(plot).suffix.lower() != ".png":
-        raise FaceQueueError(f"--plot {plot!r}: the histogram is a PNG; give a file name ending in .png")
+    if plot is not None and Path(plot).suffix.lower()[1:] not in FIGURE_FORMATS:
+        raise FaceQueueError(f"--plot {plot!r}: the suffix names the figure's format; give a file name ending in "
+                             f".{', .'.join(FIGURE_FORMATS)}")
     summary = inspect_path(path)
     if plot and "counts" not in summary:
         raise FaceQueueError(f"--plot {plot}: {path} holds verification pairs, not classes; the histogram of "
                              "images per class needs a dataset")
     if plot:
-        plot_class_histogram(summary["counts"], plot, title=str(path))
+        plot_class_histogram(summary["counts"], plot, name=Path(path).resolve().name)
     public = {k: v for k, v in summary.items() if k != "counts"}
-    if as_json:
-        keys = (("num_pairs", "num_positive_pairs") if "num_pairs" in public
-                else ("num_images", "num_classes", "records", "records_checked"))
-        click.echo(json.dumps({k: public[k] for k in keys if k in public}))
+    if as_json:  # every field the text lists
+        click.echo(json.dumps(public | ({"histogram": str(plot)} if plot else {})))
         return
     for key, value in public.items():
         click.echo(f"{key}: {value}")

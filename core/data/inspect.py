@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from core.io import atomic_path
 
 
 def inspect_path(path: str | Path) -> dict[str, Any]:
@@ -39,22 +38,22 @@ def inspect_path(path: str | Path) -> dict[str, Any]:
     return summary
 
 
-def plot_class_histogram(counts: np.ndarray, out: str | Path, title: str = "") -> None:
-    """Histogram of images per class on log axes: the shape of the long tail at a glance."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_class_histogram(counts: np.ndarray, out: str | Path, name: str) -> Path:
+    """Histogram of images per class on log axes: the shape of the long tail at a glance. ``out``'s suffix
+    names the format (png, pdf, svg); ``name`` is the dataset's, for the title."""
+    from matplotlib.figure import Figure
+
+    from core.figures import save_figure
 
     present = counts[counts > 0]
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axis = figure.add_subplot()
     bins = np.unique(np.logspace(0, np.log10(max(2, present.max() + 1)), 30).astype(int))
     axis.hist(present, bins=bins, color="tab:blue", edgecolor="white")
     axis.set_xscale("log")
     axis.set_yscale("log")
     axis.set_xlabel("images per class")
     axis.set_ylabel("classes")
-    axis.set_title(f"{title}\n{present.size} classes, {int(counts.sum())} images", fontsize=9)
-    figure.tight_layout()
-    with atomic_path(out) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
+    axis.set_title(f"Images per class of {name}: {present.size:,} classes, {int(counts.sum()):,} images",
+                   fontsize=10)
+    return save_figure(figure, out)

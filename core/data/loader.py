@@ -273,12 +273,20 @@ def default_val_files(data_root: Optional[Path]) -> list[str]:
     return []
 
 
+# Files that hold training data (RecordIO records, their index, an image list), never verification pairs.
+TRAINING_DATA_SUFFIXES = (".rec", ".idx", ".lst")
+
+
 def resolve_val_files(values: Sequence[str], data: str | Path) -> list[str]:
     """``--val`` entries as files: a path as given, or a name (``lfw``) as ``NAME.bin`` beside the training data,
     where insightface keeps ``lfw.bin``, ``cfp_fp.bin`` and ``agedb_30.bin`` next to ``train.rec``."""
     folder = Path(data) if Path(data).is_dir() else Path(data).parent
     files = []
     for value in values:
+        if Path(value).suffix.lower() in TRAINING_DATA_SUFFIXES:
+            raise DataError(f"--val {value}: a {Path(value).suffix} file is training data; --val takes a "
+                            "verification .bin of image pairs (lfw.bin), or its name (lfw) when it lies beside "
+                            "the training data")
         if Path(value).exists() or Path(value).suffix:  # a file; a missing one is named when it is read
             files.append(str(value))
             continue

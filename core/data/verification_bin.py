@@ -15,6 +15,7 @@ before it can be called.
 from __future__ import annotations
 
 import pickle
+import struct
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -144,6 +145,11 @@ def read_verification_bin(path: str | Path) -> tuple[list[bytes], np.ndarray]:
     except OSError as exc:
         raise DataError(f"{where}: cannot open verification .bin ({exc})") from exc
     with handle:
+        from core.data.recordio import MAGIC
+
+        if handle.read(4) == struct.pack("<I", MAGIC):  # a .rec under another name: say so, not "unpickling"
+            raise DataError(f"{where}: a RecordIO file (training data), not a verification .bin of image pairs")
+        handle.seek(0)
         try:
             content = _RestrictedUnpickler(handle, where).load()
         except DataError:

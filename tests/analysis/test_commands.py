@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -62,6 +63,41 @@ def test_report_scores_against_ground_truth(synthetic_run, synthetic_data, tmp_p
     ap = summary["noise"]["ground_truth"]["average_precision"]
     assert f"AP {ap:.3f}" in markdown and f"AP {ap:.3f}" in output
     assert "Next: " in output
+
+
+def markdown_table(markdown: str, caption: str) -> pd.DataFrame:
+    """The report table under the caption that starts with ``caption``, as strings."""
+    lines = markdown.split("\n" + caption, 1)[1].split("\n\n", 2)[1].splitlines()
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+    return pd.DataFrame(cells[2:], columns=cells[0])
+
+
+def test_report_marks_ground_truth_hits_and_shows_the_suspects_faces(synthetic_run, synthetic_data, tmp_path):
+    from PIL import Image
+
+    from analysis.groundtruth import conflict_positives, noise_positives
+
+    out = tmp_path / "report"
+    output = invoke("report", synthetic_run, "--out", out)
+    markdown, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    truth = json.loads((synthetic_data / "ground_truth.json").read_text())
+    conflict = pd.read_csv(out / "conflict.csv")
+    assert list(conflict.columns) == CONFLICT_COLUMNS  # the truth is the report's column, not the CSV's
+    split, _ = conflict_positives(truth, conflict["label_a"].to_numpy(), conflict["label_b"].to_numpy(), 15)
+    shown = markdown_table(markdown, "Most similar class pairs (conflict.csv)")
+    assert list(shown.columns[:3]) == ["label_a", "label_b", "true_split"]
+    assert shown["label_a"].tolist() == conflict["label_a"].head(len(shown)).astype(str).tolist()
+    assert shown["true_split"].tolist() == ["yes" if hit else "no" for hit in split[:len(shown)]]
+    noise = pd.read_csv(out / "noise.csv")
+    flipped = noise_positives(truth, len(noise), noise["record"].to_numpy())
+    shown = markdown_table(markdown, "Most suspect samples (noise.csv)")
+    assert "path" not in shown.columns and "not shown: path" in markdown  # .rec data: no paths
+    assert shown["true_flip"].tolist() == ["yes" if hit else "no" for hit in flipped[:len(shown)]]
+    assert "yes" in shown["true_flip"].tolist()  # the toy run ranks a flipped image in its top rows
+    for name in ("conflict_pairs.jpg", "noise_samples.jpg"):
+        with Image.open(out / name) as sheet:
+            assert sheet.format == "JPEG" and sheet.height > 8 * 64  # eight suspects, a row of faces each
+        assert f'<img src="{name}"' in html and f"]({name})" in markdown and str(out / name) in output
 
 
 def test_each_command_writes_its_csv_with_the_documented_schema(synthetic_run, synthetic_data, tmp_path):
@@ -132,6 +168,8 @@ def test_dcq_run_uses_class_means_and_reports_queue_residency(dcq_run, tmp_path)
     summary = json.loads((out / "summary.json").read_text())["longtail"]
     assert "head median passive / positive updates" not in summary and "tail median queue_steps" in summary
     assert not (out / "longtail_norm.png").exists()
+    assert "| label | count | compactness |" in report  # center_norm of class means: empty, so not shown
+    assert "Most frequent classes (longtail.csv) (top 10 of 15 rows; empty here, not shown: center_norm)" in report
     with pytest.raises(ConfigError, match="keeps no per-class centers"):
         invoke("conflict", dcq_run, "--out", out, "--centers", "store")
 
@@ -176,6 +214,20 @@ def test_mislabelled_images_rank_first(folder_run, folder_data, tmp_path):
     planted = {str(folder_data / "id00" / name) for name in ("006.png", "007.png")}
     assert set(noise["path"].head(2)) == planted
     assert noise["flagged"].head(2).all()
+    # the contact sheet's first row starts with the first suspect's own image (halves of two colours each)
+    from PIL import Image
+
+    from analysis.thumbnails import EXAMPLES_PER_CLASS, TILE, tile_origin
+
+    left, top = tile_origin(0, 0, 0, [1, EXAMPLES_PER_CLASS, EXAMPLES_PER_CLASS])
+    with Image.open(tmp_path / "noise_samples.jpg") as sheet:
+        tile = np.asarray(sheet.convert("RGB").crop((left, top, left + TILE, top + TILE)), dtype=float)
+    with Image.open(noise["path"][0]) as image:
+        suspect = np.asarray(image.convert("RGB"), dtype=float)
+    half, tile_half = len(suspect) // 2, TILE // 2
+    assert np.abs(tile[:tile_half].mean((0, 1)) - suspect[:half].mean((0, 1))).max() < 8
+    assert np.abs(tile[tile_half:].mean((0, 1)) - suspect[half:].mean((0, 1))).max() < 8
+    assert "true_flip" not in (tmp_path / "report.md").read_text()  # folder data without ground truth
 
 
 def test_write_clean_of_rec_data_references_records(synthetic_run, synthetic_data, tmp_path):
@@ -274,3 +326,34 @@ def test_thresholds_outside_their_range_are_refused(folder_run, tmp_path, option
 def test_the_report_states_the_k_actually_used(folder_run, tmp_path):
     invoke("conflict", folder_run, "--out", tmp_path / "out", "--k", "100")  # 6 classes: 5 others at most
     assert "5 (--k 100: only 5 other classes)" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_the_retraining_hint_keeps_the_run_s_validation_sets(tmp_path):
+    from types import SimpleNamespace
+
+    from analysis.commands import run_val_files
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "val.bin").write_bytes(b"")
+    (tmp_path / "lfw.bin").write_bytes(b"")
+    named = SimpleNamespace(config={"data": str(data), "val": ["val", str(tmp_path / "lfw.bin")]},
+                            checkpoint=tmp_path / "run" / "checkpoint.pt")
+    assert run_val_files(named) == [str(data / "val.bin"), str(tmp_path / "lfw.bin")]
+    gone = SimpleNamespace(config={"data": str(tmp_path / "moved"), "val": ["val"]}, checkpoint=named.checkpoint)
+    assert run_val_files(gone) == []  # the data moved: no hint rather than a wrong one
+    unvalidated = SimpleNamespace(config={"data": str(data), "val": []}, checkpoint=named.checkpoint)
+    assert run_val_files(unvalidated) == []  # a folder's val.bin was not the run's: not added
+
+
+def test_figures_follow_figure_format_and_a_new_command_replaces_the_old_format(synthetic_run, tmp_path):
+    out = tmp_path / "out"
+    invoke("longtail", synthetic_run, "--out", out, "--figure-format", "svg")
+    drawn = sorted(path.name for path in out.iterdir() if path.suffix in (".png", ".svg", ".pdf"))
+    assert drawn and all(name.endswith(".svg") for name in drawn)
+    html = (out / "report.html").read_text()
+    assert all(f'<img src="{name}"' in html for name in drawn)
+    assert (out / drawn[0]).read_bytes().startswith(b"<?xml")
+    invoke("longtail", synthetic_run, "--out", out)  # png, the default: no svg of the earlier command is left
+    assert sorted(path.stem for path in out.glob("*.png")) == sorted(name[:-4] for name in drawn)
+    assert not list(out.glob("*.svg"))

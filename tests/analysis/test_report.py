@@ -40,3 +40,41 @@ def test_ground_truth_matching():
     assert noise_positives(embedding_truth, 4).tolist() == [True, False, False, True]
     hit, total = conflict_positives(image_truth, np.array([4, 0, 1]), np.array([1, 2, 3]), 5)
     assert hit.tolist() == [True, False, False] and total == 2
+
+
+def test_markdown_bold_and_code_render_as_html_with_everything_else_escaped():
+    report = Report(title="t")
+    report.paragraph("**Warning:** 3 < 4 & **<b>not a tag</b>** `**kept**` ** lone")
+    report.bullets(["**a**b"])
+    html = report.to_html()
+    assert ("<p><b>Warning:</b> 3 &lt; 4 &amp; <b>&lt;b&gt;not a tag&lt;/b&gt;</b> <code>**kept**</code> ** lone</p>"
+            in html)
+    assert "<li><b>a</b>b</li>" in html
+    assert "**Warning:** 3 < 4" in report.to_markdown()  # Markdown keeps its own markup
+
+
+def test_columns_empty_in_every_shown_row_are_left_out_and_named():
+    frame = pd.DataFrame({"label": [1, 2, 3], "center_norm": [np.nan, np.nan, 2.5], "path": ["", "", "x"],
+                          "record": pd.array([pd.NA, pd.NA, 7], dtype="Int64"), "flagged": [False, False, True],
+                          "zero": [0.0, 0.0, 0.0]})
+    report = Report(title="t")
+    report.table(frame, "Classes", max_rows=2)
+    report.table(frame, "All classes")
+    markdown = report.to_markdown()
+    assert "Classes (top 2 of 3 rows; empty here, not shown: center_norm, path, record)" in markdown
+    assert "| label | flagged | zero |\n| --- | --- | --- |\n| 1 | no | 0 |\n| 2 | no | 0 |" in markdown
+    assert "| label | center_norm | path | record | flagged | zero |" in markdown  # row 3 fills them
+    assert "<th>center_norm</th>" in report.to_html() and "not shown" not in markdown.split("All classes")[1]
+    empty = Report(title="t")
+    empty.table(frame.head(0), "No rows")
+    assert "No rows\n\n(no rows)" in empty.to_markdown()
+
+
+def test_a_pdf_figure_is_embedded_in_html_and_linked_in_markdown(tmp_path):
+    report = Report(title="t")
+    pr_curves([("noise", np.array([1.0, 0.5]), np.array([0.0, 1.0]), 0.75, 0.1)], tmp_path / "pr.pdf")
+    report.image(tmp_path / "pr.pdf", "A curve")
+    html_path, md_path = report.write(tmp_path)
+    assert (tmp_path / "pr.pdf").read_bytes().startswith(b"%PDF")
+    assert '<object data="pr.pdf" type="application/pdf"' in html_path.read_text()
+    assert "[pr.pdf](pr.pdf)" in md_path.read_text() and "![" not in md_path.read_text()

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -87,26 +88,46 @@ def test_refuses_to_overwrite_a_run(tiny_rec, tmp_path):
     assert result.exit_code == 2 and "already holds a run" in result.output
 
 
-@pytest.mark.parametrize("fmt", ["state_dict", "torchscript"])
-def test_export_reproduces_the_evaluation_network(tiny_rec, tmp_path, fmt):
+@pytest.fixture(scope="module")
+def dcq_run(tmp_path_factory):
+    from tests.conftest import write_tiny_rec
+
+    root = tmp_path_factory.mktemp("dcq")
+    run = root / "run"
+    _run("train", "--method", "dcq", "--data", write_tiny_rec(root / "tiny"), "--out", run, "--queue-size", 10,
+         *TRAIN_FLAGS)
+    return run
+
+
+@pytest.mark.parametrize("name, flags", [("model.pt", []), ("model.onnx", []), ("graph", ["--format", "onnx"])])
+def test_export_reproduces_the_evaluation_network_and_prints_how_to_load_it(dcq_run, tmp_path, monkeypatch, name,
+                                                                            flags):
+    import numpy as np
     import torch
 
-    from core.backbones import build_backbone
-    from core.export import load_evaluation_backbone
+    from core.export import ONNX_TOLERANCE, load_evaluation_backbone
 
-    run = tmp_path / "run"
-    _run("train", "--method", "dcq", "--data", tiny_rec, "--out", run, "--queue-size", 10, *TRAIN_FLAGS)
-    result = _run("export", run, "--out", tmp_path / "model.pt", "--format", fmt)
+    result = _run("export", dcq_run, "--out", tmp_path / name, *flags)
     assert result.exit_code == 0, result.output
-    reference, size = load_evaluation_backbone(run, torch.device("cpu"))
-    images = torch.randn(3, 3, size, size)
-    if fmt == "state_dict":
-        exported = build_backbone("tiny", 16, size)
-        exported.load_state_dict(torch.load(tmp_path / "model.pt"))
-        exported.eval()
+    reference, size = load_evaluation_backbone(dcq_run, torch.device("cpu"))
+    images = torch.randn(5, 3, size, size)  # a batch size the export never saw
+    hint = result.output.split("Load it with: ")[1].strip()
+    namespace = {"images": images.numpy()}
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the hint is run from the project's root, as printed
+    exec(hint, namespace)  # the hint works as printed
+    if "onnx" in name + " ".join(flags):
+        difference = float(result.output.split("matches PyTorch to ")[1].split(" ")[0])
+        assert difference <= ONNX_TOLERANCE
+        np.testing.assert_allclose(namespace["embeddings"], reference(images).detach().numpy(), atol=ONNX_TOLERANCE)
     else:
-        exported = torch.jit.load(str(tmp_path / "model.pt"))
-    torch.testing.assert_close(exported(images), reference(images))
+        torch.testing.assert_close(namespace["model"](images), reference(images))
+
+
+def test_an_onnx_name_never_holds_a_pytorch_pickle(dcq_run, tmp_path):
+    result = CliRunner().invoke(main, ["export", str(dcq_run), "--out", str(tmp_path / "model.onnx"),
+                                       "--format", "state_dict"])
+    assert result.exit_code == 2 and "an .onnx file would hold a PyTorch state_dict" in result.output
+    assert not (tmp_path / "model.onnx").exists()
 
 
 def test_strict_k_shot_rejects_small_identities(tmp_path):

@@ -83,7 +83,7 @@ def test_kill_9_anywhere_then_resume_equals_the_uninterrupted_run(data, uninterr
     assert step == 12 and mine.keys() == theirs.keys()
     assert all(torch.equal(mine[key], theirs[key]) for key in mine)
     assert _losses(run) == _losses(uninterrupted)  # each step logged once, with the same loss
-    assert (run / "loss.png").is_file() and (run / "metrics.json").is_file()
+    assert (run / "training.png").is_file() and (run / "metrics.json").is_file()
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]  # no temporary left behind
 
 

@@ -53,10 +53,55 @@ def test_run_directory_contents_and_metrics(tiny_rec, tmp_path):
     trainer = Trainer(_config(tiny_rec, epochs=1), tmp_path / "run", progress=False)
     metrics = trainer.fit()
     names = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"checkpoint.pt", "config.yaml", "env.json", "log.csv", "metrics.json", "loss.png"} <= names
+    assert {"checkpoint.pt", "config.yaml", "env.json", "log.csv", "metrics.json", "training.png"} <= names
     assert set(metrics["val"]) >= {"accuracy", "accuracy_std", "tar_at_far", "auc"}
     lines = (tmp_path / "run" / "log.csv").read_text().splitlines()
-    assert lines[0] == "step,epoch,loss,lr,img_per_s" and len(lines) == 1 + trainer.total_steps
+    assert lines[0] == "step,epoch,loss,lr,img_per_s,val_accuracy,val_accuracy_std"
+    assert len(lines) == 1 + trainer.total_steps
+
+
+def test_log_holds_each_validation_at_the_step_it_was_measured(tiny_rec, tmp_path):
+    import pandas as pd
+
+    trainer = Trainer(_config(tiny_rec, epochs=2, log_every=4), tmp_path / "run", progress=False)
+    metrics = trainer.fit()
+    log = pd.read_csv(tmp_path / "run" / "log.csv")
+    assert list(log["step"]) == [4, 6, 8, 12]  # every 4th step, and the end of each epoch of 6 steps
+    measured = log.dropna(subset=["val_accuracy"])
+    assert list(measured["step"]) == [6, 12]
+    final = measured.iloc[-1]
+    assert final["val_accuracy"] == metrics["val"]["accuracy"]
+    assert final["val_accuracy_std"] == metrics["val"]["accuracy_std"]
+
+
+def test_a_resumed_run_keeps_the_validation_columns_of_its_earlier_rows(tiny_rec, tmp_path):
+    import pandas as pd
+
+    run = tmp_path / "run"
+    Trainer(_config(tiny_rec, max_steps=6), run, progress=False).fit()
+    before = pd.read_csv(run / "log.csv")
+    resumed = Trainer(_config(tiny_rec, max_steps=8, val=[]), run, progress=False)
+    resumed.resume(run)
+    resumed.fit()
+    after = pd.read_csv(run / "log.csv")
+    assert list(after["step"]) == list(range(1, 9))
+    assert after["val_accuracy"].notna().tolist() == [False] * 5 + [True, False, False]
+    assert after["val_accuracy"][5] == before["val_accuracy"][5]
+
+
+@pytest.mark.parametrize("figure_format, magic", [("png", b"\x89PNG"), ("svg", b"<?xml"), ("pdf", b"%PDF")])
+def test_training_curves_are_drawn_in_the_format_asked_for(tiny_rec, tmp_path, figure_format, magic):
+    Trainer(_config(tiny_rec, max_steps=2, figure_format=figure_format), tmp_path / "run", progress=False).fit()
+    drawn = sorted(path.name for path in (tmp_path / "run").glob("training.*"))
+    assert drawn == [f"training.{figure_format}"]
+    assert (tmp_path / "run" / drawn[0]).read_bytes().startswith(magic)
+
+
+def test_a_config_outside_the_choices_is_refused_by_name():
+    with pytest.raises(ConfigError, match=r"figure_format \(--figure-format\) must be one of png, pdf, svg"):
+        TrainConfig().replace(figure_format="jpg").validate()
+    with pytest.raises(ConfigError, match=r"optimizer \(--optimizer\) must be one of sgd, adamw, got 'adamx'"):
+        TrainConfig().replace(optimizer="adamx").validate()
 
 
 def test_learning_rate_schedule_warms_up_and_decays():
@@ -184,6 +229,21 @@ def test_a_new_run_starts_its_log_anew(tiny_rec, tmp_path):
     (run / "log.csv").write_text("step,epoch,loss,lr,img_per_s\n3,0,9.0,0.1,1.0\n")  # a failed run's rows
     Trainer(_config(tiny_rec, max_steps=2, val=[]), run, progress=False).fit()
     assert [line.split(",")[0] for line in (run / "log.csv").read_text().splitlines()] == ["step", "1", "2"]
+
+
+def test_training_data_given_as_val_fails_before_the_training_images_are_decoded(tiny_rec, tmp_path, monkeypatch):
+    import core.trainer
+
+    def decode_nothing(*args, **kwargs):
+        raise AssertionError("the training images were decoded before --val was checked")
+
+    monkeypatch.setattr(core.trainer, "prepare_dataset", decode_nothing)
+    renamed = tmp_path / "pairs.bin"
+    renamed.write_bytes((tiny_rec / "train.rec").read_bytes())
+    for val, message in ((tiny_rec / "train.rec", r"a \.rec file is training data; --val takes a verification \.bin"),
+                         (renamed, "pairs.bin: a RecordIO file \\(training data\\), not a verification .bin")):
+        with pytest.raises(DataError, match=message):
+            Trainer(_config(tiny_rec, val=[str(val)]), tmp_path / "run", progress=False)
 
 
 def test_a_bad_val_file_fails_before_any_step(tiny_rec, tmp_path):

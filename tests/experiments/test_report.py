@@ -144,3 +144,12 @@ def test_counters_of_a_grid_written_before_roles_are_read_by_their_old_names(tmp
     assert pfc["negative"].tolist() == [9, 9, 1, 1] and bool(pfc["negative_updates_weights"])
     assert dcq["negative"].tolist() == [5, 5, 9, 9] and not bool(dcq["negative_updates_weights"])
     assert pfc["positive"].tolist() == (counts * 2).tolist()
+
+
+def test_the_report_s_figures_follow_figure_format(tmp_path):
+    _fake_grid(tmp_path, lambda cell: 0.9)
+    out = tmp_path / "docs" / "RESULTS.md"
+    write_report(tmp_path, out, figure_format="svg")
+    assert sorted(path.name for path in (out.parent / "results").iterdir()) == ["accuracy.svg",
+                                                                               "passive_updates.svg"]
+    assert "![verification accuracy](results/accuracy.svg)" in out.read_text()

@@ -18,20 +18,32 @@ def test_every_data_command_has_help(command):
     assert result.exit_code == 0 and "Usage:" in result.output
 
 
-def test_inspect_dataset_and_bin_json(tiny_rec):
-    dataset = json.loads(_run("data", "inspect", tiny_rec, "--json").output)
-    assert dataset == {"num_images": 48, "num_classes": 6, "records": 55, "records_checked": 55}
-    pairs = json.loads(_run("data", "inspect", tiny_rec / "val.bin", "--json").output)
-    assert pairs == {"num_pairs": 20, "num_positive_pairs": 10}
+def _text_fields(output: str) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in output.splitlines())
 
 
-def test_inspect_plot_writes_png(tiny_rec, tmp_path):
-    result = _run("data", "inspect", tiny_rec, "--plot", tmp_path / "hist.png")
+@pytest.mark.parametrize("name", ["", "val.bin"])
+def test_inspect_json_carries_every_field_the_text_shows(tiny_rec, name):
+    path = tiny_rec / name if name else tiny_rec
+    as_json = json.loads(_run("data", "inspect", path, "--json").output)
+    as_text = _text_fields(_run("data", "inspect", path).output)
+    assert {key: str(value) for key, value in as_json.items()} == as_text
+    expected = ({"num_pairs": 20, "num_positive_pairs": 10, "num_images": 40} if name else
+                {"num_images": 48, "num_classes": 6, "records": 55, "records_checked": 55, "empty_classes": 0})
+    assert expected.items() <= as_json.items()
+
+
+@pytest.mark.parametrize("suffix, magic", [(".png", b"\x89PNG\r\n\x1a\n"), (".pdf", b"%PDF"), (".svg", b"<?xml")])
+def test_inspect_plot_takes_its_format_from_the_suffix(tiny_rec, tmp_path, suffix, magic):
+    result = _run("data", "inspect", tiny_rec, "--plot", tmp_path / f"hist{suffix}")
     assert "images_per_class_median: 8.0" in result.output
-    assert (tmp_path / "hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for name in ("hist.txt", "hist"):  # a PNG under another name, or under none, is refused
+    assert (tmp_path / f"hist{suffix}").read_bytes().startswith(magic)
+
+
+def test_inspect_plot_refuses_a_file_name_that_names_no_figure_format(tiny_rec, tmp_path):
+    for name in ("hist.txt", "hist"):
         refused = CliRunner().invoke(main, ["data", "inspect", str(tiny_rec), "--plot", str(tmp_path / name)])
-        assert refused.exit_code == 2 and "ending in .png" in refused.output
+        assert refused.exit_code == 2 and "ending in .png, .pdf, .svg" in refused.output
     assert not (tmp_path / "hist.txt").exists()
 
 
