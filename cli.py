@@ -19,6 +19,7 @@ from core.config import CHOICES
 from core.errors import FaceQueueError
 from core.figures import figure_format_option
 from core.method_options import method_choice, method_option_flags
+from core.model_options import model_argument
 
 
 class _Group(click.Group):
@@ -55,6 +56,9 @@ def main() -> None:
 @click.option("--backbone", help="tiny (CPU default), iresnet18/34/50/100, mobilefacenet.")
 @click.option("--embedding-size", type=int, help="Dimension of the embedding (insightface: 512).")
 @click.option("--input-size", type=int, help="Model input side; defaults to the backbone's.")
+@click.option("--init", type=click.Path(exists=True),
+              help="Start the backbone from a run's model or bare weights of this --backbone (a state_dict, e.g. "
+                   "insightface's backbone.pth); the head starts fresh.")
 @click.option("--margin", type=click.Choice(CHOICES["margin"]),
               help="Margin of the softmax (default: the method's recipe, e.g. arcface for pfc, cosface for dcq).")
 @click.option("--margin-m", type=float, help="The margin of arcface (0.5) or cosface (0.4).")
@@ -103,7 +107,8 @@ def main() -> None:
 def train(config_file: Optional[str], quiet: bool, **options: Any) -> None:
     """Train with any registered --method (its own options below); with no --data, on synthetic identities."""
     from core.config import load_config, resume_config
-    from core.trainer import Trainer, metrics_summary
+    from core.evaluation import metrics_summary
+    from core.trainer import Trainer
 
     options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
     options = {k: v for k, v in options.items() if v is not None and v != []}
@@ -157,30 +162,60 @@ _show_config_defaults(train)
 
 # -- eval -------------------------------------------------------------------------------------
 @main.command(name="eval")
-@click.argument("run", type=click.Path(exists=True))
-@click.option("--val", multiple=True, required=True, help="Verification .bin file (repeatable).")
+@model_argument(several=True)
+@click.option("--val", multiple=True, help="Verification .bin file (repeatable).")
+@click.option("--pairs", type=click.Path(dir_okay=False),
+              help="An LFW-style pairs.txt ('name n1 n2' / 'name1 n1 name2 n2' lines) over --images.")
+@click.option("--images", type=click.Path(file_okay=False),
+              help="With --pairs: the folder of aligned crops, DIR/name/name_0001.jpg.")
+@click.option("--ijb", multiple=True, type=click.Path(file_okay=False),
+              help="IJB-B or IJB-C folder as published (loose_crop/, meta/): 1:1 verification, TAR@FAR (repeatable).")
+@click.option("--no-detector-score", is_flag=True, help="IJB: leave faces unweighted by their detector score.")
+@click.option("--table", type=click.Path(dir_okay=False),
+              help="Write the results as the papers print them: one Markdown row per MODEL (and a .csv beside).")
+@click.option("--roc", type=click.Path(dir_okay=False), help="Draw the IJB ROC curves here (.png, .pdf or .svg).")
 @click.option("--online", is_flag=True, help="Evaluate the online backbone instead of the network the method is "
                                             "evaluated with (DCQ: its momentum encoder).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", default=256, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON line shaped like metrics.json.")
-def eval_command(run: str, val: tuple[str, ...], online: bool, device: str, batch_size: int, as_json: bool) -> None:
-    """Verification accuracy (10-fold) and TAR@FAR of a run directory or checkpoint."""
+@click.option("--workers", default=2, show_default=True, help="IJB: image decoding workers.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line shaped like metrics.json per MODEL.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def eval_command(models: tuple[str, ...], backbone: Optional[str], embedding_size: Optional[int],
+                 input_size: Optional[int], val: tuple[str, ...], pairs: Optional[str], images: Optional[str],
+                 ijb: tuple[str, ...], no_detector_score: bool, table: Optional[str], roc: Optional[str],
+                 online: bool, device: str, batch_size: int, workers: int, as_json: bool, quiet: bool) -> None:
+    """Verification of one or several MODELs (run directories, checkpoints or bare weights): accuracy on .bin sets
+    or a pairs folder, TAR@FAR on IJB-B/C."""
     from core.distributed import resolve_device
-    from core.evaluation import evaluate_bin, val_names
-    from core.export import load_evaluation_backbone
-    from core.trainer import metrics_json, metrics_summary
+    from core.evaluation import EvaluationSets, evaluate_model, metrics_json, metrics_summary
+    from core.models import load_model
 
+    sets = EvaluationSets(val, pairs, images, ijb, detector_score=not no_detector_score)
     torch_device = resolve_device(device)
-    model, input_size = load_evaluation_backbone(run, torch_device, online=online)
-    metrics = {name: evaluate_bin(model, path, input_size, torch_device, batch_size)
-               for name, path in zip(val_names(val), val)}
-    click.echo(metrics_json(metrics) if as_json else metrics_summary(metrics))
+    rows = []
+    for model in models:
+        loaded = load_model(model, torch_device, backbone, embedding_size, input_size, online)
+        metrics = evaluate_model(loaded.network, loaded.input_size, sets, torch_device, batch_size, workers,
+                                 progress=not quiet)
+        rows.append((model, metrics))
+        if as_json:
+            click.echo(metrics_json(metrics))
+        else:
+            click.echo((f"{model}:\n  " if len(models) > 1 else "") + metrics_summary(metrics).replace(
+                "\n", "\n  " if len(models) > 1 else "\n"))
+    if table:
+        from core.results_table import write_table
+        written = write_table(rows, table)
+        click.echo(f"Wrote {written[0]} and {written[1]} ({len(rows)} model(s)).")
+    if roc:
+        from core.results_table import roc_figure
+        click.echo(f"Wrote {roc_figure(rows, roc)}.")
 
 
 # -- export -----------------------------------------------------------------------------------
 @main.command()
-@click.argument("run", type=click.Path(exists=True))
+@model_argument
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="File to write: model.pt (a state_dict) or model.onnx.")
 @click.option("--format", "export_format", type=click.Choice(["state_dict", "onnx"]),
@@ -188,17 +223,51 @@ def eval_command(run: str, val: tuple[str, ...], online: bool, device: str, batc
                    "(default: onnx for an .onnx --out, else state_dict).")
 @click.option("--online", is_flag=True, help="Export the online backbone instead of the network the method is "
                                             "evaluated with (DCQ: its momentum encoder).")
-def export(run: str, out: str, export_format: Optional[str], online: bool) -> None:
-    """Write a run's evaluation network (DCQ: its momentum encoder) for deployment or insightface tools."""
+def export(model: str, backbone: Optional[str], embedding_size: Optional[int], input_size: Optional[int], out: str,
+           export_format: Optional[str], online: bool) -> None:
+    """Write a MODEL's network (a run's: the one it is evaluated with, DCQ's momentum encoder) for deployment."""
     from core.export import export_backbone, loading_hint
 
-    result = export_backbone(run, out, export_format, online=online)
+    result = export_backbone(model, out, export_format, online, backbone, embedding_size, input_size)
     size = result.input_size
     click.echo(f"Wrote {out} ({result.export_format}, {result.backbone}, input Nx3x{size}x{size} RGB in [-1, 1], "
                f"output Nx{result.embedding_size})."
                + ("" if result.onnx_max_difference is None else
                   f" onnxruntime matches PyTorch to {result.onnx_max_difference:.1e} (max |difference|)."))
     click.echo(f"Load it with: {loading_hint(result)}")
+
+
+# -- embed ------------------------------------------------------------------------------------
+@main.command()
+@model_argument
+@click.option("--data", required=True,
+              help="A .rec directory, a folder of identities, a list file, or 'synthetic' (train's default set).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="feats.npy: float32 [N, D] unit rows in dataset order; feats.csv beside it names each row.")
+@click.option("--online", is_flag=True, help="Embed with a run's online backbone (DCQ) instead of its evaluation "
+                                            "network.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int, help="Image decoding workers.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def embed(model: str, backbone: Optional[str], embedding_size: Optional[int], input_size: Optional[int], data: str,
+          out: str, online: bool, device: str, batch_size: int, workers: int, quiet: bool) -> None:
+    """Embed every image of a dataset with a MODEL (flip-summed, L2-normalised, as evaluation does)."""
+    from core.config import TrainConfig
+    from core.data.loader import synthetic_dataset_root
+    from core.distributed import resolve_device
+    from core.embedding import write_embeddings
+    from core.models import load_model
+
+    torch_device = resolve_device(device)
+    loaded = load_model(model, torch_device, backbone, embedding_size, input_size, online)
+    default = TrainConfig()  # 'synthetic': the default set train renders
+    source = (synthetic_dataset_root(default.synthetic_identities, default.flip_noise, default.split)
+              if data == "synthetic" else data)
+    npy, table, count, dim = write_embeddings(loaded.network, loaded.input_size, source, out, torch_device,
+                                              batch_size, workers, progress=not quiet)
+    click.echo(f"Wrote {npy} ({count:,} x {dim} float32, unit rows) and {table} (index, label, source of each row).")
+    click.echo(f"Next: python -c \"import numpy as np; f = np.load('{npy}'); print(f @ f[:5].T)\"   (cosines)")
 
 
 # -- analyze ----------------------------------------------------------------------------------

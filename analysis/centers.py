@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from analysis.choices import CENTER_SOURCES
+from core.embedding import embed_dataset
 from core.errors import ConfigError, DataError
 from core.method_spec import MethodSpec
 
@@ -252,40 +253,6 @@ def _files_key(files: Sequence[str]) -> str:
         for path in (Path(rec), Path(rec).with_suffix(".idx")):
             digest.update(json.dumps(_stat_key(path)).encode())
     return digest.hexdigest()
-
-
-@torch.no_grad()
-def embed_dataset(model: torch.nn.Module, dataset, batch_size: int = 256, workers: int = 0,
-                  device: torch.device | str = "cpu", progress: bool = True,
-                  out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Flip-summed, L2-normalised embeddings ``float32 [N, D]`` of a whole dataset, in order.
-
-    A DataLoader streams the images (decoding in workers), so memory holds one batch of
-    images plus the result; pass ``out`` (e.g. a ``.npy`` memmap) to keep the result on
-    disk instead of in memory.
-    """
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    if len(dataset) == 0:
-        raise DataError("the dataset holds no images; nothing to embed")
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        persistent_workers=False)
-    start = 0
-    for images, _ in tqdm(loader, desc="embedding", unit="batch", disable=not progress, leave=False,
-                          mininterval=1.0):
-        x = images.to(device)
-        feature = model(x) + model(torch.flip(x, dims=[-1]))
-        feature = F.normalize(feature.float(), dim=1).cpu().numpy()
-        if out is None:
-            out = np.empty((len(dataset), feature.shape[1]), dtype=np.float32)
-        out[start:start + len(feature)] = feature
-        start += len(feature)
-    if out is None or start != len(dataset):
-        raise DataError(f"the data loader produced {start} of {len(dataset)} images")
-    return out
 
 
 def cached_embeddings(run: RunInfo, data_path: Path, dataset, device: torch.device, batch_size: int = 256,

@@ -14,16 +14,8 @@ from typing import Optional
 import numpy as np
 
 from analysis.centers import RunInfo, cached_embeddings, load_run, resolve_data_path
-from core.data.base import FaceDataset
+from core.data.base import FaceDataset, SampleSources, sample_sources
 from core.errors import ConfigError, DataError
-
-
-@dataclass
-class SampleSources:
-    """Where each sample lives: RecordIO keys for .rec data, file paths for folders and lists."""
-
-    records: Optional[np.ndarray]  # int64 [N] or None
-    paths: Optional[list[str]]
 
 
 @dataclass
@@ -51,27 +43,6 @@ def data_root(path: Path) -> Path:
     if path.is_file():
         return path.parent
     return path
-
-
-def sample_sources(dataset) -> SampleSources:
-    """Provenance of every sample, from arrays when the dataset has them (millions of rows)."""
-    keys = getattr(dataset, "image_keys", None)
-    if keys is not None:
-        return SampleSources(records=np.asarray(keys, dtype=np.int64), paths=None)
-    from core.data.folder import record_reference
-
-    paths = getattr(dataset, "paths", None)
-    if paths is not None and not any(record_reference(p) for p in paths):  # "file.rec#KEY" entries name records
-        return SampleSources(records=None, paths=[str(p) for p in paths])
-    records, file_paths = [], []
-    for index in range(len(dataset)):
-        source = dataset.source_of(index)
-        records.append(source.get("record", -1))
-        file_paths.append(source.get("path", ""))
-    has_records = any(r != -1 for r in records)
-    has_paths = any(file_paths)
-    return SampleSources(records=np.asarray(records, dtype=np.int64) if has_records else None,
-                         paths=file_paths if has_paths else None)
 
 
 def open_analysis_dataset(run: RunInfo, data_path: Path) -> "FaceDataset":

@@ -33,6 +33,7 @@ class TrainConfig:
     backbone: str = "tiny"
     embedding_size: int = 512
     input_size: Optional[int] = None  # None: the backbone's default
+    init: Optional[str] = None  # start the backbone from a run's model or bare weights; the head starts fresh
     # the softmax
     margin: Optional[str] = None  # None: the method's recipe (pfc: arcface s=64; dcq: cosface 0.3, s=50)
     margin_m: Optional[float] = None  # None: 0.5 for arcface, 0.4 for cosface

@@ -10,8 +10,10 @@ from scikit-learn's ROC so that they match what other toolkits print.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -234,8 +236,87 @@ def evaluate_bin(
     from core.data.verification_bin import load_verification_pairs
 
     images, issame = load_verification_pairs(path)
+    return _evaluate_images(model, images, issame, input_size, device, batch_size, str(path))
+
+
+def evaluate_pairs_file(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    pairs_file: str | Path,
+    images_dir: str | Path,
+    input_size: int,
+    device: str | torch.device = "cpu",
+    batch_size: int = 256,
+) -> dict:
+    """Verification figures for an LFW-style pairs.txt over a folder of aligned crops (see core.data.pairs)."""
+    from core.data.pairs import read_pair_images
+    from core.data.verification_bin import decode_pair_images
+
+    encoded, names, issame = read_pair_images(pairs_file, images_dir)
+    return _evaluate_images(model, decode_pair_images(encoded, names), issame, input_size, device, batch_size,
+                            str(pairs_file))
+
+
+def _evaluate_images(model: Callable[[torch.Tensor], torch.Tensor], images: np.ndarray, issame: np.ndarray,
+                     input_size: int, device: str | torch.device, batch_size: int, where: str) -> dict:
     embeddings = embed_images(model, images, input_size, batch_size=batch_size, device=device)
     try:
         return evaluate_pairs(embeddings, issame)
     except DataError as exc:  # e.g. a set without different-person pairs: say which file
-        raise DataError(f"{path}: {exc}") from exc
+        raise DataError(f"{where}: {exc}") from exc
+
+
+def metrics_summary(metrics: dict[str, Any]) -> str:
+    """Human-readable lines: accuracy ± std and TAR@FAR for every verification set, TAR@FAR for every IJB set."""
+    lines = []
+    for name, result in metrics.items():
+        if name.startswith("_"):
+            continue
+        tars = ", ".join(f"TAR@FAR={far}: {tar:.4f}" for far, tar in result["tar_at_far"].items())
+        if "accuracy" in result:
+            lines.append(f"{name}: accuracy {result['accuracy']:.4f} ± {result['accuracy_std']:.4f}"
+                         + (f"; {tars}" if tars else "") + f"; AUC {result['auc']:.4f}")
+        else:
+            lines.append(f"{name}: {tars} ({result['templates']:,} templates, {result['pairs']:,} pairs)")
+    return "\n".join(lines)
+
+
+def metrics_json(metrics: dict[str, Any]) -> str:
+    """metrics.json's shape on one line (an IJB set's ROC points left out: they are for the plot)."""
+    return json.dumps({name: {key: value for key, value in result.items() if key != "roc"}
+                       for name, result in metrics.items() if not name.startswith("_")}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class EvaluationSets:
+    """What ``eval`` measures a model on: .bin pair sets, an LFW-style pairs folder, IJB-B/C folders."""
+
+    val: Sequence[str] = ()
+    pairs: Optional[str] = None
+    images: Optional[str] = None
+    ijb: Sequence[str] = ()
+    detector_score: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.pairs is None) != (self.images is None):
+            raise ConfigError("--pairs and --images go together: the pairs file names images in the folder")
+        if not self.val and self.pairs is None and not self.ijb:
+            raise ConfigError("nothing to evaluate on: give --val FILE.bin (repeatable), --pairs pairs.txt --images "
+                              "DIR, or --ijb DIR")
+
+
+def evaluate_model(model: Callable[[torch.Tensor], torch.Tensor], input_size: int, sets: EvaluationSets,
+                   device: str | torch.device = "cpu", batch_size: int = 256, workers: int = 2,
+                   progress: bool = True) -> dict[str, Any]:
+    """Every set's figures by name: the .bin's stem, the pairs file's stem, the IJB set's name (IJBC)."""
+    metrics = {name: evaluate_bin(model, path, input_size, device, batch_size)
+               for name, path in zip(val_names(sets.val), sets.val)}
+    if sets.pairs is not None:
+        metrics[Path(sets.pairs).stem] = evaluate_pairs_file(model, sets.pairs, sets.images, input_size, device,
+                                                             batch_size)
+    for folder in sets.ijb:
+        from core.ijb import evaluate_ijb
+
+        result = evaluate_ijb(model, input_size, folder, torch.device(device), batch_size, workers,
+                              sets.detector_score, progress)
+        metrics[result["set"].upper()] = result
+    return metrics

@@ -1,58 +1,21 @@
-"""Loading a trained network back from a run for evaluation, analysis and export.
+"""Writing a network for deployment or insightface's tools: a state_dict, or ONNX checked against onnxruntime.
 
-Only the backbone is read (``eval_backbone``: the network the method is evaluated with,
-e.g. DCQ's momentum encoder, or the backbone itself), so evaluating a run does not
-rebuild a center store of millions of classes.
+The network is any MODEL (``core.models.load_model``): a run's evaluation network, or
+bare weights. An export never replaces one of a run's own files.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
-from core.backbones import build_backbone
-from core.checkpoint import RUN_FILES, SHARD_GLOB, non_finite_names, read_checkpoint
-from core.errors import ConfigError, DataError, FaceQueueError
-
-
-
-def evaluation_network(state: dict[str, Any]) -> str:
-    """What the run is evaluated with: its checkpoint's record, or (older checkpoints) its method's spec."""
-    record = state.get("method")
-    if isinstance(record, dict) and "evaluation_network" in record:
-        return record["evaluation_network"]
-    from core.methods import get_method
-    return get_method(state["config"].get("method")).evaluation_network
-
-
-def _build(checkpoint: Path, state: dict[str, Any], device: torch.device, online: bool) -> tuple[nn.Module, int]:
-    config = state["config"]
-    network = evaluation_network(state)
-    if online and network == "backbone":
-        raise ConfigError(f"--online: {checkpoint} is a {config.get('method')} run, whose only encoder is the one "
-                          "evaluated; --online picks the online backbone of a method evaluated with another network "
-                          "(DCQ's momentum encoder)")
-    try:
-        model = build_backbone(config["backbone"], config["embedding_size"], state["input_size"])
-        model.load_state_dict(state["backbone" if online else "eval_backbone"])
-    except (FaceQueueError, KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise DataError(f"{checkpoint}: its weights do not fit the network its config describes "
-                        f"({_first_words(exc)})") from exc
-    broken = non_finite_names(model.state_dict().items())
-    if broken:  # every embedding would be NaN; say so here, naming the file, not at the first metric
-        raise DataError(f"{checkpoint}: non-finite weights in {', '.join(broken[:3])}"
-                        + (f" and {len(broken) - 3} more" if len(broken) > 3 else ""))
-    return model.to(device).eval(), state["input_size"]
-
-
-def load_evaluation_backbone(run: str | Path, device: torch.device, online: bool = False) -> tuple[nn.Module, int]:
-    """The network a run is evaluated with, in eval mode, and its input size."""
-    checkpoint, state = read_checkpoint(run, device)
-    return _build(checkpoint, state, device, online)
+from core.checkpoint import RUN_FILES, SHARD_GLOB
+from core.errors import ConfigError, DataError
+from core.models import load_model
 
 
 EXPORT_FORMATS = ("state_dict", "onnx")
@@ -88,37 +51,38 @@ def export_format_for(out: str | Path, export_format: Optional[str]) -> str:
     return export_format
 
 
-def export_backbone(run: str | Path, out: str | Path, export_format: Optional[str] = None,
-                    online: bool = False) -> ExportResult:
-    """Write the evaluation network as an insightface-style state_dict or as ONNX, atomically.
+def export_backbone(model_source: str | Path, out: str | Path, export_format: Optional[str] = None,
+                    online: bool = False, backbone: Optional[str] = None, embedding_size: Optional[int] = None,
+                    input_size: Optional[int] = None) -> ExportResult:
+    """Write a MODEL's network as an insightface-style state_dict or as ONNX, atomically.
 
-    ``out`` may not be one of the run's own files: replacing its checkpoint with an export
+    ``out`` may not be one of a run's own files: replacing its checkpoint with an export
     would leave a run that can be neither resumed nor evaluated. An ONNX file is checked
     against onnxruntime before it is kept (see ``write_onnx``).
     """
     from core.io import atomic_path
 
     export_format = export_format_for(out, export_format)
-    checkpoint, state = read_checkpoint(run, "cpu")
     target = Path(out)
     if not target.name or str(out).endswith(("/", "\\")):
         raise ConfigError(f"--out {out!r}: a file name is needed (for example model.pt)")
+    model = load_model(model_source, torch.device("cpu"), backbone, embedding_size, input_size, online)
     resolved = target.resolve()
-    if resolved.parent == checkpoint.parent.resolve() and (
+    if model.run_state is not None and resolved.parent == model.path.parent.resolve() and (
             resolved.name in RUN_FILES or resolved.match(SHARD_GLOB)):
-        raise ConfigError(f"--out {out}: that is a file of the run {checkpoint.parent} itself; export elsewhere "
+        raise ConfigError(f"--out {out}: that is a file of the run {model.path.parent} itself; export elsewhere "
                           "(for example model.pt)")
-    model, input_size = _build(checkpoint, state, torch.device("cpu"), online)
-    result = ExportResult(target, export_format, state["config"]["backbone"], state["config"]["embedding_size"],
-                          input_size)
+    if resolved == model.path.resolve():
+        raise ConfigError(f"--out {out}: that is the file being exported; export elsewhere")
+    result = ExportResult(target, export_format, model.backbone, model.embedding_size, model.input_size)
     try:
         with atomic_path(out) as tmp:
             if export_format == "state_dict":
-                torch.save(model.state_dict(), tmp)
+                torch.save(model.network.state_dict(), tmp)
             else:
-                result.onnx_max_difference = write_onnx(model, input_size, Path(tmp))
+                result.onnx_max_difference = write_onnx(model.network, model.input_size, Path(tmp))
     except RuntimeError as exc:  # torch's file writer reports an unwritable path as a RuntimeError
-        raise DataError(f"--out {out}: cannot write it ({_first_words(exc)})") from exc
+        raise DataError(f"--out {out}: cannot write it ({' '.join(str(exc).split())[:240]})") from exc
     return result
 
 
@@ -152,12 +116,6 @@ def write_onnx(model: nn.Module, input_size: int, path: Path) -> float:
         raise DataError(f"the ONNX export differs from the PyTorch network by up to {difference:.2e} under "
                         f"onnxruntime (more than {ONNX_TOLERANCE:g}); it was not written")
     return difference
-
-
-def _first_words(exc: BaseException, limit: int = 240) -> str:
-    """A multi-line torch message as one line of bounded length."""
-    text = " ".join(str(exc).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def loading_hint(result: ExportResult) -> str:

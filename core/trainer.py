@@ -114,6 +114,7 @@ class Trainer:
         self.config = config.validate().with_recipe()
         self.run_dir = Path(run_dir)
         self._init_runtime(progress)
+        self.start_weights = self._read_start_weights()
         self._init_data(dataset)
         self._init_model()
         self._init_method()
@@ -131,6 +132,19 @@ class Trainer:
             raise ConfigError(f"amp must be auto, bf16 or off; got {config.amp!r}")
         self.amp_dtype = torch.bfloat16 if amp == "bf16" else None
         self._seed_everything(config.seed + self.context.rank)
+
+    def _read_start_weights(self) -> Optional[dict[str, torch.Tensor]]:
+        """--init's backbone weights, read and fitted to this run's network before any image is decoded: a wrong
+        file costs nothing. Building the network to fit them draws no number from the run's random streams."""
+        config = self.config
+        if config.init is None or config.resume:
+            return None
+        from core.models import load_model
+
+        with torch.random.fork_rng(devices=[]):
+            model = load_model(config.init, torch.device("cpu"), config.backbone, config.embedding_size,
+                               config.input_size or default_input_size(config.backbone))
+        return model.network.state_dict()
 
     def _init_data(self, dataset: Optional[FaceDataset]) -> None:
         """The training set (checked to hold at least two classes) and every --val file, read up front."""
@@ -160,7 +174,10 @@ class Trainer:
     def _init_model(self) -> None:
         """The backbone, wrapped for DDP and torch.compile as asked."""
         config = self.config
-        self.backbone = build_backbone(config.backbone, config.embedding_size, self.input_size).to(self.device)
+        self.backbone = build_backbone(config.backbone, config.embedding_size, self.input_size)
+        if self.start_weights is not None:
+            self.backbone.load_state_dict(self.start_weights)
+        self.backbone.to(self.device)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.backbone.to(memory_format=self.memory_format)
         self.model = self.backbone
@@ -618,19 +635,3 @@ def plot_training(log_csv: Path, out: Path, title: str) -> Optional[Path]:
         accuracy_axis.set_title("held-out verification", fontsize=10)
     figure.suptitle(title, fontsize=11)
     return save_figure(figure, out)
-
-
-def metrics_summary(metrics: dict[str, Any]) -> str:
-    """Human-readable lines: accuracy ± std and TAR@FAR for every validation set."""
-    lines = []
-    for name, result in metrics.items():
-        if name.startswith("_"):
-            continue
-        tars = ", ".join(f"TAR@FAR={far}: {tar:.4f}" for far, tar in result["tar_at_far"].items())
-        lines.append(f"{name}: accuracy {result['accuracy']:.4f} ± {result['accuracy_std']:.4f}"
-                     + (f"; {tars}" if tars else "") + f"; AUC {result['auc']:.4f}")
-    return "\n".join(lines)
-
-
-def metrics_json(metrics: dict[str, Any]) -> str:
-    return json.dumps({k: v for k, v in metrics.items() if not k.startswith("_")}, sort_keys=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
@@ -50,6 +51,35 @@ class FaceDataset(Dataset, ABC):
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.labels[index])
+
+
+@dataclass
+class SampleSources:
+    """Where each sample lives: RecordIO keys for .rec data, file paths for folders and lists."""
+
+    records: Optional[np.ndarray]  # int64 [N] or None
+    paths: Optional[list[str]]
+
+
+def sample_sources(dataset: FaceDataset) -> SampleSources:
+    """Provenance of every sample, from arrays when the dataset has them (millions of rows)."""
+    keys = getattr(dataset, "image_keys", None)
+    if keys is not None:
+        return SampleSources(records=np.asarray(keys, dtype=np.int64), paths=None)
+    from core.data.folder import record_reference
+
+    paths = getattr(dataset, "paths", None)
+    if paths is not None and not any(record_reference(p) for p in paths):  # "file.rec#KEY" entries name records
+        return SampleSources(records=None, paths=[str(p) for p in paths])
+    records, file_paths = [], []
+    for index in range(len(dataset)):
+        source = dataset.source_of(index)
+        records.append(source.get("record", -1))
+        file_paths.append(source.get("path", ""))
+    has_records = any(r != -1 for r in records)
+    has_paths = any(file_paths)
+    return SampleSources(records=np.asarray(records, dtype=np.int64) if has_records else None,
+                         paths=file_paths if has_paths else None)
 
 
 def decode_image(encoded: bytes, where: str) -> np.ndarray:

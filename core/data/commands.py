@@ -42,6 +42,52 @@ def make_synthetic(out: str, identities: int, heldout: int, flip_noise: float, s
                + (" --val val   (val.bin beside the data)" if (Path(out) / "val.bin").exists() else ""))
 
 
+@data.command(name="make-ijb")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New directory (loose_crop/, meta/).")
+@click.option("--identities", default=20, show_default=True, help="Rendered identities, 3 templates each.")
+@click.option("--frames-per-media", default=2, show_default=True, help="Faces in each of an identity's 4 media.")
+@click.option("--seed", default=0, show_default=True)
+def make_ijb(out: str, identities: int, frames_per_media: int, seed: int) -> None:
+    """Render a small set in IJB-C's layout, every answer known (loose crops with their true landmarks)."""
+    from core.data.synthetic.ijb import IJBConfig, make_ijb_set
+
+    summary = make_ijb_set(out, IJBConfig(identities=identities, frames_per_media=frames_per_media, seed=seed))
+    click.echo(f"Wrote {summary['faces']:,} face lines ({summary['images']:,} crops) in {summary['templates']:,} "
+               f"templates and {summary['pairs']:,} template pairs ({summary['positive_pairs']:,} of one person) to "
+               f"{out}.")
+    click.echo(f"Next: python cli.py eval RUN --ijb {out}")
+
+
+@data.command(name="make-rec")
+@click.option("--data", "source", required=True, type=click.Path(exists=True),
+              help="A folder of identities, a 'path label' list, or another .rec directory.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="New directory for train.rec/.idx/property.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def make_rec(source: str, out: str, quiet: bool) -> None:
+    """Pack a dataset into insightface's train.rec / train.idx / property (read by mxnet and arcface_torch)."""
+    from core.data.packing import pack_rec
+
+    summary = pack_rec(source, out, progress=not quiet)
+    height, width = summary["image_size"]
+    click.echo(f"Wrote {summary['images']:,} images of {summary['classes']:,} classes ({height}x{width}) to {out}.")
+    click.echo(f"Next: python cli.py data inspect {out}  |  python cli.py train --method pfc --data {out}")
+
+
+@data.command(name="make-bin")
+@click.option("--pairs", required=True, type=click.Path(dir_okay=False),
+              help="LFW-style pairs.txt: 'name n1 n2' (same person) and 'name1 n1 name2 n2' lines.")
+@click.option("--images", required=True, type=click.Path(file_okay=False),
+              help="Folder of aligned crops, DIR/name/name_0001.jpg.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The .bin to write (e.g. mine.bin).")
+def make_bin(pairs: str, images: str, out: str) -> None:
+    """Write an insightface verification .bin from pairs.txt and its images (usable as --val)."""
+    from core.data.packing import write_pairs_bin
+
+    summary = write_pairs_bin(pairs, images, out)
+    click.echo(f"Wrote {out}: {summary['pairs']:,} pairs, {summary['positive_pairs']:,} of one person.")
+    click.echo(f"Next: python cli.py eval RUN --val {out}")
+
+
 @data.command()
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON line.")

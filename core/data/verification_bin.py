@@ -202,12 +202,19 @@ def load_verification_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     images, flags = read_verification_bin(path)
     if not images:
         raise DataError(f"{path}: verification .bin holds no pairs")
-    first = decode_image(images[0], f"{path} image 0")
+    return decode_pair_images(images, [f"{path} image {index}" for index in range(len(images))]), flags
+
+
+def decode_pair_images(images: Sequence[bytes], names: Sequence[str]) -> np.ndarray:
+    """Encoded images decoded into one ``uint8 [2N, H, W, 3]`` array; ``names[i]`` names image i in errors.
+    Pairs are aligned crops of one size (112 x 112 in insightface's sets), so another size is an error."""
+    first = decode_image(images[0], names[0])
     decoded = np.empty((len(images),) + first.shape, dtype=np.uint8)
     decoded[0] = first
     for index in range(1, len(images)):
-        image = decode_image(images[index], f"{path} image {index}")
+        image = decode_image(images[index], names[index])
         if image.shape != first.shape:
-            raise DataError(f"{path} image {index}: decoded shape {image.shape}, but image 0 is {first.shape}")
+            raise DataError(f"{names[index]}: decoded shape {image.shape}, but {names[0]} is {first.shape}; pairs "
+                            "are aligned crops of one size")
         decoded[index] = image
-    return decoded, flags
+    return decoded

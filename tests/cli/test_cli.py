@@ -105,11 +105,13 @@ def test_export_reproduces_the_evaluation_network_and_prints_how_to_load_it(dcq_
     import numpy as np
     import torch
 
-    from core.export import ONNX_TOLERANCE, load_evaluation_backbone
+    from core.export import ONNX_TOLERANCE
+    from core.models import load_model
 
     result = _run("export", dcq_run, "--out", tmp_path / name, *flags)
     assert result.exit_code == 0, result.output
-    reference, size = load_evaluation_backbone(dcq_run, torch.device("cpu"))
+    loaded = load_model(dcq_run, torch.device("cpu"))
+    reference, size = loaded.network, loaded.input_size
     images = torch.randn(5, 3, size, size)  # a batch size the export never saw
     hint = result.output.split("Load it with: ")[1].strip()
     namespace = {"images": images.numpy()}

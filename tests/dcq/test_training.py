@@ -1,7 +1,7 @@
 import torch
 
 from core.config import TrainConfig
-from core.export import load_evaluation_backbone
+from core.models import load_model
 from core.trainer import Trainer
 
 
@@ -38,8 +38,8 @@ def test_dcq_uses_its_recipe_and_evaluates_the_momentum_encoder(tiny_rec, tmp_pa
     trainer = Trainer(_config(tiny_rec, epochs=1), tmp_path / "run", progress=False)
     assert (trainer.config.margin, trainer.config.margin_m, trainer.config.scale) == ("cosface", 0.3, 50.0)
     trainer.fit()
-    momentum_model, _ = load_evaluation_backbone(tmp_path / "run", torch.device("cpu"))
-    online_model, _ = load_evaluation_backbone(tmp_path / "run", torch.device("cpu"), online=True)
+    momentum_model = load_model(tmp_path / "run", torch.device("cpu")).network
+    online_model = load_model(tmp_path / "run", torch.device("cpu"), online=True).network
     for name, value in momentum_model.state_dict().items():
         assert torch.equal(value, trainer.sampler.encoder.state_dict()[name])
     assert any(not torch.equal(value, online_model.state_dict()[name])

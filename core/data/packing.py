@@ -1,0 +1,71 @@
+"""Writing datasets in insightface's formats: any dataset packed into ``.rec``, LFW-style pairs into ``.bin``.
+
+Both are written beside their final name and moved into place when complete, so an
+interrupted command leaves no half-written set that a training could pick up.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from core.data.base import FaceDataset, encode_image
+from core.errors import ConfigError, DataError
+
+REC_FILES = ("train.rec", "train.idx", "property")
+
+
+def pack_rec(data: str | Path, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Pack ``data`` (a folder of identities, a list file, or another ``.rec``) into ``out_dir``'s train.rec,
+    train.idx and property. Image files go in as they are (JPEG or PNG bytes, as insightface's readers take
+    them); records of another ``.rec`` are re-encoded as JPEG."""
+    from core.data.loader import open_dataset
+    from core.data.recordio import write_insightface_rec
+    from core.io import staging_folder
+
+    out_dir = Path(out_dir)
+    if any((out_dir / name).exists() for name in REC_FILES):
+        raise ConfigError(f"--out {out_dir}: already holds a .rec set; choose a new directory")
+    dataset = open_dataset(data)
+    if len(dataset) == 0:
+        raise DataError(f"--data {data}: the dataset holds no images")
+    height, width = dataset.load_image(0).shape[:2]
+    order = np.argsort(np.asarray(dataset.labels), kind="stable")  # a .rec holds each identity's images together
+    samples = _encoded_samples(dataset, order, progress)
+    with staging_folder(out_dir.parent, ".pack-") as staging:
+        written = write_insightface_rec(staging, samples, int(dataset.num_classes), image_size=(height, width))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in REC_FILES:
+            os.replace(staging / name, out_dir / name)
+    return {"images": written, "classes": int(dataset.num_classes), "image_size": [int(height), int(width)]}
+
+
+def _encoded_samples(dataset: FaceDataset, order: np.ndarray, progress: bool) -> Iterator[tuple[int, bytes]]:
+    from core.data.folder import record_reference
+
+    paths = getattr(dataset, "paths", None)
+    for index in tqdm(order, desc="packing", unit="image", disable=not progress, mininterval=1.0):
+        path = None if paths is None else paths[index]
+        if path is not None and not record_reference(path):
+            dataset.load_image(int(index))  # an undecodable file fails here, naming it, not in a training later
+            yield int(dataset.labels[index]), Path(path).read_bytes()
+        else:
+            yield int(dataset.labels[index]), encode_image(dataset.load_image(int(index)))
+
+
+def write_pairs_bin(pairs_file: str | Path, images_dir: str | Path, out: str | Path) -> dict[str, int]:
+    """An insightface verification ``.bin`` from an LFW-style pairs.txt over a folder of aligned crops; every
+    image is decoded first, so a set that evaluation would refuse is never written."""
+    from core.data.pairs import read_pair_images
+    from core.data.verification_bin import decode_pair_images, write_verification_bin
+
+    if Path(out).suffix != ".bin":
+        raise ConfigError(f"--out {out}: a verification set is a .bin file (lfw.bin); give a name ending in .bin")
+    encoded, names, issame = read_pair_images(pairs_file, images_dir)
+    decode_pair_images(encoded, names)
+    write_verification_bin(out, encoded, issame)
+    return {"pairs": len(issame), "positive_pairs": int(issame.sum())}
