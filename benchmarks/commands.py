@@ -182,6 +182,36 @@ def bench_data(data_path: str, size: int, workers: tuple[int, ...], batch_size: 
     click.echo(format_table(["workers", "images/s"], rows))
 
 
+@bench.command(name="ijb")
+@click.option("--faces", default=469_375, show_default=True, type=_POSITIVE, help="Face lines (IJB-C: 469,375).")
+@click.option("--templates", default=23_124, show_default=True, type=_POSITIVE)
+@click.option("--pairs", default=15_658_489, show_default=True, type=_POSITIVE)
+@click.option("--positives", default=19_557, show_default=True, type=_POSITIVE)
+@click.option("--dim", default=512, show_default=True, type=_POSITIVE)
+@click.option("--baseline-templates", default=1000, show_default=True, type=_POSITIVE,
+              help="Templates the insightface-style loop is timed on (scaled to all).")
+def bench_ijb(faces: int, templates: int, pairs: int, positives: int, dim: int, baseline_templates: int) -> None:
+    """IJB-C's scoring step (template pooling, pair scores, TAR@FAR) on random features: time and peak memory,
+    beside insightface's eval_ijbc.py way."""
+    from benchmarks.common import format_table, run_isolated
+
+    if templates > faces or positives > pairs:
+        raise ConfigError("--templates must be <= --faces and --positives <= --pairs")
+    job = {"faces": faces, "templates": templates, "pairs": pairs, "positives": positives, "dim": dim,
+           "baseline_templates": min(baseline_templates, templates)}
+    ours = run_isolated("benchmarks.ijb_scoring", {**job, "side": "ours"})
+    theirs = run_isolated("benchmarks.ijb_scoring", {**job, "side": "insightface"})
+    rows = []
+    for key, label in (("pooling_s", "template pooling s"), ("scoring_s", "pair scores s"),
+                       ("tar_s", "ROC / TAR@FAR s"), ("total_s", "total s"), ("peak_gib", "peak resident GiB")):
+        ratio = (f"{theirs[key] / ours[key]:.1f}x" if "error" not in ours and "error" not in theirs and key != "peak_gib"
+                 else "")
+        rows.append([label, _figure(ours, key, ".2f"), _figure(theirs, key, ".2f"), ratio])
+    click.echo(f"IJB scoring, CPU: {faces:,} faces, {templates:,} templates, {pairs:,} pairs, {dim}-d features "
+               f"(baseline pooling timed on {job['baseline_templates']:,} templates and scaled)")
+    click.echo(format_table(["", "facequeue", "insightface eval_ijbc.py", "speed-up"], rows))
+
+
 @bench.command(name="train")
 @method_choice(default="pfc", show_default=True)
 @click.option("--processes", multiple=True, type=_POSITIVE, default=(1, 2), show_default=True,

@@ -69,19 +69,38 @@ def test_pooling_and_scoring_in_chunks_equal_them_whole(monkeypatch):
     scores = score_pairs(ids, whole, pairs)
     monkeypatch.setattr(ijb, "POOL_CHUNK", 37)
     np.testing.assert_allclose(template_features(features, templates, medias)[1], whole, atol=1e-6)
-    np.testing.assert_allclose(score_pairs(ids, whole, pairs, batch=77), scores, atol=1e-7)
+    monkeypatch.setattr(ijb, "TEMPLATE_BLOCK", 16)  # 1000 pairs of 40 templates: the block GEMM path
+    np.testing.assert_allclose(score_pairs(ids, whole, pairs), scores, atol=1e-6)
+    monkeypatch.setattr(ijb, "GEMM_BREAK_EVEN", 1)  # and the gathered pairs, in batches
+    np.testing.assert_allclose(score_pairs(ids, whole, pairs, batch=77), scores, atol=1e-6)
+    reference = np.array([whole[ids == a][0] @ whole[ids == b][0] for a, b in pairs])
+    np.testing.assert_allclose(scores, reference, atol=1e-6)
 
 
-def test_tar_at_far_is_the_best_tar_at_the_nearest_far_of_every_threshold():
+def _sklearn_tar(labels, scores, far):
+    """The highest TPR of sklearn's full ROC among the points whose FPR is at most ``far``."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    return tpr[fpr <= far].max()
+
+
+@pytest.mark.parametrize("rounding", [None, 1])  # continuous scores, and many tied ones
+def test_tar_at_far_matches_sklearn_s_roc(rounding):
     rng = np.random.default_rng(4)
     labels = np.r_[np.ones(300), np.zeros(3000)].astype(int)
-    scores = np.r_[rng.normal(1.0, 1, 300), rng.normal(0, 1, 3000)].round(2)  # rounded: tied scores
-    thresholds = np.r_[np.inf, np.unique(scores)]
-    fpr = np.array([(scores[labels == 0] >= t).mean() for t in thresholds])
-    tpr = np.array([(scores[labels == 1] >= t).mean() for t in thresholds])
-    for far, tar in tar_at_far(labels, scores, fars=(1e-4, 1e-3, 1e-2, 0.1, 0.5)).items():
-        nearest = np.abs(fpr - float(far))
-        assert tar == pytest.approx(tpr[nearest == nearest.min()].max(), abs=1e-12)
+    scores = np.r_[rng.normal(1.0, 1, 300), rng.normal(0, 1, 3000)].astype(np.float32)
+    if rounding is not None:
+        scores = scores.round(rounding)
+    fars = (1e-4, 3.3e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0)
+    for far, tar in zip(fars, tar_at_far(labels, scores, fars).values()):
+        assert tar == pytest.approx(_sklearn_tar(labels, scores, far), abs=1e-12), far
+
+
+def test_tar_at_far_of_a_perfectly_separated_set_is_one():
+    labels = np.r_[np.ones(5), np.zeros(50)]
+    scores = np.r_[np.full(5, 0.9), np.linspace(-0.5, 0.5, 50)]
+    assert set(tar_at_far(labels, scores).values()) == {1.0}  # eval_ijbc.py's reading gives 0 here
 
 
 def test_the_protocol_equals_a_direct_computation(ijb_set):
@@ -107,12 +126,8 @@ def test_the_protocol_equals_a_direct_computation(ijb_set):
         total = np.sum(media, axis=0)
         template[t] = total / np.linalg.norm(total)
     scores = np.array([template[a] @ template[b] for a, b in meta.pairs])
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, _ = roc_curve(meta.labels, scores, drop_intermediate=False)
     for far in ijb.FARS:
-        nearest = np.abs(fpr - far)
-        assert result["tar_at_far"][f"{far:.0e}"] == pytest.approx(tpr[nearest == nearest.min()].max(), abs=1e-6)
+        assert result["tar_at_far"][f"{far:.0e}"] == pytest.approx(_sklearn_tar(meta.labels, scores, far), abs=1e-6)
     assert result["templates"] == 18 and result["pairs"] == 153 and result["positive_pairs"] == 18
 
 
