@@ -166,12 +166,28 @@ class RunInfo:
         return centers
 
 
-def load_run(run: str | Path) -> RunInfo:
-    """Read a run directory (or checkpoint file) on CPU; a clear error when there is none."""
-    from core.checkpoint import read_checkpoint
-    from core.methods import METHODS, get_method
+BARE_WEIGHTS = "bare weights"
 
-    checkpoint, state = read_checkpoint(run)
+
+def load_run(run: str | Path, backbone: Optional[str] = None, embedding_size: Optional[int] = None,
+             input_size: Optional[int] = None) -> RunInfo:
+    """Read a run directory, a checkpoint file or bare weights (with ``backbone``, see core/models.py) on CPU; a
+    clear error when there is none. Bare weights know no classes: ``num_classes`` is 0 until the data says."""
+    from core.checkpoint import find_checkpoint, load_file
+    from core.methods import METHODS, get_method
+    from core.models import bare_model, is_run_checkpoint
+
+    checkpoint = find_checkpoint(run)
+    state = load_file(checkpoint)
+    if not is_run_checkpoint(state):
+        model = bare_model(checkpoint, state, backbone, embedding_size, input_size)
+        notes = [f"{checkpoint} holds bare weights: no sampler recorded per-class counters, and no center was "
+                 "trained with them."]
+        return RunInfo(path=Path(run), checkpoint=checkpoint, config={
+            "backbone": model.backbone, "embedding_size": model.embedding_size, "data": None}, method=BARE_WEIGHTS,
+            num_classes=0, input_size=model.input_size,
+            statistics=ClassStatistics(BARE_WEIGHTS, 0, records=[], series={}, notes=notes),
+            backbone_state=model.network.state_dict(), tables=RunTables({}, checkpoint.parent), spec=None)
     tables = RunTables(state, checkpoint.parent)
     stats = run_class_statistics(state, tables)
     method = str(state["config"].get("method"))
@@ -190,7 +206,8 @@ def resolve_data_path(run: RunInfo, data: Optional[str] = None) -> Path:
 
     value = data if data is not None else run.config.get("data")
     if value is None:
-        raise ConfigError(f"{run.checkpoint}: the run's config names no data; pass --data")
+        what = "bare weights name no training data" if run.method == BARE_WEIGHTS else "the run's config names no data"
+        raise ConfigError(f"{run.checkpoint}: {what}; pass --data")
     if value == "synthetic":
         config = run.config
         return synthetic_dataset_root(int(config.get("synthetic_identities", 600)),

@@ -19,12 +19,13 @@ from analysis.choices import CENTER_SOURCES, DEFAULT_K
 from analysis.index import METHODS
 from core.errors import ConfigError
 from core.figures import figure_format_option
+from core.model_options import bare_weight_options
 
 
 def _common(function: Callable) -> Callable:
     """RUN and the options every analyze command shares."""
     decorators = [
-        click.argument("run", type=click.Path()),
+        click.argument("run", type=click.Path(), metavar="MODEL"),
         click.option("--data", default=None,
                      help="Dataset to analyse (.rec directory, folder, list, or 'synthetic'); default: the run's "
                           "own training data."),
@@ -40,6 +41,7 @@ def _common(function: Callable) -> Callable:
                           "approximate above 100k classes)."),
         figure_format_option(),
         click.option("--quiet", is_flag=True, help="No progress bars."),
+        bare_weight_options,
     ]
     for decorator in reversed(decorators):
         function = decorator(function)
@@ -47,7 +49,8 @@ def _common(function: Callable) -> Callable:
 
 
 def _run(which: tuple[str, ...], run: str, data: Optional[str], out: str, device: str, batch_size: int,
-         workers: int, centers: str, index_method: str, quiet: bool, **options: Any):
+         workers: int, centers: str, index_method: str, quiet: bool, backbone: Optional[str],
+         embedding_size: Optional[int], input_size: Optional[int], **options: Any):
     from analysis.inputs import load_analysis_input
     from analysis.runner import AnalysisOptions, run_analyses
 
@@ -65,7 +68,8 @@ def _run(which: tuple[str, ...], run: str, data: Optional[str], out: str, device
         if value is not None and not (math.isfinite(value) and low <= value <= high):
             raise ConfigError(f"{OPTION_NAMES[name]} must be a number in [{low}, {high}], got {value}")
     inputs = load_analysis_input(run, data, device=device, batch_size=batch_size, workers=workers,
-                                 progress=not quiet, centers=centers)
+                                 progress=not quiet, centers=centers, backbone=backbone,
+                                 embedding_size=embedding_size, input_size=input_size)
     analysis_options = AnalysisOptions(index_method=index_method, centers=centers, progress=not quiet,
                                        **{k: v for k, v in options.items() if v is not None})
     return run_analyses(inputs, out_dir, which, analysis_options)
@@ -81,7 +85,7 @@ def _echo_written(analysis) -> None:
 
 
 def _next_report(common: dict[str, Any]) -> str:
-    return (f"Next: python cli.py analyze report {shlex.quote(common['run'])}{_data_flag(common['data'])} "
+    return (f"Next: python cli.py analyze report {_model_and_data(common)} "
             f"--out {shlex.quote(common['out'])}   (conflict, noise and long tail in one report)")
 
 
@@ -112,8 +116,11 @@ def run_val_files(run) -> list[str]:
         return []
 
 
-def _data_flag(data: Optional[str]) -> str:
-    return f" --data {shlex.quote(data)}" if data else ""
+def _model_and_data(common: dict[str, Any]) -> str:
+    """The MODEL, the flags that describe bare weights, and --data, as the command was given them."""
+    flags = "".join(f" --{name.replace('_', '-')} {shlex.quote(str(common[name]))}"
+                    for name in ("backbone", "embedding_size", "input_size", "data") if common.get(name) is not None)
+    return shlex.quote(common["run"]) + flags
 
 
 # Options given as cosines (or a difference of two) must lie in their range: nan, inf or a
@@ -212,5 +219,5 @@ def report(k: int, threshold: Optional[float], noise_threshold: Optional[float],
         click.echo(f"Next: open {Path(common['out']) / 'report.html'}")
     else:
         click.echo(f"Next: open {Path(common['out']) / 'report.html'}, or clean the data with: python cli.py "
-                   f"analyze report {shlex.quote(common['run'])}{_data_flag(common['data'])} --out "
+                   f"analyze report {_model_and_data(common)} --out "
                    f"{shlex.quote(common['out'])} --write-clean {shlex.quote(str(Path(common['out']) / 'clean.txt'))}")

@@ -53,6 +53,8 @@ def open_analysis_dataset(run: RunInfo, data_path: Path) -> "FaceDataset":
     dataset = open_dataset(data_path, transform=ModelInputTransform(run.input_size))
     if len(dataset) == 0:
         raise DataError(f"--data {data_path}: the dataset holds no images")
+    if run.num_classes == 0:  # bare weights: the classes are the data's
+        run.num_classes = run.statistics.num_classes = int(dataset.num_classes)
     if int(dataset.num_classes) != run.num_classes:
         raise DataError(f"--data {data_path}: has {dataset.num_classes} classes but the run "
                         f"({run.checkpoint}) was trained on {run.num_classes}; class i of the data must be "
@@ -62,12 +64,14 @@ def open_analysis_dataset(run: RunInfo, data_path: Path) -> "FaceDataset":
 
 def load_analysis_input(run: str | Path, data: Optional[str] = None, device: str = "auto",
                         batch_size: int = 256, workers: int = 0, progress: bool = True,
-                        centers: str = "auto") -> AnalysisInput:
-    """Run + data + (cached) embeddings + ground truth, validated (everything that can be, before embedding)."""
+                        centers: str = "auto", backbone: Optional[str] = None, embedding_size: Optional[int] = None,
+                        input_size: Optional[int] = None) -> AnalysisInput:
+    """Run (or bare weights, described by ``backbone`` ...) + data + (cached) embeddings + ground truth,
+    validated (everything that can be, before embedding)."""
     from core.data.synthetic import load_ground_truth
     from core.distributed import resolve_device
 
-    info = load_run(run)
+    info = load_run(run, backbone, embedding_size, input_size)
     if centers == "store" and not info.has_stored_centers:
         raise ConfigError(f"--centers store: the {info.method} run {info.checkpoint} keeps no per-class centers; use "
                           "--centers means")

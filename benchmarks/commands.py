@@ -204,8 +204,8 @@ def bench_ijb(faces: int, templates: int, pairs: int, positives: int, dim: int, 
     rows = []
     for key, label in (("pooling_s", "template pooling s"), ("scoring_s", "pair scores s"),
                        ("tar_s", "ROC / TAR@FAR s"), ("total_s", "total s"), ("peak_gib", "peak resident GiB")):
-        ratio = (f"{theirs[key] / ours[key]:.1f}x" if "error" not in ours and "error" not in theirs and key != "peak_gib"
-                 else "")
+        compared = "error" not in ours and "error" not in theirs and key != "peak_gib"
+        ratio = f"{theirs[key] / ours[key]:.1f}x" if compared else ""
         rows.append([label, _figure(ours, key, ".2f"), _figure(theirs, key, ".2f"), ratio])
     click.echo(f"IJB scoring, CPU: {faces:,} faces, {templates:,} templates, {pairs:,} pairs, {dim}-d features "
                f"(baseline pooling timed on {job['baseline_templates']:,} templates and scaled)")

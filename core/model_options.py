@@ -18,8 +18,12 @@ def model_argument(function: Optional[Callable] = None, *, several: bool = False
         return lambda decorated: model_argument(decorated, several=several)
     argument = (click.argument("models", nargs=-1, required=True, type=click.Path(exists=True)) if several
                 else click.argument("model", type=click.Path(exists=True)))
+    return argument(bare_weight_options(function))
+
+
+def bare_weight_options(function: Callable) -> Callable:
+    """--backbone / --embedding-size / --input-size: what bare weights do not say of themselves."""
     decorators = [
-        argument,
         click.option("--backbone", default=None,
                      help="For bare weights (a state_dict .pth/.pt, as insightface saves backbone.pth): the network "
                           "they belong to (iresnet18/34/50/100, mobilefacenet, tiny). A run knows its own."),

@@ -70,7 +70,7 @@ def load_model(source: str | Path, device: torch.device, backbone: Optional[str]
         if online:
             raise ConfigError(f"--online: {path} holds bare weights, one network; --online picks a run's online "
                               "backbone")
-        model = _bare_model(path, state, backbone, embedding_size, input_size)
+        model = bare_model(path, state, backbone, embedding_size, input_size)
     broken = non_finite_names(model.network.state_dict().items())
     if broken:  # every embedding would be NaN; say so here, naming the file, not at the first metric
         raise DataError(f"{path}: non-finite weights in {', '.join(broken[:3])}"
@@ -98,8 +98,9 @@ def _run_model(path: Path, state: dict[str, Any], online: bool, backbone: Option
     return LoadedModel(network, config["backbone"], config["embedding_size"], state["input_size"], path, state)
 
 
-def _bare_model(path: Path, state: Any, backbone: Optional[str], embedding_size: Optional[int],
-                input_size: Optional[int]) -> LoadedModel:
+def bare_model(path: Path, state: Any, backbone: Optional[str], embedding_size: Optional[int],
+               input_size: Optional[int]) -> LoadedModel:
+    """The network of bare weights ``state`` read from ``path``, described by the flags given."""
     weights = bare_weights(path, state)
     if backbone is None:
         raise ConfigError(f"{path}: bare weights (a state_dict) do not name their network; give --backbone NAME "

@@ -61,7 +61,8 @@ def make_ijb(out: str, identities: int, frames_per_media: int, seed: int) -> Non
 @data.command(name="make-rec")
 @click.option("--data", "source", required=True, type=click.Path(exists=True),
               help="A folder of identities, a 'path label' list, or another .rec directory.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="New directory for train.rec/.idx/property.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="New directory for train.rec/.idx/property.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def make_rec(source: str, out: str, quiet: bool) -> None:
     """Pack a dataset into insightface's train.rec / train.idx / property (read by mxnet and arcface_torch)."""

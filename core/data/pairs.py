@@ -37,7 +37,8 @@ def read_pairs(pairs_file: str | Path, images_dir: str | Path) -> tuple[list[Pat
         elif len(fields) == 4:
             people = [(fields[0], fields[1]), (fields[2], fields[3])]
         else:
-            raise DataError(f"{where}: expected 'name n1 n2' (same person) or 'name1 n1 name2 n2', got {line.strip()!r}")
+            raise DataError(f"{where}: expected 'name n1 n2' (same person) or 'name1 n1 name2 n2', got "
+                            f"{line.strip()!r}")
         for name, image in people:
             if not image.isdigit():
                 raise DataError(f"{where}: image number {image!r} of {name} is not a whole number")

@@ -357,3 +357,21 @@ def test_figures_follow_figure_format_and_a_new_command_replaces_the_old_format(
     invoke("longtail", synthetic_run, "--out", out)  # png, the default: no svg of the earlier command is left
     assert sorted(path.stem for path in out.glob("*.png")) == sorted(name[:-4] for name in drawn)
     assert not list(out.glob("*.svg"))
+
+
+def test_bare_weights_analyse_like_their_run(synthetic_run, synthetic_data, tmp_path):
+    import torch
+
+    from core.models import load_model
+
+    loaded = load_model(synthetic_run, torch.device("cpu"))
+    weights = tmp_path / "backbone.pth"
+    torch.save(loaded.network.state_dict(), weights)
+    invoke("noise", synthetic_run, "--out", tmp_path / "from_run")
+    output = invoke("noise", weights, "--backbone", "tiny", "--input-size", loaded.input_size, "--data",
+                    synthetic_data, "--out", tmp_path / "from_weights")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "from_weights" / "noise.csv"),
+                                  pd.read_csv(tmp_path / "from_run" / "noise.csv"))
+    assert f"--backbone tiny --input-size {loaded.input_size} --data {synthetic_data}" in output  # the next command
+    with pytest.raises(ConfigError, match="backbone.pth: bare weights name no training data; pass --data"):
+        invoke("noise", weights, "--backbone", "tiny", "--input-size", loaded.input_size, "--out", tmp_path / "x")

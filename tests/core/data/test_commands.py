@@ -12,7 +12,7 @@ def _run(*args):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
-@pytest.mark.parametrize("command", [["make-synthetic"], ["inspect"]])
+@pytest.mark.parametrize("command", [["make-synthetic"], ["inspect"], ["make-rec"], ["make-bin"], ["make-ijb"]])
 def test_every_data_command_has_help(command):
     result = _run("data", *command, "--help")
     assert result.exit_code == 0 and "Usage:" in result.output

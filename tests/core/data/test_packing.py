@@ -69,4 +69,5 @@ def test_eval_wants_something_to_evaluate_on(tmp_path):
     result = CliRunner().invoke(main, ["eval", str(tmp_path), "--pairs", str(tmp_path / "p.txt")])
     assert result.exit_code == 2 and "--pairs and --images go together" in result.output
     result = CliRunner().invoke(main, ["eval", str(tmp_path)])
-    assert result.exit_code == 2 and "give --val FILE.bin (repeatable), --pairs pairs.txt --images DIR, or --ijb DIR" in result.output
+    assert result.exit_code == 2
+    assert "give --val FILE.bin (repeatable), --pairs pairs.txt --images DIR, or --ijb DIR" in result.output
