@@ -277,6 +277,11 @@ def metrics_summary(metrics: dict[str, Any]) -> str:
                          + (f"; {tars}" if tars else "") + f"; AUC {result['auc']:.4f}")
         else:
             lines.append(f"{name}: {tars} ({result['templates']:,} templates, {result['pairs']:,} pairs)")
+            if "identification" in result:
+                found = result["identification"]
+                tpirs = ", ".join(f"TPIR@FPIR={fpir}: {tpir:.4f}" for fpir, tpir in found["tpir_at_fpir"].items())
+                lines.append(f"{name} 1:N (mean of {', '.join(found['galleries'])}): rank-1 {found['rank1']:.4f}, "
+                             + tpirs)
     return "\n".join(lines)
 
 

@@ -318,8 +318,12 @@ def tar_at_far(labels: np.ndarray, scores: np.ndarray, fars: Sequence[float] = F
 def evaluate_ijb(network: torch.nn.Module, input_size: int, root: str | Path, device: torch.device,
                  batch_size: int = 128, workers: int = 2, detector_score: bool = True,
                  progress: bool = True) -> dict[str, Any]:
-    """The whole protocol on one IJB set: TAR at each FAR, and the ROC (subsampled) for a plot."""
+    """The whole protocol on one IJB set: TAR at each FAR, the ROC (subsampled) for a plot, and 1:N
+    identification when the set's gallery and probe lists are there (core/ijb_identification.py)."""
+    from core.ijb_identification import identification, identification_lists
+
     meta = read_ijb_meta(root)
+    lists = identification_lists(Path(root) / "meta", meta.name)
     with tempfile.TemporaryDirectory(prefix="facequeue-ijb-") as scratch:
         path = Path(scratch) / "features.f32"
         with open(path, "wb") as out:
@@ -327,9 +331,12 @@ def evaluate_ijb(network: torch.nn.Module, input_size: int, root: str | Path, de
         template_ids, unit = template_features(feature_rows(path, dim), meta.templates, meta.medias,
                                                meta.detector_scores if detector_score else None)
     scores = score_pairs(template_ids, unit, meta.pairs)
-    return {"set": meta.name, "faces": len(meta.images), "templates": len(template_ids), "pairs": len(scores),
-            "positive_pairs": int(meta.labels.sum()), "detector_score": detector_score,
-            "tar_at_far": tar_at_far(meta.labels, scores), "roc": roc_points(meta.labels, scores)}
+    result = {"set": meta.name, "faces": len(meta.images), "templates": len(template_ids), "pairs": len(scores),
+              "positive_pairs": int(meta.labels.sum()), "detector_score": detector_score,
+              "tar_at_far": tar_at_far(meta.labels, scores), "roc": roc_points(meta.labels, scores)}
+    if lists is not None:
+        result["identification"] = identification(lists, template_ids, unit)
+    return result
 
 
 def roc_points(labels: np.ndarray, scores: np.ndarray, points: int = 400) -> dict[str, list[float]]:

@@ -33,6 +33,13 @@ def table_frames(rows: Sequence[tuple[str, dict[str, Any]]]) -> tuple[pd.DataFra
                 for far, tar in result["tar_at_far"].items():
                     cells[f"{name} TAR@FAR={far}"] = f"{100 * tar:.2f}"
                     numbers[f"{name}_tar_at_far_{far}"] = tar
+                found = result.get("identification")
+                if found is not None:
+                    cells[f"{name} rank-1"] = f"{100 * found['rank1']:.2f}"
+                    numbers[f"{name}_rank1"] = found["rank1"]
+                    for fpir, tpir in found["tpir_at_fpir"].items():
+                        cells[f"{name} TPIR@FPIR={fpir}"] = f"{100 * tpir:.2f}"
+                        numbers[f"{name}_tpir_at_fpir_{fpir}"] = tpir
             else:
                 cells[f"{name} acc. %"] = f"{100 * result['accuracy']:.2f} ± {100 * result['accuracy_std']:.2f}"
                 numbers[f"{name}_accuracy"] = result["accuracy"]

@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from click.testing import CliRunner
 
 import core.ijb as ijb

@@ -107,6 +107,18 @@ def make_ijb_set(out_dir: str | Path, config: IJBConfig = IJBConfig()) -> dict[s
     pairs = [(a, b, int(identity_of_template[a] == identity_of_template[b]))
              for position, a in enumerate(ids) for b in ids[position + 1:]]
     (meta / f"{config.name}_template_pair_label.txt").write_text("".join(f"{a} {b} {label}\n" for a, b, label in pairs))
+    # 1:N: each identity's first template in one of two galleries, its others probes (half of them non-mated
+    # for either gallery), listed one line per face as the published CSVs are.
+    rows_of = {}
+    for name, tid, _ in faces:
+        rows_of.setdefault(tid, []).append(name)
+    first_templates = {tid for tid in identity_of_template if (tid - 1) % len(TEMPLATE_MEDIA) == 0}
+    lists = {"gallery_G1": [t for t in sorted(first_templates) if identity_of_template[t] % 2 == 0],
+             "gallery_G2": [t for t in sorted(first_templates) if identity_of_template[t] % 2 == 1],
+             "probe_mixed": [t for t in ids if t not in first_templates]}
+    for listed, members in lists.items():
+        (meta / f"{config.name}_1N_{listed}.csv").write_text("TEMPLATE_ID,SUBJECT_ID,FILENAME\n" + "".join(
+            f"{t},{identity_of_template[t]},{name}\n" for t in members for name in rows_of[t]))
     (staging / "ijb_truth.json").write_text(json.dumps({"seed": config.seed, "identity_of_template": {
         str(t): i for t, i in identity_of_template.items()}}, indent=1) + "\n")
     os.rename(staging, out_dir)
