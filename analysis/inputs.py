@@ -7,6 +7,7 @@ fails the same way, with the same message, before any slow step runs.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -29,6 +30,7 @@ class AnalysisInput:
     embeddings: np.ndarray  # unit rows [N, D]
     sources: SampleSources
     ground_truth: Optional[dict]
+    ground_truth_note: Optional[str] = None  # why a ground_truth.json beside the data was not used
     cache_file: Optional[Path] = None
     cache_hit: bool = False
 
@@ -68,7 +70,6 @@ def load_analysis_input(run: str | Path, data: Optional[str] = None, device: str
                         input_size: Optional[int] = None) -> AnalysisInput:
     """Run (or bare weights, described by ``backbone`` ...) + data + (cached) embeddings + ground truth,
     validated (everything that can be, before embedding)."""
-    from core.data.synthetic import load_ground_truth
     from core.distributed import resolve_device
 
     info = load_run(run, backbone, embedding_size, input_size)
@@ -77,16 +78,34 @@ def load_analysis_input(run: str | Path, data: Optional[str] = None, device: str
                           "--centers means")
     data_path = resolve_data_path(info, data)
     dataset = open_analysis_dataset(info, data_path)
-    ground_truth = load_ground_truth(data_root(data_path))
-    if ground_truth is not None:
-        check_ground_truth(ground_truth, data_root(data_path), data_path, len(dataset), info.num_classes)
+    ground_truth, ground_truth_note = usable_ground_truth(data_root(data_path), data_path, len(dataset),
+                                                          info.num_classes)
     torch_device = resolve_device(device)
     embeddings, cache_file, hit = cached_embeddings(info, data_path, dataset, torch_device, batch_size, workers,
                                                     progress)
     labels = np.asarray(dataset.labels, dtype=np.int64)
     return AnalysisInput(run=info, data_path=data_path, dataset=dataset, labels=labels, embeddings=embeddings,
-                         sources=sample_sources(dataset), ground_truth=ground_truth, cache_file=cache_file,
+                         sources=sample_sources(dataset), ground_truth=ground_truth,
+                         ground_truth_note=ground_truth_note, cache_file=cache_file,
                          cache_hit=hit)
+
+
+def usable_ground_truth(root: Path, data_path: Path, num_images: int, num_classes: int
+                        ) -> tuple[Optional[dict], Optional[str]]:
+    """The ground truth beside the data, or None and why not. A ground_truth.json that is not this project's, or
+    describes other data, is a warning and an unscored analysis, not a stop: a user's own file may bear the
+    name, and the analysis is worth having without scores."""
+    from core.data.synthetic import load_ground_truth
+
+    try:
+        truth = load_ground_truth(root)
+        if truth is not None:
+            check_ground_truth(truth, root, data_path, num_images, num_classes)
+    except DataError as exc:
+        note = f"{exc}; the analysis is not scored against it"
+        print(f"warning: {note}", file=sys.stderr)
+        return None, note
+    return truth, None
 
 
 def check_ground_truth(truth: dict, root: Path, data_path: Path, num_images: int, num_classes: int) -> None:
@@ -99,8 +118,8 @@ def check_ground_truth(truth: dict, root: Path, data_path: Path, num_images: int
     where = root / "ground_truth.json"
     if counts.get("num_classes") not in (None, num_classes):
         raise DataError(f"{where}: describes {counts['num_classes']} classes but the data has {num_classes}; "
-                        "it belongs to another dataset (move it away to analyse without scores)")
+                        "it belongs to another dataset")
     subset = Path(data_path).is_file()
     if counts.get("num_images") not in (None, num_images) and not (subset and num_images < counts["num_images"]):
         raise DataError(f"{where}: describes {counts['num_images']} images but {data_path} holds {num_images}; "
-                        "it belongs to another dataset (move it away to analyse without scores)")
+                        "it belongs to another dataset")

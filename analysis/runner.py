@@ -172,7 +172,8 @@ class Analysis:
             "k": self._k_used(computed),
             "conflict threshold": self.summary.get("conflict", {}).get("threshold"),
             "noise threshold": self.summary.get("noise", {}).get("threshold"),
-            "ground truth": "yes (ground_truth.json beside the data)" if inputs.ground_truth else "none",
+            "ground truth": ("yes (ground_truth.json beside the data)" if inputs.ground_truth else
+                             f"not used: {inputs.ground_truth_note}" if inputs.ground_truth_note else "none"),
         }
         for purpose, key in (("conflict / noise centers", "detection_centers"),
                              ("long-tail centers", "longtail_centers")):

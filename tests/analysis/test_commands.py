@@ -306,13 +306,26 @@ def test_bad_inputs_are_clear_errors(folder_run, folder_data, tmp_path):
         invoke("conflict", folder_run, "--out", tmp_path / "x", "--k", "0")
 
 
-def test_ground_truth_of_other_data_is_refused_before_embedding(folder_run, folder_data, synthetic_data, tmp_path):
+@pytest.mark.parametrize("truth, reason", [
+    (None, "describes 15 classes but the data has 6; it belongs to another dataset"),
+    ('{"people": ["a user\'s own file"]}', "not a facequeue synthetic ground truth"),
+    ("{not json", "cannot read ground truth"),
+])
+def test_a_ground_truth_that_does_not_fit_gives_a_warning_and_an_unscored_report(
+        folder_run, folder_data, synthetic_data, tmp_path, truth, reason):
     data = tmp_path / "data"
     shutil.copytree(folder_data, data)
-    shutil.copy(synthetic_data / "ground_truth.json", data / "ground_truth.json")  # 15 classes, not 6
-    with pytest.raises(DataError, match="ground_truth.json: describes 15 classes but the data has 6"):
-        invoke("noise", folder_run, "--data", data, "--out", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    if truth is None:
+        shutil.copy(synthetic_data / "ground_truth.json", data / "ground_truth.json")  # 15 classes, not 6
+    else:
+        (data / "ground_truth.json").write_text(truth)
+    result = CliRunner().invoke(analyze, ["noise", str(folder_run), "--data", str(data), "--out", str(tmp_path / "out"),
+                                          "--quiet", "--workers", "0", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert f"warning: {data / 'ground_truth.json'}: " in result.output and reason in result.output
+    assert "not scored against it" in result.output
+    assert "ground_truth" not in json.loads((tmp_path / "out" / "summary.json").read_text())["noise"]
+    assert f"not used: {data / 'ground_truth.json'}" in (tmp_path / "out" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("option, value", [("--threshold", "nan"), ("--threshold", "2"),
