@@ -8,6 +8,7 @@ that are the user's to fix (bad files, bad options) print as one line, not a tra
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -179,7 +180,8 @@ _show_config_defaults(train)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", default=256, show_default=True)
 @click.option("--workers", default=2, show_default=True, help="IJB: image decoding workers.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON line shaped like metrics.json per MODEL.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line shaped like metrics.json (several MODELs: "
+                                                  "{\"model\": ..., \"metrics\": ...} per MODEL).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def eval_command(models: tuple[str, ...], backbone: Optional[str], embedding_size: Optional[int],
                  input_size: Optional[int], val: tuple[str, ...], pairs: Optional[str], images: Optional[str],
@@ -190,8 +192,10 @@ def eval_command(models: tuple[str, ...], backbone: Optional[str], embedding_siz
     from core.distributed import resolve_device
     from core.evaluation import EvaluationSets, evaluate_model, metrics_json, metrics_summary
     from core.models import load_model
+    from core.results_table import check_outputs
 
     sets = EvaluationSets(val, pairs, images, ijb, detector_score=not no_detector_score)
+    check_outputs(table, roc, bool(ijb))
     torch_device = resolve_device(device)
     rows = []
     for model in models:
@@ -199,8 +203,9 @@ def eval_command(models: tuple[str, ...], backbone: Optional[str], embedding_siz
         metrics = evaluate_model(loaded.network, loaded.input_size, sets, torch_device, batch_size, workers,
                                  progress=not quiet)
         rows.append((model, metrics))
-        if as_json:
-            click.echo(metrics_json(metrics))
+        if as_json:  # with several models, each line names its model
+            click.echo(metrics_json(metrics) if len(models) == 1 else
+                       f'{{"model": {json.dumps(model)}, "metrics": {metrics_json(metrics)}}}')
         else:
             click.echo((f"{model}:\n  " if len(models) > 1 else "") + metrics_summary(metrics).replace(
                 "\n", "\n  " if len(models) > 1 else "\n"))

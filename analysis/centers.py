@@ -175,7 +175,7 @@ def load_run(run: str | Path, backbone: Optional[str] = None, embedding_size: Op
     clear error when there is none. Bare weights know no classes: ``num_classes`` is 0 until the data says."""
     from core.checkpoint import find_checkpoint, load_file
     from core.methods import METHODS, get_method
-    from core.models import bare_model, is_run_checkpoint
+    from core.models import bare_model, check_run_flags, is_run_checkpoint
 
     checkpoint = find_checkpoint(run)
     state = load_file(checkpoint)
@@ -188,6 +188,7 @@ def load_run(run: str | Path, backbone: Optional[str] = None, embedding_size: Op
             num_classes=0, input_size=model.input_size,
             statistics=ClassStatistics(BARE_WEIGHTS, 0, records=[], series={}, notes=notes),
             backbone_state=model.network.state_dict(), tables=RunTables({}, checkpoint.parent), spec=None)
+    check_run_flags(checkpoint, state, backbone, embedding_size, input_size)
     tables = RunTables(state, checkpoint.parent)
     stats = run_class_statistics(state, tables)
     method = str(state["config"].get("method"))

@@ -91,11 +91,21 @@ def _next_report(common: dict[str, Any]) -> str:
 
 def _next_after_clean(analysis, write_clean: str) -> str:
     """Train on the cleaned list, unless it was withheld because the flags are not credible."""
+    from analysis.centers import BARE_WEIGHTS
+
     clean = analysis.summary["noise"].get("clean", {})
-    if not clean.get("written"):
-        metrics = shlex.quote(str(analysis.inputs.run.checkpoint.parent / "metrics.json"))
-        return f"Next: check the run's verification accuracy ({metrics}) before cleaning with it"
     run = analysis.inputs.run
+    bare = run.method == BARE_WEIGHTS
+    if not clean.get("written"):
+        if bare:
+            return "Next: check the weights' verification accuracy (python cli.py eval ... --val FILE.bin) before " \
+                   "cleaning with them"
+        metrics = shlex.quote(str(run.checkpoint.parent / "metrics.json"))
+        return f"Next: check the run's verification accuracy ({metrics}) before cleaning with it"
+    if bare:  # weights name no method: retrain with the default, starting from them
+        return (f"Next: python cli.py train --method pfc --backbone {run.config['backbone']} --embedding-size "
+                f"{run.config['embedding_size']} --input-size {run.input_size} --init "
+                f"{shlex.quote(str(run.checkpoint))} --data {shlex.quote(write_clean)}")
     val = "".join(f" --val {shlex.quote(path)}" for path in run_val_files(run))
     return f"Next: python cli.py train --method {run.method} --data {shlex.quote(write_clean)}{val}"
 

@@ -251,6 +251,9 @@ def resume_config(options: dict[str, Any]) -> tuple[Path, TrainConfig]:
     """The run directory and config of ``options['resume']``, with the flags that may change applied."""
     from core.checkpoint import check_resumable, read_checkpoint
 
+    if options.get("init") is not None:
+        raise ConfigError(f"--init {options['init']}: a resumed run continues from its checkpoint; --init starts a "
+                          "new run's backbone")
     checkpoint, state = read_checkpoint(options["resume"])
     check_resumable(checkpoint, state)  # before its config is read: an older layout names other keys
     run_dir = checkpoint.parent

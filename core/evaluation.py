@@ -316,12 +316,20 @@ def evaluate_model(model: Callable[[torch.Tensor], torch.Tensor], input_size: in
     metrics = {name: evaluate_bin(model, path, input_size, device, batch_size)
                for name, path in zip(val_names(sets.val), sets.val)}
     if sets.pairs is not None:
-        metrics[Path(sets.pairs).stem] = evaluate_pairs_file(model, sets.pairs, sets.images, input_size, device,
-                                                             batch_size)
+        result = evaluate_pairs_file(model, sets.pairs, sets.images, input_size, device, batch_size)
+        metrics[_unused_name(Path(sets.pairs).stem, sets.pairs, metrics)] = result
     for folder in sets.ijb:
         from core.ijb import evaluate_ijb
 
         result = evaluate_ijb(model, input_size, folder, torch.device(device), batch_size, workers,
                               sets.detector_score, progress)
-        metrics[result["set"].upper()] = result
+        metrics[_unused_name(result["set"].upper(), folder, metrics)] = result
     return metrics
+
+
+def _unused_name(name: str, source: str | Path, taken: dict[str, Any]) -> str:
+    """``name``, or ``parent folder/name`` when another set already reports under it (two IJB-C folders, say)."""
+    if name not in taken:
+        return name
+    qualified = f"{Path(source).resolve().parent.name}/{name}"
+    return qualified if qualified not in taken else f"{Path(source)}/{name}"

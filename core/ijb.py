@@ -16,8 +16,9 @@ template's feature; templates compared by cosine; TAR at each FAR of 1e-6 ... 1e
 
 Nothing grows with the square of the set: image features go to a scratch file, a
 template's feature is accumulated image by image (each weighted by one over its media's
-size), and pairs are scored in batches, so IJB-C's 469,375 faces and 15.6M pairs run
-in about 2 GiB.
+size), and pairs are scored in blocks, so IJB-C's 469,375 faces and 15.6M pairs are
+scored in 1.24 GiB (``bench ijb``; the scratch file, 0.96 GB for IJB-C, goes to the
+temporary directory, which should be a disk, not a tmpfs).
 """
 
 from __future__ import annotations
@@ -157,15 +158,28 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, None]])
 
 
-def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
-    """``image`` warped so that its 5 ``landmarks`` land on ArcFace's template: a ``size`` x ``size`` face."""
+def warp_affine(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int],
+                fill: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """``image`` moved by the 2 x 3 ``matrix`` into a ``size`` (width, height) canvas, bilinear, as
+    ``cv2.warpAffine`` does it (eval_ijbc.py's warp): pixel ``(x, y)`` is the point ``(x, y)``.
+
+    PIL's affine transform maps output points to input points with pixel centres at
+    ``+0.5``; the matrix it gets is shifted to match, else every aligned face would sit
+    ``0.5 (1 - scale)`` pixels off insightface's.
+    """
     from PIL import Image
 
-    matrix = similarity_transform(landmarks, ARCFACE_LANDMARKS * (size / ALIGNED_SIZE))
-    inverse = np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))[:2]  # PIL maps output pixels to input ones
+    inverse = np.linalg.inv(np.vstack([matrix, [0.0, 0.0, 1.0]]))[:2]
+    inverse[:, 2] += 0.5 - inverse[:, :2] @ np.array([0.5, 0.5])
     warped = Image.fromarray(np.asarray(image, dtype=np.uint8)).transform(
-        (size, size), Image.Transform.AFFINE, tuple(inverse.ravel()), resample=Image.Resampling.BILINEAR)
+        size, Image.Transform.AFFINE, tuple(inverse.ravel()), resample=Image.Resampling.BILINEAR, fillcolor=fill)
     return np.asarray(warped)
+
+
+def align_face(image: np.ndarray, landmarks: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:
+    """``image`` warped so that its 5 ``landmarks`` land on ArcFace's template: a ``size`` x ``size`` face."""
+    matrix = similarity_transform(landmarks, ARCFACE_LANDMARKS * (size / ALIGNED_SIZE))
+    return warp_affine(image, matrix, (size, size))
 
 
 class AlignedFaces(torch.utils.data.Dataset):
@@ -293,9 +307,9 @@ def tar_curve(labels: np.ndarray, scores: np.ndarray, fars: Sequence[float]) -> 
     The threshold sits just above the ``floor(FAR x negatives)``-th highest impostor score,
     so one sorted copy of the impostor scores is all it holds: 62 MB for IJB-C's 15.6M
     pairs, where sklearn's ROC holds several arrays of that length in float64.
-    insightface's eval_ijbc.py reads the TPR at the ROC vertex whose FPR is nearest the FAR
-    instead; on IJB-C's 15.6M pairs the two differ by a few positive pairs at most, and on
-    a small or easy set that reading can give 0 where every positive is accepted.
+    insightface's eval_ijbc.py reads the TPR at the (thinned) ROC vertex whose FPR is
+    nearest the FAR, which may lie above it; on IJB-C's 15.6M pairs the two readings differ
+    by a few positive pairs at most.
     """
     labels = np.asarray(labels).astype(bool)
     impostors = np.sort(np.asarray(scores, dtype=np.float32)[~labels])[::-1]
@@ -320,10 +334,11 @@ def evaluate_ijb(network: torch.nn.Module, input_size: int, root: str | Path, de
                  progress: bool = True) -> dict[str, Any]:
     """The whole protocol on one IJB set: TAR at each FAR, the ROC (subsampled) for a plot, and 1:N
     identification when the set's gallery and probe lists are there (core/ijb_identification.py)."""
-    from core.ijb_identification import identification, identification_lists
+    from core.ijb_identification import identification, identification_lists, read_identification_lists
 
     meta = read_ijb_meta(root)
     lists = identification_lists(Path(root) / "meta", meta.name)
+    listed = None if lists is None else read_identification_lists(lists, np.unique(meta.templates))
     with tempfile.TemporaryDirectory(prefix="facequeue-ijb-") as scratch:
         path = Path(scratch) / "features.f32"
         with open(path, "wb") as out:
@@ -334,8 +349,8 @@ def evaluate_ijb(network: torch.nn.Module, input_size: int, root: str | Path, de
     result = {"set": meta.name, "faces": len(meta.images), "templates": len(template_ids), "pairs": len(scores),
               "positive_pairs": int(meta.labels.sum()), "detector_score": detector_score,
               "tar_at_far": tar_at_far(meta.labels, scores), "roc": roc_points(meta.labels, scores)}
-    if lists is not None:
-        result["identification"] = identification(lists, template_ids, unit)
+    if listed is not None:
+        result["identification"] = identification(listed, template_ids, unit)
     return result
 
 

@@ -29,11 +29,25 @@ PROBE_BLOCK = 4096  # probes searched at once: [4096, gallery] float32 scores
 
 
 def identification_lists(meta_dir: Path, name: str) -> Optional[dict[str, Path]]:
-    """The gallery and probe CSVs of set ``name`` when all three are there, else None (1:N is then skipped)."""
+    """The gallery and probe CSVs of set ``name`` when all three are there, else None (1:N is then skipped, with
+    a note when only some of them are)."""
+    import sys
+
     galleries = GALLERY_NAMES.get(name, ("G1", "G2"))
     files = {gallery: meta_dir / f"{name}_1N_gallery_{gallery}.csv" for gallery in galleries}
     files["probe"] = meta_dir / f"{name}_1N_probe_mixed.csv"
-    return files if all(path.is_file() for path in files.values()) else None
+    present = [path.name for path in files.values() if path.is_file()]
+    if present and len(present) < len(files):
+        missing = ", ".join(path.name for path in files.values() if not path.is_file())
+        print(f"note: {meta_dir}: 1:N skipped, {missing} not there (found {', '.join(present)})", file=sys.stderr)
+    return files if len(present) == len(files) else None
+
+
+def read_identification_lists(lists: dict[str, Path], known_templates: np.ndarray
+                              ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every list's ``(templates, subjects)``, checked against the face list's templates: read before any face is
+    embedded, so a bad list costs no embedding."""
+    return {key: read_template_subjects(path, known_templates) for key, path in lists.items()}
 
 
 def read_template_subjects(path: Path, known_templates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -83,15 +97,16 @@ def search(probe_features: np.ndarray, probe_subjects: np.ndarray, gallery_featu
             "non_mated": int((~mated).sum())}
 
 
-def identification(lists: dict[str, Path], template_ids: np.ndarray, unit: np.ndarray) -> dict[str, Any]:
-    """1:N on each gallery of ``lists`` and their average, from the pooled templates ``template_ids`` / ``unit``."""
-    probe_templates, probe_subjects = read_template_subjects(lists["probe"], template_ids)
+def identification(lists: dict[str, tuple[np.ndarray, np.ndarray]], template_ids: np.ndarray,
+                   unit: np.ndarray) -> dict[str, Any]:
+    """1:N on each gallery of ``lists`` (``read_identification_lists``) and their average, from the pooled
+    templates ``template_ids`` / ``unit``."""
+    probe_templates, probe_subjects = lists["probe"]
     probes = unit[np.searchsorted(template_ids, probe_templates)]
     per_gallery = {}
-    for gallery, path in lists.items():
+    for gallery, (gallery_templates, gallery_subjects) in lists.items():
         if gallery == "probe":
             continue
-        gallery_templates, gallery_subjects = read_template_subjects(path, template_ids)
         per_gallery[gallery] = search(probes, probe_subjects, unit[np.searchsorted(template_ids, gallery_templates)],
                                       gallery_subjects)
     results = list(per_gallery.values())

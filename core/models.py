@@ -60,10 +60,7 @@ def load_model(source: str | Path, device: torch.device, backbone: Optional[str]
     ``backbone``, ``embedding_size`` and ``input_size`` describe bare weights; given with a
     run they must agree with it (a run knows its network, and a contradiction is a mistake).
     """
-    path = find_checkpoint(source) if Path(source).is_dir() else Path(source)
-    if not path.is_file():
-        raise ConfigError(f"{source}: no such file (expected a run directory, a checkpoint or a state_dict file)")
-    state = load_file(path, "cpu")
+    path, state = _read(source)
     if is_run_checkpoint(state):
         model = _run_model(path, state, online, backbone, embedding_size, input_size)
     else:
@@ -79,13 +76,32 @@ def load_model(source: str | Path, device: torch.device, backbone: Optional[str]
     return model
 
 
-def _run_model(path: Path, state: dict[str, Any], online: bool, backbone: Optional[str],
-               embedding_size: Optional[int], input_size: Optional[int]) -> LoadedModel:
+def _read(source: str | Path) -> tuple[Path, Any]:
+    path = find_checkpoint(source) if Path(source).is_dir() else Path(source)
+    if not path.is_file():
+        raise ConfigError(f"{source}: no such file (expected a run directory, a checkpoint or a state_dict file)")
+    return path, load_file(path, "cpu")
+
+
+def start_weights(source: str | Path, backbone: str, embedding_size: int, input_size: int) -> dict[str, torch.Tensor]:
+    """``train --init``: the backbone weights of a run or of bare weights, for a new run of ``backbone`` with
+    ``embedding_size`` and ``input_size``; a run of another network is named with the flags that would fit it."""
+    path, state = _read(source)
+    if not is_run_checkpoint(state):
+        return bare_model(path, state, backbone, embedding_size, input_size).network.state_dict()
+    model = _run_model(path, state, False, None, None, None)
+    wanted, has = (backbone, embedding_size, input_size), (model.backbone, model.embedding_size, model.input_size)
+    if wanted != has:
+        raise ConfigError(f"--init {source}: its network is {has[0]} ({has[1]}-d, input {has[2]}), this run trains "
+                          f"{wanted[0]} ({wanted[1]}-d, input {wanted[2]}); give --backbone {has[0]} --embedding-size "
+                          f"{has[1]} --input-size {has[2]} to start from it")
+    return model.network.state_dict()
+
+
+def check_run_flags(path: Path, state: dict[str, Any], backbone: Optional[str], embedding_size: Optional[int],
+                    input_size: Optional[int]) -> None:
+    """Flags that describe bare weights may be given with a run only where they agree with it."""
     config = state["config"]
-    if evaluation_network(state) == "backbone" and online:
-        raise ConfigError(f"--online: {path} is a {config.get('method')} run, whose only encoder is the one "
-                          "evaluated; --online picks the online backbone of a method evaluated with another network "
-                          "(DCQ's momentum encoder)")
     described = {"--backbone": (backbone, config["backbone"]), "--embedding-size": (embedding_size,
                  config["embedding_size"]), "--input-size": (input_size, state["input_size"])}
     contradicted = [f"{flag} {given} (the run has {had})" for flag, (given, had) in described.items()
@@ -93,6 +109,16 @@ def _run_model(path: Path, state: dict[str, Any], online: bool, backbone: Option
     if contradicted:
         raise ConfigError(f"{path}: a run knows its network; {'; '.join(contradicted)}. Leave these flags out for a "
                           "run (they describe bare weights)")
+
+
+def _run_model(path: Path, state: dict[str, Any], online: bool, backbone: Optional[str],
+               embedding_size: Optional[int], input_size: Optional[int]) -> LoadedModel:
+    config = state["config"]
+    if evaluation_network(state) == "backbone" and online:
+        raise ConfigError(f"--online: {path} is a {config.get('method')} run, whose only encoder is the one "
+                          "evaluated; --online picks the online backbone of a method evaluated with another network "
+                          "(DCQ's momentum encoder)")
+    check_run_flags(path, state, backbone, embedding_size, input_size)
     weights = state["backbone" if online else "eval_backbone"]
     network = fit_weights(path, weights, config["backbone"], config["embedding_size"], state["input_size"])
     return LoadedModel(network, config["backbone"], config["embedding_size"], state["input_size"], path, state)

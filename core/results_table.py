@@ -8,11 +8,26 @@ a plot; ``--roc roc.png`` draws the IJB ROC curves of every model in one figure.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import pandas as pd
 
 from core.io import atomic_path, atomic_write_text
+
+
+def check_outputs(table: Optional[str | Path], roc: Optional[str | Path], has_ijb: bool) -> None:
+    """Refuse ``--table`` / ``--roc`` names that would fail, before hours of evaluation rather than after."""
+    from core.errors import ConfigError
+    from core.figures import FIGURE_FORMATS
+
+    if table is not None and Path(table).suffix.lower() != ".md":
+        raise ConfigError(f"--table {table}: the table is Markdown with a .csv beside it; give a name ending in .md")
+    if roc is not None:
+        if Path(roc).suffix.lower()[1:] not in FIGURE_FORMATS:
+            raise ConfigError(f"--roc {roc}: the suffix names the figure's format; give a name ending in "
+                              f".{', .'.join(FIGURE_FORMATS)}")
+        if not has_ijb:
+            raise ConfigError(f"--roc {roc}: the ROC curves are IJB's; give --ijb DIR")
 
 
 def is_ijb(result: dict[str, Any]) -> bool:

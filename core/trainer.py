@@ -137,14 +137,16 @@ class Trainer:
         """--init's backbone weights, read and fitted to this run's network before any image is decoded: a wrong
         file costs nothing. Building the network to fit them draws no number from the run's random streams."""
         config = self.config
-        if config.init is None or config.resume:
+        if config.init is None:
             return None
-        from core.models import load_model
+        if config.resume:
+            raise ConfigError(f"--init {config.init}: a resumed run continues from its checkpoint; --init starts a "
+                              "new run's backbone")
+        from core.models import start_weights
 
         with torch.random.fork_rng(devices=[]):
-            model = load_model(config.init, torch.device("cpu"), config.backbone, config.embedding_size,
-                               config.input_size or default_input_size(config.backbone))
-        return model.network.state_dict()
+            return start_weights(config.init, config.backbone, config.embedding_size,
+                                 config.input_size or default_input_size(config.backbone))
 
     def _init_data(self, dataset: Optional[FaceDataset]) -> None:
         """The training set (checked to hold at least two classes) and every --val file, read up front."""

@@ -373,6 +373,12 @@ def write_report(grid_dir: Path, out: Path, figure_format: str = "png") -> list[
     return [out] + [figures_dir / plot.name for plot in plots]
 
 
+def _markdown_figure(caption: str, path: Path) -> str:
+    """An image in the report, or a link where Markdown viewers show none (a PDF)."""
+    target = f"results/{path.name}"
+    return f"[{caption} ({path.name})]({target})" if path.suffix == ".pdf" else f"![{caption}]({target})"
+
+
 def _write_report(grid_dir: Path, out: Path, grid: dict[str, Any], frame: pd.DataFrame, staging: Path,
                   figure_format: str) -> list[Path]:
     """RESULTS.md written in place (atomically), its plots in ``staging``; returns the plots."""
@@ -414,10 +420,10 @@ def _write_report(grid_dir: Path, out: Path, grid: dict[str, Any], frame: pd.Dat
         passive_updates_table(grid_dir, frame),
     ]
     if passive_png is not None:
-        sections.append(f"![passive updates](results/{passive_png.name})")
+        sections.append(_markdown_figure("passive updates", passive_png))
     sections += [
         "## All arms",
-        f"![verification accuracy](results/{accuracy_png.name})",
+        _markdown_figure("verification accuracy", accuracy_png),
         "## Every cell",
         cell_table(frame),
         "## Reproduce",

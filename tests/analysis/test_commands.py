@@ -388,3 +388,20 @@ def test_bare_weights_analyse_like_their_run(synthetic_run, synthetic_data, tmp_
     assert f"--backbone tiny --input-size {loaded.input_size} --data {synthetic_data}" in output  # the next command
     with pytest.raises(ConfigError, match="backbone.pth: bare weights name no training data; pass --data"):
         invoke("noise", weights, "--backbone", "tiny", "--input-size", loaded.input_size, "--out", tmp_path / "x")
+
+
+def test_flags_that_contradict_a_run_are_refused_and_bare_weights_hint_a_fitting_retraining(
+        synthetic_run, synthetic_data, tmp_path):
+    import torch
+
+    from core.models import load_model
+
+    with pytest.raises(ConfigError, match=r"a run knows its network; --embedding-size 999 \(the run has 16\)"):
+        invoke("noise", synthetic_run, "--embedding-size", "999", "--out", tmp_path / "x")
+    loaded = load_model(synthetic_run, torch.device("cpu"))
+    torch.save(loaded.network.state_dict(), tmp_path / "w.pth")
+    output = invoke("noise", tmp_path / "w.pth", "--backbone", "tiny", "--input-size", loaded.input_size, "--data",
+                    synthetic_data, "--out", tmp_path / "out", "--write-clean", tmp_path / "clean.lst",
+                    "--threshold", "0.5")
+    assert (f"Next: python cli.py train --method pfc --backbone tiny --embedding-size 16 --input-size "
+            f"{loaded.input_size} --init {tmp_path / 'w.pth'} --data {tmp_path / 'clean.lst'}") in output

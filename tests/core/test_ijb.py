@@ -20,7 +20,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(scope="module")
 def ijb_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("ijb") / "IJBC"
-    make_ijb_set(root, IJBConfig(identities=6, frames_per_media=1, seed=3))
+    make_ijb_set(root, IJBConfig(identities=6, frames_per_media=2, seed=3))  # 2 faces per media: averaged
     return root
 
 
@@ -32,6 +32,39 @@ def test_similarity_transform_recovers_a_known_one():
                            shift[:, None]])
         moved = ARCFACE_LANDMARKS @ known[:, :2].T + known[:, 2]
         np.testing.assert_allclose(similarity_transform(ARCFACE_LANDMARKS, moved), known, atol=1e-9)
+
+
+def _cv2_warp_reference(image, matrix, size):
+    """cv2.warpAffine's convention in numpy: output pixel (x, y) samples the input at inverse(x, y), bilinear."""
+    inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
+    ys, xs = np.mgrid[0:size[1], 0:size[0]].astype(np.float64)
+    u = inverse[0, 0] * xs + inverse[0, 1] * ys + inverse[0, 2]
+    v = inverse[1, 0] * xs + inverse[1, 1] * ys + inverse[1, 2]
+    x0, y0 = np.floor(u).astype(int), np.floor(v).astype(int)
+    fx, fy = (u - x0)[..., None], (v - y0)[..., None]
+    pixel = lambda yy, xx: image[np.clip(yy, 0, image.shape[0] - 1), np.clip(xx, 0, image.shape[1] - 1)]  # noqa
+    top = pixel(y0, x0) * (1 - fx) + pixel(y0, x0 + 1) * fx
+    bottom = pixel(y0 + 1, x0) * (1 - fx) + pixel(y0 + 1, x0 + 1) * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def test_the_warp_follows_cv2_s_pixel_convention_as_eval_ijbc_does():
+    from PIL import Image
+
+    ys, xs = np.mgrid[0:300, 0:300]
+    wave = (127 + 60 * np.sin(xs / 9.0) * np.cos(ys / 13.0) + 50 * np.sin((xs + 2 * ys) / 17.0)).round()
+    image = np.stack([wave, wave[::-1], wave[:, ::-1]], -1).clip(0, 255).astype(np.uint8)
+    turn = np.array([[np.cos(0.35), -np.sin(0.35)], [np.sin(0.35), np.cos(0.35)]])
+    landmarks = (ARCFACE_LANDMARKS - 56) @ turn.T * 2.2 + 150  # a face 2.2x the aligned size, turned
+    matrix = similarity_transform(landmarks, ARCFACE_LANDMARKS)
+    reference = _cv2_warp_reference(image.astype(float), matrix, (112, 112))
+    inner = np.s_[8:-8, 8:-8]
+    assert np.abs(align_face(image, landmarks) - reference)[inner].mean() < 0.75  # 8-bit rounding only
+    # PIL's own convention (pixel centres at +0.5), unshifted, lands visibly elsewhere
+    inverse = tuple(np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2].ravel())
+    pil = np.asarray(Image.fromarray(image).transform((112, 112), Image.Transform.AFFINE, inverse,
+                                                      resample=Image.Resampling.BILINEAR))
+    assert np.abs(pil - reference)[inner].mean() > 2.0
 
 
 def test_aligning_a_loose_crop_by_its_landmarks_recovers_the_face():
@@ -99,7 +132,7 @@ def test_tar_at_far_matches_sklearn_s_roc(rounding):
 def test_tar_at_far_of_a_perfectly_separated_set_is_one():
     labels = np.r_[np.ones(5), np.zeros(50)]
     scores = np.r_[np.full(5, 0.9), np.linspace(-0.5, 0.5, 50)]
-    assert set(tar_at_far(labels, scores).values()) == {1.0}  # eval_ijbc.py's reading gives 0 here
+    assert set(tar_at_far(labels, scores).values()) == {1.0}
 
 
 def test_the_protocol_equals_a_direct_computation(ijb_set):
@@ -174,7 +207,7 @@ def test_two_models_side_by_side_in_one_table(ijb_set, tiny_rec, tmp_path):
                                        "--table", str(table), "--workers", "0", "--quiet", "--device", "cpu",
                                        "--json"])
     assert result.exit_code == 0, result.output
-    printed = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    printed = [json.loads(line)["metrics"] for line in result.output.splitlines() if line.startswith("{")]
     lines = table.read_text().splitlines()
     assert lines[0].startswith("| model | val acc. % | IJBC TAR@FAR=1e-06 |") and len(lines) == 4
     for line, metrics in zip(lines[2:], printed):
@@ -182,3 +215,22 @@ def test_two_models_side_by_side_in_one_table(ijb_set, tiny_rec, tmp_path):
         assert cells[1] == f"{100 * metrics['val']['accuracy']:.2f} ± {100 * metrics['val']['accuracy_std']:.2f}"
         assert cells[4] == f"{100 * metrics['IJBC']['tar_at_far']['1e-04']:.2f}"
     assert (tmp_path / "results.csv").read_text().count("\n") == 3
+
+
+def test_two_sets_under_one_name_both_report_and_bad_outputs_are_refused_first(ijb_set, tmp_path):
+    import shutil
+
+    torch.save(build_backbone("tiny", 16, 16).state_dict(), tmp_path / "a.pth")
+    shutil.copytree(ijb_set, tmp_path / "second" / "IJBC")
+    model = [str(tmp_path / "a.pth"), "--backbone", "tiny", "--input-size", "16", "--workers", "0", "--quiet",
+             "--device", "cpu"]
+    second = tmp_path / "second" / "IJBC"
+    result = CliRunner().invoke(main, ["eval", *model, "--ijb", str(ijb_set), "--ijb", str(second), "--json"])
+    assert result.exit_code == 0, result.output
+    assert sorted(json.loads(result.output)) == ["IJBC", "second/IJBC"]
+    for flags, message in ((["--ijb", str(ijb_set), "--table", str(tmp_path / "t.csv")], "give a name ending in .md"),
+                           (["--ijb", str(ijb_set), "--roc", str(tmp_path / "roc.jpg")], "ending in .png, .pdf, .svg"),
+                           (["--val", str(tmp_path / "missing.bin"), "--roc", str(tmp_path / "roc.png")],
+                            "the ROC curves are IJB's; give --ijb DIR")):
+        refused = CliRunner().invoke(main, ["eval", *model, *flags])
+        assert refused.exit_code == 2 and message in refused.output  # before any set is read

@@ -3,7 +3,8 @@ import pytest
 
 from core.data.synthetic.ijb import IJBConfig, make_ijb_set
 from core.errors import DataError
-from core.ijb_identification import identification, identification_lists, read_template_subjects, search
+from core.ijb_identification import (identification, identification_lists, read_identification_lists,
+                                     read_template_subjects, search)
 
 
 def _unit(*angles):
@@ -46,9 +47,33 @@ def test_the_rendered_set_lists_two_galleries_and_mixed_probes(ijb_set):
     subject_axis = np.zeros((18, 6), dtype=np.float32)
     for templates, subjects in ((g1, s1), (g2, s2), (probes, probe_subjects)):
         subject_axis[templates - 1, subjects] = 1.0
-    result = identification(lists, known, subject_axis)
+    result = identification(read_identification_lists(lists, known), known, subject_axis)
     assert result["rank1"] == 1.0 and set(result["tpir_at_fpir"].values()) == {1.0}
     assert result["galleries"]["G1"]["mated"] == 6 and result["galleries"]["G1"]["non_mated"] == 6
+
+
+def test_a_bad_list_fails_before_any_face_is_embedded(ijb_set, tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    import core.ijb
+    from core.backbones import build_backbone
+
+    copy = tmp_path / "IJBC"
+    shutil.copytree(ijb_set, copy)
+    probes = copy / "meta" / "ijbc_1N_probe_mixed.csv"
+    lines = probes.read_text().splitlines()
+    lines[1] = "99999," + lines[1].split(",", 1)[1]
+    probes.write_text("\n".join(lines) + "\n")
+
+    def embed_nothing(*args, **kwargs):
+        raise AssertionError("faces were embedded before the 1:N lists were checked")
+
+    monkeypatch.setattr(core.ijb, "face_features", embed_nothing)
+    with pytest.raises(DataError, match=r"ijbc_1N_probe_mixed.csv line 2: template 99999 has no faces"):
+        core.ijb.evaluate_ijb(build_backbone("tiny", 8, 16).eval(), 16, copy, torch.device("cpu"), workers=0,
+                              progress=False)
 
 
 def test_a_listed_template_without_faces_is_named(ijb_set, tmp_path):

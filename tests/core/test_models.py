@@ -134,3 +134,18 @@ def test_bare_iresnet50_weights_export_to_onnx_within_tolerance(iresnet_run, tmp
     session = onnxruntime.InferenceSession(str(tmp_path / "r50.onnx"))
     produced = session.run(["embedding"], {"input": images.numpy()})[0]
     np.testing.assert_allclose(produced, reference(images).detach().numpy(), atol=ONNX_TOLERANCE)
+
+
+def test_init_from_a_run_of_another_network_names_the_flags_that_fit_it(iresnet_run, tiny_rec, tmp_path):
+    run, _ = iresnet_run
+    with pytest.raises(ConfigError, match=r"--init .*run: its network is iresnet50 \(64-d, input 32\), this run "
+                                          r"trains tiny \(16-d, input 16\); give --backbone iresnet50 "
+                                          r"--embedding-size 64 --input-size 32"):
+        Trainer(_config(tiny_rec, init=str(run)), tmp_path / "new", progress=False)
+
+
+def test_init_cannot_come_with_resume(tiny_rec, tmp_path):
+    from core.config import resume_config
+
+    with pytest.raises(ConfigError, match="a resumed run continues from its checkpoint; --init starts a new run"):
+        resume_config({"resume": str(tmp_path / "run"), "init": str(tmp_path / "w.pth")})

@@ -153,3 +153,11 @@ def test_the_report_s_figures_follow_figure_format(tmp_path):
     assert sorted(path.name for path in (out.parent / "results").iterdir()) == ["accuracy.svg",
                                                                                "passive_updates.svg"]
     assert "![verification accuracy](results/accuracy.svg)" in out.read_text()
+
+
+def test_a_pdf_figure_is_linked_not_embedded(tmp_path):
+    _fake_grid(tmp_path, lambda cell: 0.9)
+    out = tmp_path / "docs" / "RESULTS.md"
+    write_report(tmp_path, out, figure_format="pdf")
+    text = out.read_text()
+    assert "[verification accuracy (accuracy.pdf)](results/accuracy.pdf)" in text and "![" not in text

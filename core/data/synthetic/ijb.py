@@ -46,12 +46,10 @@ def crop_transform(rng: np.random.Generator) -> np.ndarray:
 
 
 def loose_crop(aligned: np.ndarray, transform: np.ndarray) -> np.ndarray:
-    """``aligned`` placed in a CROP_SIZE square by ``transform`` (grey around it)."""
-    inverse = np.linalg.inv(np.vstack([transform, [0.0, 0.0, 1.0]]))[:2]
-    placed = Image.fromarray(aligned).transform((CROP_SIZE, CROP_SIZE), Image.Transform.AFFINE,
-                                                tuple(inverse.ravel()), resample=Image.Resampling.BILINEAR,
-                                                fillcolor=(128, 128, 128))
-    return np.asarray(placed)
+    """``aligned`` placed in a CROP_SIZE square by ``transform`` (grey around it), warped as alignment warps."""
+    from core.ijb import warp_affine
+
+    return warp_affine(aligned, transform, (CROP_SIZE, CROP_SIZE), fill=(128, 128, 128))
 
 
 def make_ijb_set(out_dir: str | Path, config: IJBConfig = IJBConfig()) -> dict[str, Any]:
