@@ -267,8 +267,8 @@ def embed(model: str, backbone: Optional[str], embedding_size: Optional[int], in
     torch_device = resolve_device(device)
     loaded = load_model(model, torch_device, backbone, embedding_size, input_size, online)
     default = TrainConfig()  # 'synthetic': the default set train renders
-    source = (synthetic_dataset_root(default.synthetic_identities, default.flip_noise, default.split)
-              if data == "synthetic" else data)
+    source = (synthetic_dataset_root(default.synthetic_identities, default.flip_noise, default.split,
+                                     progress=not quiet) if data == "synthetic" else data)
     npy, table, count, dim = write_embeddings(loaded.network, loaded.input_size, source, out, torch_device,
                                               batch_size, workers, progress=not quiet)
     click.echo(f"Wrote {npy} ({count:,} x {dim} float32, unit rows) and {table} (index, label, source of each row).")
