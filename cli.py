@@ -269,9 +269,10 @@ def embed(model: str, backbone: Optional[str], embedding_size: Optional[int], in
     default = TrainConfig()  # 'synthetic': the default set train renders
     source = (synthetic_dataset_root(default.synthetic_identities, default.flip_noise, default.split,
                                      progress=not quiet) if data == "synthetic" else data)
-    npy, table, count, dim = write_embeddings(loaded.network, loaded.input_size, source, out, torch_device,
-                                              batch_size, workers, progress=not quiet)
-    click.echo(f"Wrote {npy} ({count:,} x {dim} float32, unit rows) and {table} (index, label, source of each row).")
+    npy, table, count = write_embeddings(loaded.network, loaded.input_size, loaded.embedding_size, source, out,
+                                         torch_device, batch_size, workers, progress=not quiet)
+    click.echo(f"Wrote {npy} ({count:,} x {loaded.embedding_size} float32, unit rows) and {table} (index, label, "
+               "source of each row).")
     click.echo(f"Next: python -c \"import numpy as np; f = np.load('{npy}'); print(f @ f[:5].T)\"   (cosines)")
 
 

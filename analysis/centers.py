@@ -173,12 +173,10 @@ def load_run(run: str | Path, backbone: Optional[str] = None, embedding_size: Op
              input_size: Optional[int] = None) -> RunInfo:
     """Read a run directory, a checkpoint file or bare weights (with ``backbone``, see core/models.py) on CPU; a
     clear error when there is none. Bare weights know no classes: ``num_classes`` is 0 until the data says."""
-    from core.checkpoint import find_checkpoint, load_file
     from core.methods import METHODS, get_method
-    from core.models import bare_model, check_run_flags, is_run_checkpoint
+    from core.models import bare_model, check_run_flags, is_run_checkpoint, read_model_file
 
-    checkpoint = find_checkpoint(run)
-    state = load_file(checkpoint)
+    checkpoint, state = read_model_file(run)
     if not is_run_checkpoint(state):
         model = bare_model(checkpoint, state, backbone, embedding_size, input_size)
         notes = [f"{checkpoint} holds bare weights: no sampler recorded per-class counters, and no center was "

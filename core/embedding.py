@@ -53,12 +53,12 @@ def embed_dataset(model: torch.nn.Module, dataset, batch_size: int = 256, worker
     return out
 
 
-def write_embeddings(network: torch.nn.Module, input_size: int, data: str | Path, out: str | Path,
-                     device: torch.device, batch_size: int = 256, workers: int = 0,
-                     progress: bool = True) -> tuple[Path, Path, int, int]:
+def write_embeddings(network: torch.nn.Module, input_size: int, embedding_size: int, data: str | Path,
+                     out: str | Path, device: torch.device, batch_size: int = 256, workers: int = 0,
+                     progress: bool = True) -> tuple[Path, Path, int]:
     """``out`` (``.npy``, float32 ``[N, D]`` unit rows, in dataset order) and beside it ``out`` with ``.csv``:
     each row's index, label and where it came from (record key or path). Both are written through temporary
-    names. Returns ``(npy, csv, N, D)``."""
+    names. Returns ``(npy, csv, N)``."""
     from core.data.loader import open_dataset
     from core.data.transforms import ModelInputTransform
     from core.io import atomic_path
@@ -70,11 +70,9 @@ def write_embeddings(network: torch.nn.Module, input_size: int, data: str | Path
     dataset = open_dataset(data, transform=ModelInputTransform(input_size))
     if len(dataset) == 0:
         raise DataError(f"--data {data}: the dataset holds no images")
-    with torch.no_grad():
-        probe = network(torch.zeros(2, 3, input_size, input_size, device=device))
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        stored = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(dataset), probe.shape[1]))
+        stored = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(dataset), embedding_size))
         embed_dataset(network, dataset, batch_size, workers, device, progress, out=stored)
         stored.flush()
         del stored
@@ -86,4 +84,4 @@ def write_embeddings(network: torch.nn.Module, input_size: int, data: str | Path
         table["path"] = sources.paths
     with atomic_path(table_path) as tmp:
         table.to_csv(tmp, index=False)
-    return out, table_path, len(dataset), int(probe.shape[1])
+    return out, table_path, len(dataset)

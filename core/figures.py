@@ -9,7 +9,7 @@ each file is written through a temporary name: a report never links to half an i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 import click
 
@@ -23,13 +23,21 @@ FIGURE_FORMATS = ("png", "pdf", "svg")
 PNG_DPI = 150
 
 
+def figure_format_of(path: str | Path, option: Optional[str] = None) -> str:
+    """The format ``path``'s suffix names; an error naming ``option`` (or the path) when it names none, so that a
+    command can check a figure's name before the work that draws it."""
+    figure_format = Path(path).suffix[1:].lower()
+    if figure_format not in FIGURE_FORMATS:
+        where = f"{option} {path}" if option else str(path)
+        raise ConfigError(f"{where}: the suffix names the figure's format; give a file name ending in "
+                          f".{', .'.join(FIGURE_FORMATS)}")
+    return figure_format
+
+
 def save_figure(figure: "Figure", path: str | Path) -> Path:
     """Write ``figure`` in the format its suffix names (one of FIGURE_FORMATS), atomically."""
     path = Path(path)
-    figure_format = path.suffix[1:].lower()
-    if figure_format not in FIGURE_FORMATS:
-        raise ConfigError(f"{path}: figures are written as {', '.join(FIGURE_FORMATS)}; give a file name ending "
-                          f"in one of .{', .'.join(FIGURE_FORMATS)}")
+    figure_format = figure_format_of(path)
     from core.io import atomic_path  # torch comes with it: not for commands that only parse their options
 
     figure.tight_layout()

@@ -12,12 +12,12 @@ report: each face aligned by a similarity transform of its 5 landmarks onto ArcF
 112 x 112 template; its embedding plus its mirror image's; weighted by the detector score;
 averaged within each media (video or photo) of a template, the media summed into the
 template's feature; templates compared by cosine; TAR at each FAR of 1e-6 ... 1e-1
-(``tar_curve`` says how its reading differs from eval_ijbc.py's).
+(``core.evaluation.tar_curve`` says how its reading differs from eval_ijbc.py's).
 
 Nothing grows with the square of the set: image features go to a scratch file, a
 template's feature is accumulated image by image (each weighted by one over its media's
 size), and pairs are scored in blocks, so IJB-C's 469,375 faces and 15.6M pairs are
-scored in 1.24 GiB (``bench ijb``; the scratch file, 0.96 GB for IJB-C, goes to the
+scored in 1.34 GiB (``bench ijb``; the scratch file, 0.96 GB for IJB-C, goes to the
 temporary directory, which should be a disk, not a tmpfs).
 """
 
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import DataError
+from core.evaluation import tar_curve
 
 # ArcFace's five landmarks (eyes, nose tip, mouth corners) in a 112 x 112 aligned face.
 ARCFACE_LANDMARKS = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
@@ -300,32 +301,9 @@ def score_pairs(template_ids: np.ndarray, unit_features: np.ndarray, pairs: np.n
     return scores
 
 
-def tar_curve(labels: np.ndarray, scores: np.ndarray, fars: Sequence[float]) -> np.ndarray:
-    """The true accept rate at each false accept rate: the highest TPR of any threshold whose FPR is at most the
-    FAR, as sklearn's full ROC (``drop_intermediate=False``) gives it.
-
-    The threshold sits just above the ``floor(FAR x negatives)``-th highest impostor score,
-    so one sorted copy of the impostor scores is all it holds: 62 MB for IJB-C's 15.6M
-    pairs, where sklearn's ROC holds several arrays of that length in float64.
-    insightface's eval_ijbc.py reads the TPR at the (thinned) ROC vertex whose FPR is
-    nearest the FAR, which may lie above it; on IJB-C's 15.6M pairs the two readings differ
-    by a few positive pairs at most.
-    """
-    labels = np.asarray(labels).astype(bool)
-    impostors = np.sort(np.asarray(scores, dtype=np.float32)[~labels])[::-1]
-    genuine = np.sort(np.asarray(scores, dtype=np.float32)[labels])
-    if not len(impostors) or not len(genuine):
-        raise DataError("TAR@FAR needs pairs of one person and pairs of two people; one kind is missing")
-    allowed = np.floor(np.asarray(fars, dtype=np.float64) * len(impostors)).astype(np.int64)
-    tar = np.ones(len(allowed))
-    within = allowed < len(impostors)
-    above = len(genuine) - np.searchsorted(genuine, impostors[allowed[within]], side="right")
-    tar[within] = above / len(genuine)
-    return tar
-
-
 def tar_at_far(labels: np.ndarray, scores: np.ndarray, fars: Sequence[float] = FARS) -> dict[str, float]:
-    """``tar_curve`` at the FARs the papers print, keyed ``1e-04`` and so on."""
+    """``core.evaluation.tar_curve`` at every FAR the papers print, keyed ``1e-04`` and so on (the .bin
+    evaluation leaves out FARs its pairs cannot resolve; IJB's tables print them all)."""
     return {f"{far:.0e}": float(tar) for far, tar in zip(fars, tar_curve(labels, scores, fars))}
 
 
@@ -346,16 +324,18 @@ def evaluate_ijb(network: torch.nn.Module, input_size: int, root: str | Path, de
         template_ids, unit = template_features(feature_rows(path, dim), meta.templates, meta.medias,
                                                meta.detector_scores if detector_score else None)
     scores = score_pairs(template_ids, unit, meta.pairs)
+    grid = roc_grid(meta.labels)
+    tars = tar_curve(meta.labels, scores, (*FARS, *grid))  # one sort of the impostor scores for both
     result = {"set": meta.name, "faces": len(meta.images), "templates": len(template_ids), "pairs": len(scores),
               "positive_pairs": int(meta.labels.sum()), "detector_score": detector_score,
-              "tar_at_far": tar_at_far(meta.labels, scores), "roc": roc_points(meta.labels, scores)}
+              "tar_at_far": {f"{far:.0e}": float(tar) for far, tar in zip(FARS, tars)},
+              "roc": {"far": grid.tolist(), "tar": tars[len(FARS):].tolist()}}
     if listed is not None:
         result["identification"] = identification(listed, template_ids, unit)
     return result
 
 
-def roc_points(labels: np.ndarray, scores: np.ndarray, points: int = 400) -> dict[str, list[float]]:
-    """The ROC at ``points`` FARs spaced evenly on a log axis from one impostor pair, for a plot."""
+def roc_grid(labels: np.ndarray, points: int = 400) -> np.ndarray:
+    """``points`` FARs spaced evenly on a log axis from one impostor pair to all: the ROC drawn without 15M points."""
     negatives = int((np.asarray(labels) == 0).sum())
-    grid = np.geomspace(1.0 / max(negatives, 1), 1.0, points)
-    return {"far": grid.tolist(), "tar": tar_curve(labels, scores, grid).tolist()}
+    return np.geomspace(1.0 / max(negatives, 1), 1.0, points)

@@ -65,9 +65,10 @@ def read_template_subjects(path: Path, known_templates: np.ndarray) -> tuple[np.
         raise DataError(f"{path} line {unknown[0] + 2}: template {templates[unknown[0]]} has no faces in the face "
                         "list (a template with no media cannot be searched)")
     unique, first = np.unique(templates, return_index=True)
-    clash = [t for t in unique if len(np.unique(subjects[templates == t])) > 1] if len(unique) < len(templates) else []
-    if clash:
-        raise DataError(f"{path}: template {clash[0]} is listed under several subjects")
+    listed = np.unique(np.stack([templates, subjects], axis=1), axis=0)  # one row per (template, subject)
+    if len(listed) > len(unique):  # a template under two subjects: rows sorted by template, so neighbours
+        clash = listed[:-1, 0][listed[1:, 0] == listed[:-1, 0]][0]
+        raise DataError(f"{path}: template {clash} is listed under several subjects")
     return unique, subjects[first]
 
 

@@ -60,7 +60,7 @@ def load_model(source: str | Path, device: torch.device, backbone: Optional[str]
     ``backbone``, ``embedding_size`` and ``input_size`` describe bare weights; given with a
     run they must agree with it (a run knows its network, and a contradiction is a mistake).
     """
-    path, state = _read(source)
+    path, state = read_model_file(source)
     if is_run_checkpoint(state):
         model = _run_model(path, state, online, backbone, embedding_size, input_size)
     else:
@@ -76,7 +76,8 @@ def load_model(source: str | Path, device: torch.device, backbone: Optional[str]
     return model
 
 
-def _read(source: str | Path) -> tuple[Path, Any]:
+def read_model_file(source: str | Path) -> tuple[Path, Any]:
+    """The file a MODEL names (a run directory's checkpoint, or the file itself) and what it holds."""
     path = find_checkpoint(source) if Path(source).is_dir() else Path(source)
     if not path.is_file():
         raise ConfigError(f"{source}: no such file (expected a run directory, a checkpoint or a state_dict file)")
@@ -86,7 +87,7 @@ def _read(source: str | Path) -> tuple[Path, Any]:
 def start_weights(source: str | Path, backbone: str, embedding_size: int, input_size: int) -> dict[str, torch.Tensor]:
     """``train --init``: the backbone weights of a run or of bare weights, for a new run of ``backbone`` with
     ``embedding_size`` and ``input_size``; a run of another network is named with the flags that would fit it."""
-    path, state = _read(source)
+    path, state = read_model_file(source)
     if not is_run_checkpoint(state):
         return bare_model(path, state, backbone, embedding_size, input_size).network.state_dict()
     model = _run_model(path, state, False, None, None, None)

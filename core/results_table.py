@@ -18,14 +18,12 @@ from core.io import atomic_path, atomic_write_text
 def check_outputs(table: Optional[str | Path], roc: Optional[str | Path], has_ijb: bool) -> None:
     """Refuse ``--table`` / ``--roc`` names that would fail, before hours of evaluation rather than after."""
     from core.errors import ConfigError
-    from core.figures import FIGURE_FORMATS
+    from core.figures import figure_format_of
 
     if table is not None and Path(table).suffix.lower() != ".md":
         raise ConfigError(f"--table {table}: the table is Markdown with a .csv beside it; give a name ending in .md")
     if roc is not None:
-        if Path(roc).suffix.lower()[1:] not in FIGURE_FORMATS:
-            raise ConfigError(f"--roc {roc}: the suffix names the figure's format; give a name ending in "
-                              f".{', .'.join(FIGURE_FORMATS)}")
+        figure_format_of(roc, "--roc")
         if not has_ijb:
             raise ConfigError(f"--roc {roc}: the ROC curves are IJB's; give --ijb DIR")
 

@@ -512,15 +512,20 @@ class Trainer:
         return results
 
 
+# The figures of each --val set that log.csv keeps, as columns ``<set>_<figure>``.
+LOGGED_VALIDATION = ("accuracy", "accuracy_std")
+
+
 def validation_columns(names: list[str]) -> list[str]:
     """log.csv's columns for the --val sets ``names``: accuracy and its std over the 10 folds."""
-    return [f"{name}_{figure}" for name in names for figure in ("accuracy", "accuracy_std")]
+    return [f"{name}_{figure}" for name in names for figure in LOGGED_VALIDATION]
 
 
 def validation_row(metrics: dict[str, Any]) -> dict[str, float]:
     """The validation columns' values for one evaluation (see ``validation_columns``)."""
-    return {f"{name}_{figure}": result[figure] for name, result in metrics.items() if not name.startswith("_")
-            for figure in ("accuracy", "accuracy_std")}
+    names = [name for name in metrics if not name.startswith("_")]
+    return dict(zip(validation_columns(names), (metrics[name][figure] for name in names
+                                                 for figure in LOGGED_VALIDATION)))
 
 
 class _CsvLog:

@@ -9,7 +9,7 @@ from typing import Optional
 import click
 
 from core.errors import FaceQueueError
-from core.figures import FIGURE_FORMATS
+from core.figures import figure_format_of
 
 
 @click.group()
@@ -98,9 +98,8 @@ def inspect(path: str, as_json: bool, plot: Optional[str]) -> None:
     """Counts of a dataset (images, classes, images per class) or of a .bin (pairs, positives)."""
     from core.data.inspect import inspect_path, plot_class_histogram
 
-    if plot is not None and Path(plot).suffix.lower()[1:] not in FIGURE_FORMATS:
-        raise FaceQueueError(f"--plot {plot!r}: the suffix names the figure's format; give a file name ending in "
-                             f".{', .'.join(FIGURE_FORMATS)}")
+    if plot is not None:
+        figure_format_of(plot, "--plot")
     summary = inspect_path(path)
     if plot and "counts" not in summary:
         raise FaceQueueError(f"--plot {plot}: {path} holds verification pairs, not classes; the histogram of "

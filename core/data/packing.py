@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from core.data.base import FaceDataset, encode_image
+from core.data.base import FaceDataset, decode_image, encode_image
 from core.errors import ConfigError, DataError
 
 REC_FILES = ("train.rec", "train.idx", "property")
@@ -53,16 +53,18 @@ def _encoded_samples(dataset: FaceDataset, order: np.ndarray, size: tuple[int, i
 
     paths = getattr(dataset, "paths", None)
     for index in tqdm(order, desc="packing", unit="image", disable=not progress, mininterval=1.0):
-        image = dataset.load_image(int(index))
+        path = None if paths is None else paths[index]
+        if path is not None and not record_reference(path):
+            encoded = Path(path).read_bytes()  # read once: decoded to check it, then packed as it is
+            image = decode_image(encoded, str(path))
+        else:
+            image = dataset.load_image(int(index))
+            encoded = None
         if image.shape[:2] != size:
             where = dataset.source_of(int(index)) or {"index": int(index)}
             raise DataError(f"{next(iter(where.values()))}: {image.shape[1]}x{image.shape[0]} pixels, but the set's "
                             f"first image is {size[1]}x{size[0]}; a .rec holds aligned crops of one size")
-        path = None if paths is None else paths[index]
-        if path is not None and not record_reference(path):
-            yield int(dataset.labels[index]), Path(path).read_bytes()
-        else:
-            yield int(dataset.labels[index]), encode_image(image)
+        yield int(dataset.labels[index]), encoded if encoded is not None else encode_image(image)
 
 
 def write_pairs_bin(pairs_file: str | Path, images_dir: str | Path, out: str | Path) -> dict[str, int]:

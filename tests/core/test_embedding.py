@@ -37,6 +37,6 @@ def test_embed_wants_a_npy_name(tiny_rec, tmp_path):
     from core.embedding import write_embeddings
 
     with pytest.raises(ConfigError, match=r"feats.txt: embeddings are written as a NumPy array"):
-        write_embeddings(build_backbone("tiny", 8, 16).eval(), 16, tiny_rec, tmp_path / "feats.txt",
+        write_embeddings(build_backbone("tiny", 8, 16).eval(), 16, 8, tiny_rec, tmp_path / "feats.txt",
                          torch.device("cpu"))
     assert not list(tmp_path.glob("feats*"))
