@@ -85,6 +85,9 @@ def main() -> None:
               help="Mixed precision: auto is bf16 autocast on CUDA and off on CPU.")
 @click.option("--channels-last/--no-channels-last", default=None, help="NHWC convolutions (CUDA + bf16).")
 @click.option("--compile/--no-compile", "compile_backbone", default=None, help="torch.compile the backbone.")
+@click.option("--record-dynamics/--no-record-dynamics", default=None,
+              help="Keep each training image's margin over the run (default on), from which analyze ranks label "
+                   "noise even when the final features have fitted it.")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/METHOD-TIME).")
 @click.option("--resume", type=click.Path(), help="Continue the run in this directory from its checkpoint.")
 @click.option("--config", "config_file", type=click.Path(),

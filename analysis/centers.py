@@ -141,6 +141,8 @@ class RunInfo:
     backbone_state: dict[str, Any]
     tables: RunTables
     spec: Optional[MethodSpec]  # None: a method this installation does not have (its hooks are unavailable)
+    dynamics: Optional[dict[str, Any]] = None  # per-sample training margins (core/dynamics.py), if recorded
+    step: int = 0
 
     @property
     def cache_dir(self) -> Path:
@@ -196,7 +198,8 @@ def load_run(run: str | Path, backbone: Optional[str] = None, embedding_size: Op
                            "signals) are unavailable.")
     return RunInfo(path=Path(run), checkpoint=checkpoint, config=dict(state["config"]), method=method,
                    num_classes=int(state["num_classes"]), input_size=int(state["input_size"]), statistics=stats,
-                   backbone_state=state["eval_backbone"], tables=tables, spec=spec)
+                   backbone_state=state["eval_backbone"], tables=tables, spec=spec, dynamics=state.get("dynamics"),
+                   step=int(state.get("step", 0)))
 
 
 def resolve_data_path(run: RunInfo, data: Optional[str] = None) -> Path:

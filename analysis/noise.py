@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from analysis import plots
 from analysis.centers import Centers, class_sums
+from analysis.dynamics import TrainingMargins
 from analysis.groundtruth import noise_positives, score_detection
 from analysis.index import IndexBuilder, build_index, normalize_rows
 from analysis.report import Report, write_csv
@@ -37,7 +38,12 @@ if TYPE_CHECKING:
     from analysis.runner import Analysis
 
 NOISE_COLUMNS = ["index", "record", "path", "label", "own_similarity", "nearest_label", "nearest_similarity",
-                 "score", "flagged"]
+                 "feature_score", "training_margin", "training_score", "score", "flagged"]
+# What ranks noise.csv (its `score`): with the run's training margins, the sum of two robust z-scores (each signal
+# centred on its median and scaled by its robust sd, so neither's units dominate): distance from the own center
+# (-own_similarity) and the training score. Without them, the final-feature score alone.
+RANK_COMBINED = "own-center distance + training margins"
+RANK_FEATURES = "final features (nearest other - own similarity)"
 # Both default flags are fences this many robust standard deviations (1.4826 x MAD) from
 # the median of all samples: the score's above it, the own-center similarity's below it.
 # Four keeps a Gaussian's false-alarm rate near 3e-5 while the few percent of flipped
@@ -171,18 +177,33 @@ def score_cutoff(score: np.ndarray, mads: float = OUTLIER_MADS) -> float:
     return max(0.0, median + mads * robust_sd)
 
 
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """``(values - median) / robust sd``: signals in different units on one scale, unmoved by a few percent of noise."""
+    median, robust_sd = _median_and_robust_sd(np.asarray(values, dtype=np.float64))
+    return (values - median) / max(robust_sd, 1e-12)
+
+
 def noise_table(neighbours: SampleNeighbours, labels: np.ndarray, records: Optional[np.ndarray] = None,
                 paths: Optional[Sequence[str]] = None, threshold: Optional[float] = None,
-                outlier_similarity: Optional[float] = None) -> pd.DataFrame:
+                outlier_similarity: Optional[float] = None, training: Optional[TrainingMargins] = None
+                ) -> pd.DataFrame:
     """One row per sample (``NOISE_COLUMNS``), sorted by score, highest first.
 
+    ``score`` ranks by ``RANK_COMBINED`` when the run's ``training`` margins are given, else
+    by ``RANK_FEATURES`` (``feature_score``); ``table.attrs["ranking"]`` says which.
     ``flagged``: a score above ``threshold`` (default: ``score_cutoff``), or an
     ``own_similarity`` below ``outlier_similarity`` (default: ``outlier_cutoff``). The
     values used are in ``table.attrs``.
     """
     n = len(labels)
     cutoff = outlier_cutoff(neighbours.own_similarity) if outlier_similarity is None else outlier_similarity
-    score = neighbours.nearest_similarity - neighbours.own_similarity
+    feature_score = neighbours.nearest_similarity - neighbours.own_similarity
+    if training is not None:
+        training_margin, training_score = training.mean_margin, training.suspicion(labels)
+        score = robust_z(-neighbours.own_similarity.astype(np.float64)) + robust_z(training_score)
+    else:
+        training_margin = training_score = np.full(n, np.nan)
+        score = feature_score
     if threshold is None:
         threshold = score_cutoff(score)
     flagged = (score > threshold) | (neighbours.own_similarity < cutoff)
@@ -194,11 +215,15 @@ def noise_table(neighbours: SampleNeighbours, labels: np.ndarray, records: Optio
         "own_similarity": neighbours.own_similarity.round(6),
         "nearest_label": neighbours.nearest_label,
         "nearest_similarity": neighbours.nearest_similarity.round(6),
+        "feature_score": feature_score.round(6),
+        "training_margin": np.round(training_margin, 6),
+        "training_score": np.round(training_score, 6),
         "score": score.round(6),
         "flagged": flagged,
     }, columns=NOISE_COLUMNS)
     table.attrs["outlier_similarity"] = cutoff
     table.attrs["threshold"] = threshold
+    table.attrs["ranking"] = RANK_COMBINED if training is not None else RANK_FEATURES
     return table.sort_values(["score", "index"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
 
@@ -211,6 +236,40 @@ class CleanPlan:
     dropped: int
     relabelled: int
     kept_last: int  # flagged samples kept because they were their class's last one
+
+
+RANKING_TEXT = {
+    RANK_COMBINED: "`score`, which ranks the table, adds two robust z-scores (each signal less its median, over its "
+                   "robust sd): the distance from the own center (-own_similarity) and `training_score`. A long run's "
+                   "final features fit flipped labels (a mislabeled image ends near the center of the label it was "
+                   "given); the margins over training still show the class it kept losing to.",
+    RANK_FEATURES: "`score`, which ranks the table, is `feature_score`: the run recorded no training margins (or they "
+                   "are of other data), so only the final features rank.",
+}
+# Of the samples the training margins find most suspect (this top share), how many the final features still place
+# nearer another class's center. 100 % on the main job's 12-epoch run, 60 % after 30 epochs (docs/ANALYSIS.md).
+MEMORISATION_SHARE = 0.02
+MEMORISED_BELOW = 0.8
+
+
+def memorisation(table: pd.DataFrame) -> Optional[float]:
+    """The share of the most suspect samples by training margins that still sit nearer another class in the final
+    features; None without training margins."""
+    training = table["training_score"].to_numpy(dtype=np.float64)
+    if np.isnan(training).all():
+        return None
+    top = np.argsort(-np.nan_to_num(training, nan=-np.inf), kind="stable")[:max(1, int(MEMORISATION_SHARE
+                                                                                     * len(table)))]
+    return float((table["feature_score"].to_numpy()[top] > 0).mean())
+
+
+def memorisation_warning(agreement: Optional[float]) -> Optional[str]:
+    if agreement is None or agreement >= MEMORISED_BELOW:
+        return None
+    return (f"the final features have fitted part of the noise: of the {MEMORISATION_SHARE:.0%} of samples the "
+            f"training margins find most suspect, only {agreement:.0%} still sit nearer another class's center, so "
+            "a ranking by final features alone (feature_score) would miss the rest; the default score ranks by the "
+            "training margins too")
 
 
 def noise_warning(flagged_share: float) -> Optional[str]:
@@ -234,7 +293,7 @@ def clean_plan(table: pd.DataFrame, num_classes: int, relabel: bool = False) -> 
     labels = ordered["label"].to_numpy(dtype=np.int64)
     flagged = ordered["flagged"].to_numpy(dtype=bool)
     nearest = ordered["nearest_label"].to_numpy(dtype=np.int64)
-    better = ordered["score"].to_numpy() > 0
+    better = ordered["feature_score"].to_numpy() > 0
     own = ordered["own_similarity"].to_numpy()
     move = flagged & relabel & better & (nearest >= 0)
     drop = flagged & ~move
@@ -293,8 +352,10 @@ def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
     """noise.csv, the optional cleaned list, plots and ground-truth scores; returns the key figures."""
     inputs, options = analysis.inputs, analysis.options
     sources = inputs.sources
+    training, training_note = analysis.training_margins
     table = noise_table(analysis.samples, inputs.labels, sources.records, sources.paths, options.noise_threshold,
-                        options.outlier_similarity)
+                        options.outlier_similarity, training)
+    ranking = table.attrs["ranking"]
     rows = table["index"].to_numpy()
     signals = analysis.noise_signals
     for signal in signals:
@@ -308,15 +369,22 @@ def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         "samples": len(table),
         "flagged samples": int(flagged.sum()),
         "flagged share": float(flagged.mean()),
-        "score threshold (nearest other - own similarity)": f"{threshold:.4f} ({rule})",
+        "ranked by": ranking,
+        "training margins": training_note,
+        "score threshold": f"{threshold:.4f} ({rule})",
         "outlier cutoff (own similarity)": round(float(table.attrs["outlier_similarity"]), 4),
-        "nearer another class's center than their own": int((table["score"] > 0).sum()),
+        "nearer another class's center than their own": int((table["feature_score"] > 0).sum()),
         "own center": "leave-one-out class mean" if analysis.samples.leave_one_out else "the method's stored center",
     }
     summary: dict[str, Any] = {"samples": len(table), "flagged": int(flagged.sum()),
-                               "threshold": round(threshold, 6), "threshold_rule": rule,
+                               "threshold": round(threshold, 6), "threshold_rule": rule, "ranking": ranking,
                                "outlier_similarity": float(table.attrs["outlier_similarity"])}
-    warning = noise_warning(float(flagged.mean()))
+    fitted = memorisation(table) if training is not None else None
+    if fitted is not None:
+        figures["most suspect by training margins that the final features still place nearer another class"] = (
+            f"{fitted:.0%} (of the top {MEMORISATION_SHARE:.0%})")
+        summary["final_features_agree"] = round(fitted, 4)
+    warning = noise_warning(float(flagged.mean())) or memorisation_warning(fitted)
     if warning:
         summary["warning"] = warning
     if options.write_clean is not None and warning:
@@ -352,14 +420,15 @@ def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
     report.heading("Label noise")
     report.paragraph(
         "Each sample's cosine to the center of its own label (`own_similarity`) and to the nearest other "
-        "center (`nearest_similarity`, `nearest_label`); `score` = nearest - own, so samples that sit nearer "
-        "another class (probable flipped labels) and samples far from their own center (outliers) rank "
-        "first. Flagged: score above the threshold, or own similarity below the outlier cutoff. By default "
-        "both are fences 4 robust standard deviations (1.4826 x MAD) from the median of all samples, the "
-        "score's above it and at least 0 (a flagged sample sits nearer another class than its own), the own "
-        "similarity's below it. A fixed margin of 0 flags many clean images of tail classes, whose "
-        "leave-one-out mean is a couple of images; the fence scales with how tightly this backbone "
-        "clusters its classes.")
+        "center (`nearest_similarity`, `nearest_label`); `feature_score` = nearest - own, so samples that sit "
+        "nearer another class and samples far from their own center rank first by the final features. "
+        "`training_margin` is the sample's mean margin over training (its given class's cosine minus the best "
+        "other column's, at every visit) and `training_score` the same against the rest of its class (higher: "
+        "more suspect); they are empty when the run recorded no margins. " + RANKING_TEXT[ranking] + " Flagged: "
+        "score above the threshold, or own similarity below the outlier cutoff. By default both are fences 4 "
+        "robust standard deviations (1.4826 x MAD) from the median of all samples, the score's above it and at "
+        "least 0, the own similarity's below it; the fences scale with how tightly this backbone clusters its "
+        "classes.")
     if warning:
         report.paragraph(f"**Warning:** {warning}.")
     report.figures(figures)
@@ -379,8 +448,7 @@ def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
               "sheet's suspects left out)." + (" Green rows: the label was flipped, by the ground truth."
                                                if truth_by_row is not None else ""))
     scores = table["score"].to_numpy()
-    plots.histogram(scores, "score (nearest other - own similarity)",
-                    "Label noise: how much nearer another class's center each sample lies",
+    plots.histogram(scores, f"score ({ranking})", f"Label noise: each sample's score, ranked by {ranking}",
                     analysis.figure("noise_score"), threshold=threshold,
                     highlight=scores[truth_by_row] if truth_by_row is not None else None,
                     highlight_label="flipped labels (ground truth)")

@@ -22,6 +22,7 @@ from analysis import plots
 from analysis.centers import Centers, choose_centers, class_sums
 from analysis.choices import DEFAULT_K
 from analysis.conflict import CenterNeighbours, center_neighbours, conflict_section
+from analysis.dynamics import TrainingMargins, training_margins
 from analysis.groundtruth import DetectionScore
 from analysis.index import IndexBuilder, build_index
 from analysis.inputs import AnalysisInput
@@ -129,6 +130,12 @@ class Analysis:
         if self.longtail_centers is self.detection_centers:
             return self.neighbours
         return center_neighbours(self.longtail_centers, 1, self.index_builder, progress=self.options.progress)
+
+    @functools.cached_property
+    def training_margins(self) -> tuple[Optional[TrainingMargins], str]:
+        """The run's per-sample margins over training when the analysed data is its training data, and a note."""
+        inputs = self.inputs
+        return training_margins(inputs.run, inputs.data_path, len(inputs.labels))
 
     @functools.cached_property
     def noise_signals(self) -> list[NoiseSignal]:

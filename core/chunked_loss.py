@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from core.dynamics import NO_COLUMN, best_other as best_other_column
 from core.margins import CombinedMargin
 
 
@@ -43,19 +44,25 @@ def _set_targets(block: torch.Tensor, columns: torch.Tensor, in_chunk: torch.Ten
 class _ChunkedMarginCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, embeddings: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor,
-                margin: CombinedMargin, chunk: int, dtype: torch.dtype) -> torch.Tensor:
+                margin: CombinedMargin, chunk: int, dtype: torch.dtype, record: Optional[dict]) -> torch.Tensor:
         cos_target = (embeddings * weights[targets]).sum(dim=1).clamp(-1.0, 1.0)
         target_logit = margin.scale * margin.target_function(cos_target)
         row_max = torch.full_like(cos_target, float("-inf"))
         total = torch.zeros_like(cos_target)
+        best_other = torch.full_like(cos_target, NO_COLUMN)
         for start in range(0, weights.shape[0], chunk):
             logits = _chunk_cosines(embeddings, weights[start:start + chunk], dtype).mul_(margin.scale)
             columns, in_chunk = _target_columns(targets, start, logits.shape[1])
+            if record is not None:  # the best column that is not the row's own, before the target is rewritten
+                best = best_other_column(logits, columns.squeeze(1), in_chunk, NO_COLUMN * margin.scale) / margin.scale
+                best_other = torch.maximum(best_other, best)
             _set_targets(logits, columns, in_chunk, target_logit)
             new_max = torch.maximum(row_max, logits.max(dim=1).values)
             total = total * torch.exp(row_max - new_max) + torch.exp(logits - new_max.unsqueeze(1)).sum(dim=1)
             row_max = new_max
         log_normaliser = row_max + total.log()
+        if record is not None:
+            record["margins"] = (cos_target - best_other).detach()
         ctx.save_for_backward(embeddings, weights, targets, cos_target, log_normaliser)
         ctx.margin, ctx.chunk, ctx.dtype = margin, chunk, dtype
         return (log_normaliser - target_logit).mean()
@@ -86,20 +93,21 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
             _set_targets(grad_cos, columns, in_chunk, (target_prob - margin.scale * scale) * margin_slope)
             grad_embeddings += (grad_cos.to(dtype) @ block.to(dtype)).to(grad_embeddings.dtype)
             grad_weights[start:start + chunk] = (grad_cos.t().to(dtype) @ embeddings.to(dtype)).to(grad_weights.dtype)
-        return grad_embeddings, grad_weights, None, None, None, None
+        return grad_embeddings, grad_weights, None, None, None, None, None
 
 
 def chunked_margin_cross_entropy(embeddings: torch.Tensor, weights: torch.Tensor, targets: torch.Tensor,
                                  margin: CombinedMargin, chunk: int = 65536,
-                                 dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                                 dtype: Optional[torch.dtype] = None, record: Optional[dict] = None) -> torch.Tensor:
     """Mean margin-softmax CE of un-normalised ``embeddings`` against un-normalised ``weights``.
 
     Every row needs a target column (single process, no masks, no inter-class filter);
     ``dtype`` is the GEMM dtype (default: the inputs' float dtype; bf16 on GPUs for speed).
+    A ``record`` dict receives ``margins``: each row's cosine margin (core/dynamics.py).
     """
     precise = torch.promote_types(torch.promote_types(embeddings.dtype, weights.dtype), torch.float32)
     normalised_embeddings = F.normalize(embeddings.to(precise), dim=1)
     normalised_weights = F.normalize(weights.to(precise), dim=1)
     gemm_dtype = dtype or precise
     return _ChunkedMarginCrossEntropy.apply(normalised_embeddings, normalised_weights, targets, margin, chunk,
-                                            gemm_dtype)
+                                            gemm_dtype, record)

@@ -56,6 +56,7 @@ class TrainConfig:
     amp: str = "auto"  # auto: bf16 autocast on CUDA, off on CPU
     channels_last: bool = False  # NHWC convolutions (faster with bf16 on tensor cores)
     compile: bool = False  # torch.compile the backbone (pays off on CUDA after a minute of compiling)
+    record_dynamics: bool = True  # each sample's margin over training, for analyze's noise ranking (core/dynamics.py)
     # the run
     out: Optional[str] = None
     resume: Optional[str] = None

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from core.dynamics import margins_from_cosines
 from core.margins import CombinedMargin, build_margin
 from core.sampler import Selection
 
@@ -84,6 +85,10 @@ class MarginSoftmaxLoss(nn.Module):
     core/chunked_loss.py, with bf16 GEMMs on CUDA unless ``bf16_on_cuda`` is off (a
     trainer run with ``--amp off`` keeps them in float32); ``chunk_columns=None`` always
     uses the simple path.
+
+    With ``record_margins`` on, each forward also leaves every row's cosine margin (its given
+    class against the best other column, ``core/dynamics.py``) in ``last_margins``, taken
+    from the cosines the loss computes anyway.
     """
 
     def __init__(self, margin: CombinedMargin, chunk_columns: Optional[int] = 65536,
@@ -92,6 +97,8 @@ class MarginSoftmaxLoss(nn.Module):
         self.margin = margin
         self.chunk_columns = chunk_columns
         self.bf16_on_cuda = bf16_on_cuda
+        self.record_margins = False
+        self.last_margins: Optional[torch.Tensor] = None
 
     def _chunked(self, selection: Selection) -> bool:
         return (self.chunk_columns is not None and selection.weights.shape[0] >= self.chunk_columns
@@ -100,6 +107,9 @@ class MarginSoftmaxLoss(nn.Module):
 
     def logits(self, selection: Selection) -> torch.Tensor:
         cosine = cosine_logits(selection.embeddings, selection.weights, not selection.unit_weights)
+        if self.record_margins:
+            self.last_margins = margins_from_cosines(cosine.detach(), selection.targets, selection.negative_mask,
+                                                     selection.sharded_columns)
         logits = self.margin(cosine, selection.targets)
         if selection.negative_mask is not None:
             logits = logits.masked_fill(selection.negative_mask, float("-inf"))
@@ -109,8 +119,12 @@ class MarginSoftmaxLoss(nn.Module):
         if self._chunked(selection):
             from core.chunked_loss import chunked_margin_cross_entropy
             dtype = torch.bfloat16 if selection.weights.is_cuda and self.bf16_on_cuda else None
-            return chunked_margin_cross_entropy(selection.embeddings, selection.weights, selection.targets,
-                                                self.margin, self.chunk_columns, dtype)
+            record: Optional[dict] = {} if self.record_margins else None
+            loss = chunked_margin_cross_entropy(selection.embeddings, selection.weights, selection.targets,
+                                                self.margin, self.chunk_columns, dtype, record)
+            if record is not None:
+                self.last_margins = record["margins"]
+            return loss
         if selection.sharded_columns:
             return sharded_cross_entropy(self.logits(selection), selection.targets)
         return F.cross_entropy(self.logits(selection), selection.targets)

@@ -24,6 +24,9 @@ from torch import nn
 from tqdm import tqdm
 
 from core.backbones import build_backbone, default_input_size
+from core.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, RUN_FILES, SHARD_GLOB, TRAINING_FIGURE,
+                             check_resumable, method_record, non_finite_names, read_checkpoint, sampler_state_for,
+                             save_checkpoint)
 from core.config import TrainConfig, save_config
 from core.data.base import FaceDataset
 from core.data.batch import Batch
@@ -31,11 +34,9 @@ from core.data.loader import (batch_order, default_val_files, make_loader, prepa
                               synthetic_dataset_root)
 from core.data.transforms import RandomFlip
 from core.distributed import DistributedContext, init_distributed, resolve_device
+from core.dynamics import TrainingDynamics
 from core.errors import ConfigError, DataError, TrainingError
 from core.evaluation import embed_images, evaluate_pairs, val_names
-from core.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, RUN_FILES, SHARD_GLOB, TRAINING_FIGURE,
-                             check_resumable, method_record, non_finite_names, read_checkpoint, sampler_state_for,
-                             save_checkpoint)
 from core.figures import figure_file, save_figure
 from core.io import atomic_path, atomic_write_json, exclusive_directory, plain, remove_stale_temporaries
 from core.loss import margin_loss_for
@@ -204,6 +205,9 @@ class Trainer:
         self.dataset, self.batch_sampler = batch_order(self.dataset, self.sampler.batch_layout(), config.batch_size,
                                                        config.seed, self.context.rank, self.context.world_size)
         self.augment = RandomFlip(config.seed * 31)  # keyed by each sample's draw, the same on every rank
+        self.dynamics = (TrainingDynamics(len(self.dataset), self.device, self.context) if config.record_dynamics
+                         else None)
+        self.criterion.record_margins = self.dynamics is not None
 
     def _init_schedule(self) -> None:
         """Steps per epoch, the warm-up + polynomial schedule, and the position in the data."""
@@ -261,6 +265,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
             "metrics": plain(self.metrics),
+            **({"dynamics": self.dynamics.state_dict()} if self.dynamics is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any], sampler_state: dict[str, Any]) -> None:
@@ -287,6 +292,11 @@ class Trainer:
         if rng["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.metrics = state.get("metrics", {})
+        if self.dynamics is not None:
+            if "dynamics" in state:
+                self.dynamics.load_state_dict(state["dynamics"])
+            else:  # recorded from here on: the analysis says which steps the margins cover
+                self.dynamics.from_step = self.step
 
     def _apply_base_lr(self) -> None:
         """``--lr`` given on resume: the restored schedule goes on from this base rate, not the saved one."""
@@ -331,6 +341,7 @@ class Trainer:
                     break
                 batch.positions = torch.from_numpy(self.epoch * len(self.dataset)
                                                    + self.batch_sampler.positions(self.batch_in_epoch))
+                batch.indices = torch.from_numpy(self.batch_sampler.indices(self.batch_in_epoch))
                 self.batch_in_epoch += 1
                 yield batch
             self.epoch += 1
@@ -361,6 +372,8 @@ class Trainer:
                     torch.isfinite(loss.detach()) | (self.first_nonfinite_step >= 0), self.first_nonfinite_step,
                     self.step + 1)
                 loss.backward()
+            if self.dynamics is not None and batch.indices is not None:
+                self.dynamics.record(batch.indices, self.criterion.last_margins)
             self.sampler.collect(selection)
             total += loss.detach()
         if self.config.grad_clip > 0:

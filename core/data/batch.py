@@ -34,18 +34,20 @@ class Batch:
 
     ``positions`` (int64 ``[B]``, on the host), when the trainer sets them, say which draw of the whole run each
     row is (``epoch * dataset size + its place in the epoch's order``): augmentation keyed by them is the same
-    for any number of processes and after any resume.
+    for any number of processes and after any resume. ``indices`` (int64 ``[B]``, on the host) are the rows' places
+    in the dataset, by which the trainer's per-sample records (core/dynamics.py) are kept.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     key_images: Optional[torch.Tensor] = None
     positions: Optional[torch.Tensor] = None
+    indices: Optional[torch.Tensor] = None
 
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
         keys = None if self.key_images is None else self.key_images.to(device, non_blocking=non_blocking)
-        return Batch(self.images.to(device, non_blocking=non_blocking),
-                     self.labels.to(device, non_blocking=non_blocking), keys, self.positions)
+        return replace(self, images=self.images.to(device, non_blocking=non_blocking),
+                       labels=self.labels.to(device, non_blocking=non_blocking), key_images=keys)
 
     def contiguous(self, memory_format: torch.memory_format) -> "Batch":
         """Images (and each row's keys) laid out for the network, e.g. channels_last."""
@@ -57,7 +59,7 @@ class Batch:
     def pin_memory(self) -> "Batch":
         """Called by the DataLoader's pinning thread, so the copy to a GPU can run asynchronously."""
         keys = None if self.key_images is None else self.key_images.pin_memory()
-        return Batch(self.images.pin_memory(), self.labels.pin_memory(), keys, self.positions)
+        return replace(self, images=self.images.pin_memory(), labels=self.labels.pin_memory(), key_images=keys)
 
     def __len__(self) -> int:
         return self.labels.shape[0]

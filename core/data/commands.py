@@ -8,6 +8,7 @@ from typing import Optional
 
 import click
 
+from core.data.synthetic_choices import FLIP_TARGETS, RENDERERS
 from core.errors import FaceQueueError
 from core.figures import figure_format_of
 
@@ -23,19 +24,29 @@ def data() -> None:
 @click.option("--heldout", default=100, show_default=True, help="Held-out identities for val.bin.")
 @click.option("--flip-noise", default=0.0, show_default=True, help="Fraction of images given a wrong label.")
 @click.option("--split", default=0.0, show_default=True, help="Fraction of identities split under two labels.")
+@click.option("--flip-target", type=click.Choice(FLIP_TARGETS), default="uniform", show_default=True,
+              help="Where a flipped label points: any other identity, or one of the 3 that look most alike.")
+@click.option("--open-set", default=0.0, show_default=True,
+              help="Add this share of images of people outside the set, each under a random training label.")
+@click.option("--renderer", type=click.Choice(RENDERERS), default="faces", show_default=True,
+              help="faces, or abstract badges in families of look-alikes (shapes).")
 @click.option("--min-images", default=2, show_default=True)
 @click.option("--max-images", default=80, show_default=True)
+@click.option("--zipf-exponent", default=1.25, show_default=True, help="Tail of the images-per-identity law.")
 @click.option("--seed", default=0, show_default=True)
-def make_synthetic(out: str, identities: int, heldout: int, flip_noise: float, split: float, min_images: int,
-                   max_images: int, seed: int) -> None:
+def make_synthetic(out: str, identities: int, heldout: int, flip_noise: float, split: float, flip_target: str,
+                   open_set: float, renderer: str, min_images: int, max_images: int, zipf_exponent: float,
+                   seed: int) -> None:
     """Render long-tailed synthetic identities with known noise as train.rec + val.bin + ground_truth.json."""
     from core.data.synthetic import SyntheticConfig, make_synthetic_dataset
 
     summary = make_synthetic_dataset(out, SyntheticConfig(
         identities=identities, heldout_identities=heldout, flip_noise=flip_noise, split=split,
-        min_images=min_images, max_images=max_images, seed=seed))
+        flip_target=flip_target, open_set=open_set, renderer=renderer, min_images=min_images,
+        max_images=max_images, zipf_exponent=zipf_exponent, seed=seed))
     click.echo(f"Wrote {summary['num_images']} images of {summary['num_classes']} classes to {out} "
-               f"({summary.get('num_flipped', 0)} flipped labels, {summary.get('num_split_pairs', 0)} split pairs).")
+               f"({summary.get('num_flipped', 0)} flipped labels, {summary.get('num_open_set', 0)} open-set images, "
+               f"{summary.get('num_split_pairs', 0)} split pairs).")
     plot = Path(out).with_name(Path(out).name + "-counts.png")  # beside the dataset: regenerating replaces it whole
     click.echo(f"Next: python cli.py data inspect {out} --plot {plot}  |  "
                f"python cli.py train --method pfc --data {out}"

@@ -133,6 +133,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
+        self._order, self._order_epoch = np.zeros(0, dtype=np.int64), -1
         self.start_batch = 0
 
     def set_position(self, epoch: int, start_batch: int = 0) -> None:
@@ -145,11 +146,24 @@ class EpochBatchSampler(Sampler[list[int]]):
         """Where batch ``batch`` of this rank's rows stand in the epoch's order (the same for any world size)."""
         return (batch * self.batch_size + np.arange(self.batch_size)) * self.world_size + self.rank
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def _draw_order(self) -> np.ndarray:
+        """Every rank's samples of this epoch, in the order the epoch visits them."""
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.num_samples, generator=generator)[self.rank::self.world_size]
+        return torch.randperm(self.num_samples, generator=generator).numpy()
+
+    def _rank_order(self) -> np.ndarray:
+        """This rank's samples of the current epoch in order, drawn once per epoch."""
+        if self._order_epoch != self.epoch:
+            self._order, self._order_epoch = self._draw_order()[self.rank::self.world_size], self.epoch
+        return self._order
+
+    def indices(self, batch: int) -> np.ndarray:
+        """The dataset indices of batch ``batch``'s rows on this rank (what the trainer's per-sample records key on)."""
+        return self._rank_order()[batch * self.batch_size:(batch + 1) * self.batch_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
         for batch in range(self.start_batch, len(self)):
-            yield order[batch * self.batch_size:(batch + 1) * self.batch_size].tolist()
+            yield self.indices(batch).tolist()
 
 
 class IdentityBatchSampler(EpochBatchSampler):
@@ -195,21 +209,19 @@ class IdentityBatchSampler(EpochBatchSampler):
         chosen = rng.choice(others, size=self.k, replace=others.size < self.k)
         return chosen.tolist()
 
+    def _draw_order(self) -> np.ndarray:
+        if self.mode == "image":
+            return super()._draw_order()
+        rng = np.random.default_rng([self.seed * 100_003 + self.epoch, 1])
+        classes = rng.choice(self.present, size=self.num_samples)
+        offsets = (rng.random(self.num_samples) * self.class_count[classes]).astype(np.int64)
+        return self.by_class[self.class_start[classes] + offsets]
+
     def __iter__(self) -> Iterator[list[tuple[int, ...]]]:
         epoch_seed = self.seed * 100_003 + self.epoch
-        if self.mode == "image":
-            generator = torch.Generator().manual_seed(epoch_seed)
-            order = torch.randperm(self.num_samples, generator=generator).numpy()
-        else:
-            rng = np.random.default_rng([epoch_seed, 1])
-            classes = rng.choice(self.present, size=self.num_samples)
-            offsets = (rng.random(self.num_samples) * self.class_count[classes]).astype(np.int64)
-            order = self.by_class[self.class_start[classes] + offsets]
-        order = order[self.rank::self.world_size]
         for batch in range(self.start_batch, len(self)):
-            queries = order[batch * self.batch_size:(batch + 1) * self.batch_size].tolist()
             yield [(query, *self._keys(query, np.random.default_rng([epoch_seed, 2, int(position)])))
-                   for query, position in zip(queries, self.positions(batch))]
+                   for query, position in zip(self.indices(batch).tolist(), self.positions(batch))]
 
 
 class WithKeyImages(FaceDataset):

@@ -6,6 +6,8 @@ input size differs from the stored 112x112 (the CPU default trains smaller image
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 from PIL import Image
@@ -76,7 +78,7 @@ class RandomFlip:
         if keys is not None:
             views = np.stack([fair_coins(self.seed, draws, 1 + j) for j in range(keys.shape[1])], axis=1)
             keys = _flip_where(keys.flatten(0, 1), views.reshape(-1)).unflatten(0, keys.shape[:2])
-        return Batch(images, batch.labels, keys, batch.positions)
+        return replace(batch, images=images, key_images=keys)
 
 
 MAX_VIEWS = 64

@@ -6,7 +6,7 @@ import pytest
 
 from analysis.centers import Centers, class_means
 from analysis.index import BruteForceIndex
-from analysis.noise import NOISE_COLUMNS, clean_plan, noise_table, sample_neighbours, score_cutoff
+from analysis.noise import NOISE_COLUMNS, RANK_FEATURES, clean_plan, noise_table, sample_neighbours, score_cutoff
 from core.errors import DataError
 from tests.analysis.conftest import noise_detection_score
 
@@ -31,8 +31,11 @@ def test_noise_csv_columns_and_order(noisy):
     embeddings, labels, truth, centers, samples = noisy
     table = noise_table(samples, labels, records=np.arange(1, len(labels) + 1))
     assert list(table.columns) == NOISE_COLUMNS == ["index", "record", "path", "label", "own_similarity",
-                                                    "nearest_label", "nearest_similarity", "score", "flagged"]
+                                                    "nearest_label", "nearest_similarity", "feature_score",
+                                                    "training_margin", "training_score", "score", "flagged"]
     assert table["score"].is_monotonic_decreasing
+    assert table[["training_margin", "training_score"]].isna().all().all()  # no run margins given
+    assert table.attrs["ranking"] == RANK_FEATURES and (table["score"] == table["feature_score"]).all()
     assert sorted(table["index"]) == list(range(len(labels)))
     assert (table["record"] == table["index"] + 1).all()
     np.testing.assert_allclose(table["score"], table["nearest_similarity"] - table["own_similarity"], atol=2e-6)
@@ -58,7 +61,7 @@ def test_leave_one_out_own_center_exposes_flips_in_tiny_classes():
 
 def test_clean_plan_never_empties_a_class():
     table = pd.DataFrame({"index": [0, 1, 2, 3], "label": [0, 0, 1, 2], "flagged": [True, False, True, True],
-                          "nearest_label": [1, 1, 0, 0], "score": [0.5, -0.2, 0.4, -0.1],
+                          "nearest_label": [1, 1, 0, 0], "feature_score": [0.5, -0.2, 0.4, -0.1],
                           "own_similarity": [0.1, 0.8, 0.2, 0.05]})
     dropped = clean_plan(table, 3)
     assert dropped.keep.tolist() == [False, True, True, True]  # classes 1 and 2 keep their only sample

@@ -1,4 +1,5 @@
-"""A run resumed on another number of processes is the uninterrupted run: same steps, lr, samples and losses.
+"""A run resumed on another number of processes is the uninterrupted run: same steps, lr, samples and losses,
+and the same per-sample training margins.
 
 The global batch (12 images here) is what a run keeps; 1, 2 or 3 gloo processes split it
 12, 6 or 4 per process. The backbone has no BatchNorm: with BatchNorm the batch statistics
@@ -72,6 +73,10 @@ def _leg(world_size, data, run_dir, method, resume):
     mp.spawn(_run, args=(world_size, port, str(data), str(run_dir), method, resume), nprocs=world_size, join=True)
 
 
+def _dynamics(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["dynamics"]
+
+
 def _log(run_dir):
     with open(run_dir / "log.csv", newline="") as handle:
         return [(int(row["step"]), int(row["epoch"]), float(row["loss"]), float(row["lr"]))
@@ -98,7 +103,7 @@ def uninterrupted(data, tmp_path_factory):
         for method in METHODS:
             run_dir = tmp_path_factory.mktemp(f"straight-{method}")
             Trainer(_config(data, run_dir, method, 1), run_dir, progress=False).fit()
-            logs[method] = _log(run_dir)
+            logs[method] = _log(run_dir), _dynamics(run_dir)
     finally:
         core.trainer.build_backbone = original
     return logs
@@ -112,11 +117,15 @@ def test_resumed_on_another_world_size_equals_the_uninterrupted_run(data, uninte
     _leg(first, data, run_dir, method, resume=False)
     assert [row[0] for row in _log(run_dir)] == list(range(1, FIRST_LEG + 1))
     _leg(then, data, run_dir, method, resume=True)
-    resumed, straight = _log(run_dir), uninterrupted[method]
+    (straight, straight_dynamics), resumed = uninterrupted[method], _log(run_dir)
     assert [row[:2] for row in resumed] == [row[:2] for row in straight] and len(straight) == 8
     for (step, _, loss, lr), (_, _, reference_loss, reference_lr) in zip(resumed, straight):
         assert lr == pytest.approx(reference_lr, rel=1e-12), step
         assert loss == pytest.approx(reference_loss, rel=1e-5, abs=1e-7), step  # DCQ starts near 0 (empty queue)
+    dynamics = _dynamics(run_dir)  # every sample visited once an epoch, with the same margins
+    assert torch.equal(dynamics["visits"], torch.full((48,), EPOCHS, dtype=torch.int32))
+    assert torch.equal(dynamics["visits"], straight_dynamics["visits"])
+    torch.testing.assert_close(dynamics["margin_sum"], straight_dynamics["margin_sum"], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("world_sizes", [(1, 2), (1, 3), (2, 3)])

@@ -24,9 +24,11 @@ from tqdm import tqdm
 
 from core.data.base import decode_image, encode_image
 from core.data.recordio import write_insightface_rec
-from core.data.synthetic.faces import _IdentityRenderer, _expressions, draw_identity_params
+from core.data.synthetic_choices import FLIP_TARGETS, RENDERERS
+from core.data.synthetic.faces import _expressions, _IdentityRenderer, _render_canonical, draw_identity_params
 from core.data.synthetic.labels import (
     _FORMAT,
+    _Labelling,
     _assign_labels,
     _label_identity,
     _validate_long_tail,
@@ -34,10 +36,14 @@ from core.data.synthetic.labels import (
     _verification_pairs,
     long_tail_counts,
 )
+from core.data.synthetic.shapes import draw_badge_params, render_badge_canonical
 from core.data.synthetic.streams import (
     _S_HELDOUT_COUNTS,
     _S_HELDOUT_IMAGES,
     _S_HELDOUT_PARAMS,
+    _S_OPEN_IMAGES,
+    _S_OPEN_LABELS,
+    _S_OPEN_PARAMS,
     _S_TRAIN_COUNTS,
     _S_TRAIN_IMAGES,
     _S_TRAIN_PARAMS,
@@ -72,6 +78,13 @@ class SyntheticConfig:
     1,000 verification pairs; ``val_tail.bin`` is written when at least
     ``tail_min_identities`` held-out identities have ``<= tail_max_images`` images.
     ``image_size`` is the stored side; ``jpeg_quality`` the quality of the stored JPEGs.
+
+    The noise can take three forms, each recorded in the ground truth's ``flipped`` with its
+    ``kind``: ``flip_noise`` relabels images to another identity chosen uniformly
+    (``flip_target="uniform"``) or among the three identities whose images look most alike
+    (``"lookalike"``); ``open_set`` adds that share of images of people outside the set, each
+    under a random training label (true label -1). ``renderer`` draws faces, or abstract
+    badges in families of look-alikes (``shapes``), under the same camera nuisance.
     """
 
     identities: int = 600
@@ -86,6 +99,9 @@ class SyntheticConfig:
     tail_min_identities: int = 10
     image_size: int = 112
     jpeg_quality: int = 90
+    renderer: str = "faces"
+    flip_target: str = "uniform"
+    open_set: float = 0.0
     seed: int = 0
 
     def validate(self) -> None:
@@ -110,6 +126,13 @@ class SyntheticConfig:
             raise ConfigError(f"synthetic.image_size must be in [32, 512], got {self.image_size}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"synthetic.jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        if self.renderer not in RENDERERS:
+            raise ConfigError(f"synthetic.renderer must be one of {', '.join(RENDERERS)}, got {self.renderer!r}")
+        if self.flip_target not in FLIP_TARGETS:
+            raise ConfigError(f"synthetic.flip_target must be one of {', '.join(FLIP_TARGETS)}, "
+                              f"got {self.flip_target!r}")
+        if not 0.0 <= self.open_set < 1.0:
+            raise ConfigError(f"synthetic.open_set must be in [0, 1), got {self.open_set}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -117,10 +140,20 @@ class SyntheticConfig:
 # ---------------------------------------------------------------------------------------
 
 
+OPEN_SET_IMAGES_PER_IDENTITY = 3
+
+
+def identity_params(renderer: str, seed: int, stream: int, index: int) -> dict:
+    """Identity ``index``'s appearance under ``renderer`` (see RENDERERS)."""
+    if renderer == "shapes":
+        return draw_badge_params(seed, stream, index)
+    return draw_identity_params(_rng(seed, stream, index))
+
+
 def _identity_images_job(job: tuple) -> list[bytes]:
     """Render and JPEG-encode one identity's images (runs in a worker process)."""
-    params, seed, params_stream, images_stream, index, count, size, quality = job
-    renderer = _IdentityRenderer(params, size, _expressions(seed, params_stream, index))
+    renderer_name, params, seed, params_stream, images_stream, index, count, size, quality = job
+    renderer = _IdentityRenderer(_canonical(renderer_name, params, size, seed, params_stream, index), size)
     rng = _rng(seed, images_stream, index)
     return [encode_image(renderer.render(rng), quality) for _ in range(count)]
 
@@ -150,6 +183,68 @@ def _render_all(jobs: list[tuple], workers: int, progress: bool, desc: str) -> l
                 results.append(images)
                 bar.update(1)
     return results
+
+
+def _open_set_counts(images: int) -> np.ndarray:
+    """Images per open-set identity: people outside the set, a few images each."""
+    full, rest = divmod(images, OPEN_SET_IMAGES_PER_IDENTITY)
+    return np.array([OPEN_SET_IMAGES_PER_IDENTITY] * full + ([rest] if rest else []), dtype=np.int64)
+
+
+def _canonical(renderer: str, params: dict, size: int, seed: int, stream: int, index: int) -> list:
+    """The identity's nuisance-free canvases under ``renderer`` (what every image of it is warped from)."""
+    if renderer == "shapes":
+        return render_badge_canonical(params, size, seed, stream, index)
+    return _render_canonical(params, size, _expressions(seed, stream, index))
+
+
+def _appearance(renderer: str, params: dict, seed: int, stream: int, index: int, side: int = 16) -> np.ndarray:
+    """A small nuisance-free picture of the identity (its first canonical canvas, shrunk), as a vector."""
+    canvas = _canonical(renderer, params, 32, seed, stream, index)[0]
+    return np.asarray(canvas.convert("RGB").resize((side, side), Image.Resampling.BOX), dtype=np.float32).reshape(-1)
+
+
+def nearest_identities(looks: np.ndarray, neighbours: int = 3) -> np.ndarray:
+    """``[identities, neighbours]``: for each row of ``looks``, the other rows nearest to it (nearest first).
+
+    Computed in blocks of rows, so memory stays small at any identity count.
+    """
+    squared = (looks ** 2).sum(axis=1)
+    out = np.empty((len(looks), neighbours), dtype=np.int64)
+    for start in range(0, len(looks), 256):
+        block = squared[start:start + 256, None] + squared[None] - 2 * looks[start:start + 256] @ looks.T
+        block[np.arange(len(block)), start + np.arange(len(block))] = np.inf
+        nearest = np.argpartition(block, neighbours, axis=1)[:, :neighbours]
+        out[start:start + len(block)] = np.take_along_axis(
+            nearest, np.argsort(np.take_along_axis(block, nearest, axis=1), axis=1), axis=1)
+    return out
+
+
+@dataclass
+class _SampleTruth:
+    """Every training record's truth, label flips and open-set images included (identity order, open set last)."""
+
+    label: np.ndarray
+    identity: np.ndarray
+    true_label: np.ndarray  # -1: a person outside the set
+    within: np.ndarray
+    noisy: np.ndarray  # indices of the samples whose label is wrong
+    kind: list[str]  # per noisy sample: uniform | lookalike | open_set
+
+
+def _with_open_set(lab: _Labelling, open_counts: np.ndarray, first_open_id: int, seed: int) -> _SampleTruth:
+    """Append the open-set images, each under a random training label."""
+    n_open = int(open_counts.sum())
+    open_identity = np.repeat(np.arange(len(open_counts), dtype=np.int64), open_counts)
+    within = np.arange(n_open, dtype=np.int64) - np.repeat(np.cumsum(open_counts) - open_counts, open_counts)
+    open_labels = _rng(seed, _S_OPEN_LABELS).integers(0, lab.num_classes, n_open)
+    flip_kind = "lookalike" if lab.lookalike else "uniform"
+    return _SampleTruth(label=np.concatenate([lab.label, open_labels]),
+                        identity=np.concatenate([lab.identity, first_open_id + open_identity]),
+                        true_label=np.concatenate([lab.true_label, np.full(n_open, -1, dtype=np.int64)]),
+                        within=np.concatenate([lab.within, within]),
+                        noisy=np.concatenate([lab.flipped, len(lab.label) + np.arange(n_open, dtype=np.int64)]),
+                        kind=[flip_kind] * len(lab.flipped) + ["open_set"] * n_open)
 
 
 def _check_destination(out_dir: Path) -> None:
@@ -256,27 +351,37 @@ def make_synthetic_dataset(out_dir: str | Path, config: SyntheticConfig, progres
                               _rng(seed, _S_TRAIN_COUNTS))
     held_counts = long_tail_counts(n_held, config.min_images, config.max_images, config.zipf_exponent,
                                    _rng(seed, _S_HELDOUT_COUNTS))
-    params = [draw_identity_params(_rng(seed, _S_TRAIN_PARAMS, i)) for i in range(n_id)]
-    held_params = [draw_identity_params(_rng(seed, _S_HELDOUT_PARAMS, h)) for h in range(n_held)]
+    params = [identity_params(config.renderer, seed, _S_TRAIN_PARAMS, i) for i in range(n_id)]
+    held_params = [identity_params(config.renderer, seed, _S_HELDOUT_PARAMS, h) for h in range(n_held)]
+    open_counts = _open_set_counts(int(round(config.open_set * counts.sum())))
+    open_params = [identity_params(config.renderer, seed, _S_OPEN_PARAMS, j) for j in range(len(open_counts))]
     if n_held and not np.any(held_counts >= 2):
         raise ConfigError(
             f"synthetic: no held-out identity drew two images (min_images={config.min_images}, "
             f"heldout_identities={n_held}), so val.bin could hold no positive pairs")
-    lab = _assign_labels(counts, config.split, config.flip_noise, seed)
 
-    jobs = [(params[i], seed, _S_TRAIN_PARAMS, _S_TRAIN_IMAGES, i, int(counts[i]), size, config.jpeg_quality)
-            for i in range(n_id)]
-    jobs += [(held_params[h], seed, _S_HELDOUT_PARAMS, _S_HELDOUT_IMAGES, h, int(held_counts[h]), size,
-              config.jpeg_quality) for h in range(n_held)]
+    jobs = [(config.renderer, params[i], seed, _S_TRAIN_PARAMS, _S_TRAIN_IMAGES, i, int(counts[i]), size,
+             config.jpeg_quality) for i in range(n_id)]
+    jobs += [(config.renderer, held_params[h], seed, _S_HELDOUT_PARAMS, _S_HELDOUT_IMAGES, h, int(held_counts[h]),
+              size, config.jpeg_quality) for h in range(n_held)]
+    jobs += [(config.renderer, open_params[j], seed, _S_OPEN_PARAMS, _S_OPEN_IMAGES, j, int(open_counts[j]), size,
+              config.jpeg_quality) for j in range(len(open_counts))]
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         rendered = _render_all(jobs, workers, progress, desc="synthetic identities")
-        train_images, held_images = rendered[:n_id], rendered[n_id:]
+        train_images, held_images = rendered[:n_id], rendered[n_id:n_id + n_held]
+        open_images = rendered[n_id + n_held:]
+        lookalikes = None
+        if config.flip_target == "lookalike" and config.flip_noise:  # alike as an annotator sees people: by looks
+            lookalikes = nearest_identities(np.stack([_appearance(config.renderer, params[i], seed, _S_TRAIN_PARAMS, i)
+                                                      for i in range(n_id)]))
+        lab = _assign_labels(counts, config.split, config.flip_noise, seed, lookalikes)
+        truth = _with_open_set(lab, open_counts, n_id + n_held, seed)
 
-        order = lab.record_order()
-        flat = [img for images in train_images for img in images]
-        samples = ((int(lab.label[j]), flat[j]) for j in order)
+        order = np.argsort(truth.label, kind="stable")
+        flat = [img for images in train_images + open_images for img in images]
+        samples = ((int(truth.label[j]), flat[j]) for j in order)
         num_images = write_insightface_rec(tmp, samples, lab.num_classes, image_size=(size, size))
         if num_images != len(order):
             raise DataError(f"{tmp}: wrote {num_images} images, expected {len(order)}")
@@ -304,9 +409,10 @@ def make_synthetic_dataset(out_dir: str | Path, config: SyntheticConfig, progres
 
         _preview(train_images, counts, tmp / PREVIEW_FILE)
         label_identity = _label_identity(lab)
-        per_label = np.bincount(lab.label, minlength=lab.num_classes)
+        per_label = np.bincount(truth.label, minlength=lab.num_classes)
         totals = {"num_images": int(len(order)), "num_classes": int(lab.num_classes), "num_identities": n_id,
-                  "num_flipped": int(len(lab.flipped)), "num_split_pairs": int(len(lab.split_pairs)),
+                  "num_flipped": int(len(lab.flipped)), "num_open_set": int(open_counts.sum()),
+                  "num_split_pairs": int(len(lab.split_pairs)),
                   "num_heldout_identities": n_held}
         ground_truth = {
             "format": _FORMAT,
@@ -321,21 +427,24 @@ def make_synthetic_dataset(out_dir: str | Path, config: SyntheticConfig, progres
             "label_identity": label_identity,
             "split_pairs": lab.split_pairs,
             "flipped": {
-                "key": key_of[lab.flipped],
-                "label": lab.label[lab.flipped],
-                "true_label": lab.true_label[lab.flipped],
-                "identity": lab.identity[lab.flipped],
+                "key": key_of[truth.noisy],
+                "label": truth.label[truth.noisy],
+                "true_label": truth.true_label[truth.noisy],
+                "identity": truth.identity[truth.noisy],
+                "kind": truth.kind,
             },
             # per record, indexed by key - 1: the person and the correct label behind each image
             "samples": {
-                "identity": lab.identity[order],
-                "true_label": lab.true_label[order],
-                "image_index": lab.within[order],
+                "identity": truth.identity[order],
+                "true_label": truth.true_label[order],
+                "image_index": truth.within[order],
             },
             "identities": [{"id": i, "role": "train", "num_images": int(counts[i]), "params": params[i]}
                            for i in range(n_id)]
             + [{"id": n_id + h, "role": "heldout", "num_images": int(held_counts[h]), "params": held_params[h]}
-               for h in range(n_held)],
+               for h in range(n_held)]
+            + [{"id": n_id + n_held + j, "role": "open_set", "num_images": int(open_counts[j]),
+                "params": open_params[j]} for j in range(len(open_counts))],
             "heldout": {
                 "identities": list(range(n_id, n_id + n_held)),
                 "images_per_identity": held_counts,

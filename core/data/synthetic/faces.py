@@ -525,11 +525,15 @@ def _occlude(img: np.ndarray, rng: np.random.Generator, cx: float, cy: float,
 
 
 class _IdentityRenderer:
-    """Renders one identity's images: canonical heads once, then cheap per-image warps."""
+    """Renders one identity's images: canonical heads once, then cheap per-image warps.
 
-    def __init__(self, params: dict, size: int, expressions: Sequence[tuple[float, float, float]]) -> None:
+    ``canonical`` are premultiplied ``RGBa`` canvases of the 160-unit frame (any renderer's
+    appearance: faces here, abstract badges in ``shapes``); the nuisance is the same for all.
+    """
+
+    def __init__(self, canonical: Sequence[Image.Image], size: int) -> None:
         self.size = size
-        self.canonical = _render_canonical(params, size, expressions)
+        self.canonical = list(canonical)
         grid = (np.arange(size, dtype=np.float32) + 0.5) / size
         self.yy, self.xx = np.meshgrid(grid, grid, indexing="ij")
         self.ramp_x = (self.xx - 0.5) * 2
@@ -644,7 +648,7 @@ def render_identity_images(params: dict, rng: np.random.Generator, count: int, s
         expressions = [(0.0, 1.0, 0.0)] + [
             (float(rng.uniform(-2.5, 3.0)), float(rng.uniform(0.45, 1.15)), float(rng.uniform(-1.2, 2.0)))
             for _ in range(_EXPRESSIONS - 1)]
-    renderer = _IdentityRenderer(params, size, expressions)
+    renderer = _IdentityRenderer(_render_canonical(params, size, expressions), size)
     out = np.empty((int(count), size, size, 3), dtype=np.uint8)
     for i in range(int(count)):
         out[i] = renderer.render(rng)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -69,13 +69,15 @@ class _Labelling:
     flipped: np.ndarray  # int64 [F] sample indices (identity order) whose label was flipped
     split_pairs: np.ndarray  # int64 [S, 2] (original label, extra label)
     num_classes: int
+    lookalike: bool = False  # flips went to look-alike identities
 
     def record_order(self) -> np.ndarray:
         """Samples grouped by given label ascending, identity order kept inside a label."""
         return np.argsort(self.label, kind="stable")
 
 
-def _assign_labels(counts: np.ndarray, split: float, flip_noise: float, seed: int) -> _Labelling:
+def _assign_labels(counts: np.ndarray, split: float, flip_noise: float, seed: int,
+                   lookalikes: Optional[np.ndarray] = None) -> _Labelling:
     """Inject split identities and label flips, recording exactly what was done.
 
     Split identities keep their label for part of their images and give the rest a new
@@ -83,6 +85,8 @@ def _assign_labels(counts: np.ndarray, split: float, flip_noise: float, seed: in
     another identity, never one of its own person's labels. Every label keeps at least one
     correctly labelled sample so that no class ends up empty. Flipped samples are the
     ones with the smallest random priority, so raising ``flip_noise`` only adds flips.
+    ``lookalikes[identity]`` (other identities, most alike first): a flip then takes the
+    label of one of them instead of any label.
     """
     counts = np.asarray(counts, dtype=np.int64)
     n_id = len(counts)
@@ -128,18 +132,29 @@ def _assign_labels(counts: np.ndarray, split: float, flip_noise: float, seed: in
         pick = candidates[np.argpartition(priority[candidates], n_flip - 1)[:n_flip]] if n_flip < len(
             candidates) else candidates
         flipped = np.sort(pick)
-        own = true_label[flipped]
-        new = offset[flipped] + (offset[flipped] >= own)
-        sibling = np.where(own == identity[flipped], extra_of[identity[flipped]], identity[flipped])
-        clash = np.flatnonzero(new == sibling)
-        retry = _rng(seed, _S_FLIP, 1)
-        while len(clash):
-            r = retry.integers(0, num_classes - 1, len(clash))
-            new[clash] = r + (r >= own[clash])
-            clash = clash[new[clash] == sibling[clash]]
-        label[flipped] = new
+        if lookalikes is not None:
+            choice = frng.integers(0, lookalikes.shape[1], len(flipped))
+            label[flipped] = lookalikes[identity[flipped], choice]
+        else:
+            label[flipped] = _uniform_flip_targets(flipped, true_label, identity, extra_of, offset, num_classes, seed)
     split_pairs = np.stack([chosen, extra_of[chosen]], axis=1) if n_split else np.zeros((0, 2), dtype=np.int64)
-    return _Labelling(identity, within, true_label, label, flipped, split_pairs, num_classes)
+    return _Labelling(identity, within, true_label, label, flipped, split_pairs, num_classes,
+                      lookalike=lookalikes is not None)
+
+
+def _uniform_flip_targets(flipped: np.ndarray, true_label: np.ndarray, identity: np.ndarray, extra_of: np.ndarray,
+                          offset: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
+    """A label for each flipped sample, uniform over the labels that are not its own person's."""
+    own = true_label[flipped]
+    new = offset[flipped] + (offset[flipped] >= own)
+    sibling = np.where(own == identity[flipped], extra_of[identity[flipped]], identity[flipped])
+    clash = np.flatnonzero(new == sibling)
+    retry = _rng(seed, _S_FLIP, 1)
+    while len(clash):
+        r = retry.integers(0, num_classes - 1, len(clash))
+        new[clash] = r + (r >= own[clash])
+        clash = clash[new[clash] == sibling[clash]]
+    return new
 
 
 def _label_identity(lab: _Labelling) -> np.ndarray:

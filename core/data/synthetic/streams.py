@@ -31,6 +31,10 @@ _S_CLUSTERS = 13
 _S_EMB_COUNTS = 14
 _S_EMB_NOISE = 15
 _S_STREAM = 16
+_S_FAMILIES = 17
+_S_OPEN_PARAMS = 18
+_S_OPEN_IMAGES = 19
+_S_OPEN_LABELS = 20
 
 
 def _rng(seed: int, *stream: int) -> np.random.Generator:

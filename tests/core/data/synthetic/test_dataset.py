@@ -227,3 +227,69 @@ def test_load_ground_truth(tmp_path):
     (tmp_path / "ground_truth.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(DataError, match="format"):
         load_ground_truth(tmp_path)
+
+
+NOISY_SHAPES = replace(TINY, identities=16, renderer="shapes", flip_noise=0.15, flip_target="lookalike",
+                       open_set=0.1, seed=5)
+
+
+@pytest.fixture(scope="module")
+def noisy_shapes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic") / "shapes"
+    make_synthetic_dataset(root, NOISY_SHAPES, progress=False, workers=1)
+    return root
+
+
+def test_open_set_images_are_recorded_as_noise_of_people_outside_the_set(noisy_shapes):
+    gt = load_ground_truth(noisy_shapes)
+    ds = RecordDataset(noisy_shapes)
+    counts = gt["counts"]
+    kinds = np.asarray(gt["flipped"]["kind"])
+    open_rows = np.asarray(gt["flipped"]["key"])[kinds == "open_set"] - 1
+    assert len(open_rows) == counts["num_open_set"] == round(0.1 * sum(counts["images_per_identity"]))
+    assert (kinds == "lookalike").sum() == counts["num_flipped"] > 0 and set(kinds) == {"lookalike", "open_set"}
+    assert counts["num_images"] == len(ds) == sum(counts["images_per_identity"]) + counts["num_open_set"]
+    samples = gt["samples"]
+    assert np.all(np.asarray(samples["true_label"])[open_rows] == -1)
+    outsiders = {entry["id"] for entry in gt["identities"] if entry["role"] == "open_set"}
+    assert set(np.asarray(samples["identity"])[open_rows]) <= outsiders
+    assert not outsiders & set(gt["heldout"]["identities"]) and min(outsiders) >= NOISY_SHAPES.identities
+    assert np.array_equal(ds.labels[open_rows], np.asarray(gt["flipped"]["label"])[kinds == "open_set"])
+    clean = np.ones(len(ds), dtype=bool)
+    clean[np.asarray(gt["flipped"]["key"]) - 1] = False
+    assert np.array_equal(ds.labels[clean], np.asarray(samples["true_label"])[clean])
+
+
+def test_lookalike_flips_go_to_the_identities_that_look_most_alike(noisy_shapes):
+    gt = load_ground_truth(noisy_shapes)
+    kinds = np.asarray(gt["flipped"]["kind"])
+    flips = kinds == "lookalike"
+    given_identity = np.asarray(gt["label_identity"])[np.asarray(gt["flipped"]["label"])[flips]]
+    own = np.asarray(gt["flipped"]["identity"])[flips]
+    params = [entry["params"] for entry in gt["identities"] if entry["role"] == "train"]
+    # badges come in families of four look-alikes: a look-alike flip stays in the family far more often than chance
+    same_family = np.mean([params[a]["family"] == params[b]["family"] for a, b in zip(own, given_identity)])
+    assert np.all(given_identity != own)
+    assert same_family > 0.8 > 3 / (NOISY_SHAPES.identities - 1)
+
+
+def test_shapes_identities_come_in_families_of_lookalikes():
+    from core.data.synthetic.shapes import FAMILY_SIZE, draw_badge_params
+
+    first, sibling, stranger = (draw_badge_params(0, 1, i) for i in (0, 1, FAMILY_SIZE))
+    assert first["family"] == sibling["family"] != stranger["family"]
+    assert first["body"] == sibling["body"] and first != sibling
+    assert draw_badge_params(0, 1, 0) == first  # deterministic from (seed, stream, index)
+
+
+def test_lookalike_neighbours_are_the_nearest_rows():
+    looks = np.array([[10.0], [200.0], [20.0], [190.0], [100.0]])
+    nearest = dataset.nearest_identities(looks, neighbours=2)
+    assert nearest.tolist() == [[2, 4], [3, 4], [0, 4], [1, 4], [2, 0]]
+
+
+def test_new_options_fail_early_with_their_names(tmp_path):
+    for bad, name in [(replace(TINY, renderer="cartoon"), "renderer"),
+                      (replace(TINY, flip_target="any"), "flip_target"), (replace(TINY, open_set=1.0), "open_set")]:
+        with pytest.raises(ConfigError, match=name):
+            make_synthetic_dataset(tmp_path / "x", bad, progress=False, workers=1)

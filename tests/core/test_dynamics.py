@@ -1,0 +1,81 @@
+"""Per-sample training margins: known answers, the chunked loss's margins equal the simple path's, and the counters
+add up and round-trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.distributed import DistributedContext
+from core.dynamics import NO_COLUMN, TrainingDynamics, best_other, margins_from_cosines
+
+
+def test_margins_are_the_given_column_minus_the_best_other_one():
+    cosine = torch.tensor([[0.9, 0.2, 0.5],
+                           [0.1, 0.7, 0.3],
+                           [0.4, 0.4, -0.2]])
+    targets = torch.tensor([0, 2, 1])
+    margins = margins_from_cosines(cosine, targets)
+    torch.testing.assert_close(margins, torch.tensor([0.9 - 0.5, 0.3 - 0.7, 0.4 - 0.4]))
+
+
+def test_masked_columns_are_not_other_classes_and_a_missing_target_counts_as_none():
+    cosine = torch.tensor([[0.2, 0.9, 0.5], [0.3, 0.1, 0.0]])
+    mask = torch.tensor([[False, True, False], [False, False, False]])  # column 1 is row 0's own label again
+    margins = margins_from_cosines(cosine, torch.tensor([0, -1]), mask)
+    torch.testing.assert_close(margins, torch.tensor([0.2 - 0.5, NO_COLUMN - 0.3]))
+
+
+def test_best_other_of_a_single_column_is_the_missing_value():
+    cosine = torch.tensor([[0.4], [0.6]])
+    out = best_other(cosine, torch.tensor([0, 0]), torch.tensor([True, False]), missing=-7.0)
+    torch.testing.assert_close(out, torch.tensor([-7.0, 0.6]))
+
+
+def test_the_chunked_loss_records_the_margins_of_the_simple_path():
+    from core.chunked_loss import chunked_margin_cross_entropy
+    from core.margins import build_margin
+
+    generator = torch.Generator().manual_seed(0)
+    embeddings, weights = torch.randn(6, 8, generator=generator), torch.randn(37, 8, generator=generator)
+    targets = torch.tensor([0, 5, 9, 17, 36, 20])
+    record: dict = {}
+    chunked_margin_cross_entropy(embeddings, weights, targets, build_margin("arcface", 64.0, 0.5), chunk=5,
+                                 record=record)
+    cosine = torch.nn.functional.normalize(embeddings, dim=1) @ torch.nn.functional.normalize(weights, dim=1).t()
+    torch.testing.assert_close(record["margins"], margins_from_cosines(cosine, targets), rtol=1e-5, atol=1e-6)
+
+
+def test_the_loss_leaves_each_rows_margin_when_recording():
+    from core.loss import MarginSoftmaxLoss
+    from core.margins import build_margin
+    from core.sampler import Selection
+
+    loss = MarginSoftmaxLoss(build_margin("cosface", 30.0, 0.35))
+    selection = Selection(embeddings=torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+                          weights=torch.tensor([[1.0, 0.0], [0.6, 0.8]]), targets=torch.tensor([0, 0]))
+    loss(selection)
+    assert loss.last_margins is None  # off unless asked
+    loss.record_margins = True
+    loss(selection)
+    torch.testing.assert_close(loss.last_margins, torch.tensor([1.0 - 0.6, 0.0 - 0.8]))
+
+
+def test_visits_and_margin_sums_add_up_and_round_trip():
+    dynamics = TrainingDynamics(5, torch.device("cpu"), DistributedContext())
+    dynamics.record(torch.tensor([0, 3, 3]), torch.tensor([0.5, -0.25, 0.75]))
+    dynamics.record(torch.tensor([4]), torch.tensor([1.0]))
+    state = dynamics.state_dict()
+    assert state["visits"].tolist() == [1, 0, 0, 2, 1]
+    assert state["margin_sum"].tolist() == pytest.approx([0.5, 0.0, 0.0, 0.5, 1.0])
+    restored = TrainingDynamics(5, torch.device("cpu"), DistributedContext())
+    restored.load_state_dict(state)
+    assert torch.equal(restored.visits, dynamics.visits) and torch.equal(restored.margin_sum, dynamics.margin_sum)
+    with pytest.raises(ValueError, match="cover 5 samples, the data has 4"):
+        TrainingDynamics(4, torch.device("cpu"), DistributedContext()).load_state_dict(state)
+
+
+def test_gathered_rows_keep_only_this_processs_own():
+    dynamics = TrainingDynamics(4, torch.device("cpu"), DistributedContext(rank=1, world_size=2))
+    dynamics.record(torch.tensor([2, 3]), torch.tensor([9.0, 9.0, 0.25, -0.5]))  # rank 0's rows, then rank 1's
+    assert dynamics.margin_sum.tolist() == [0.0, 0.0, 0.25, -0.5]
