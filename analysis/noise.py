@@ -252,22 +252,27 @@ MEMORISATION_SHARE = 0.02
 MEMORISED_BELOW = 0.8
 
 
+def memorisation_sample(samples: int) -> int:
+    """How many top suspects the memorisation figure looks at: MEMORISATION_SHARE, at least 10 (a small set's 2 %
+    would be one or two samples)."""
+    return min(samples, max(10, int(MEMORISATION_SHARE * samples)))
+
+
 def memorisation(table: pd.DataFrame) -> Optional[float]:
     """The share of the most suspect samples by training margins that still sit nearer another class in the final
     features; None without training margins."""
     training = table["training_score"].to_numpy(dtype=np.float64)
     if np.isnan(training).all():
         return None
-    top = np.argsort(-np.nan_to_num(training, nan=-np.inf), kind="stable")[:max(1, int(MEMORISATION_SHARE
-                                                                                     * len(table)))]
+    top = np.argsort(-np.nan_to_num(training, nan=-np.inf), kind="stable")[:memorisation_sample(len(table))]
     return float((table["feature_score"].to_numpy()[top] > 0).mean())
 
 
 def memorisation_warning(agreement: Optional[float]) -> Optional[str]:
     if agreement is None or agreement >= MEMORISED_BELOW:
         return None
-    return (f"the final features have fitted part of the noise: of the {MEMORISATION_SHARE:.0%} of samples the "
-            f"training margins find most suspect, only {agreement:.0%} still sit nearer another class's center, so "
+    return (f"the final features have fitted part of the noise: of the samples the training margins find most "
+            f"suspect (the top {MEMORISATION_SHARE:.0%}), only {agreement:.0%} still sit nearer another class's center, so "
             "a ranking by final features alone (feature_score) would miss the rest; the default score ranks by the "
             "training margins too")
 
@@ -368,7 +373,7 @@ def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
     figures: dict[str, Any] = {
         "samples": len(table),
         "flagged samples": int(flagged.sum()),
-        "flagged share": float(flagged.mean()),
+        "flagged share (the estimated noise rate)": float(flagged.mean()),
         "ranked by": ranking,
         "training margins": training_note,
         "score threshold": f"{threshold:.4f} ({rule})",
@@ -382,7 +387,7 @@ def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
     fitted = memorisation(table) if training is not None else None
     if fitted is not None:
         figures["most suspect by training margins that the final features still place nearer another class"] = (
-            f"{fitted:.0%} (of the top {MEMORISATION_SHARE:.0%})")
+            f"{fitted:.0%} (of the top {memorisation_sample(len(table)):,})")
         summary["final_features_agree"] = round(fitted, 4)
     warning = noise_warning(float(flagged.mean())) or memorisation_warning(fitted)
     if warning:

@@ -72,6 +72,7 @@ def _trainer(job: dict[str, Any], run_dir: str):
     config = TrainConfig(method=job["method"], backbone=job["backbone"], input_size=job["size"],
                          batch_size=job["batch"], device=job["device"], workers=0, amp=job["amp"],
                          channels_last=job["channels_last"], compile=job["compile"], val=[], seed=0,
+                         record_dynamics=job.get("record_dynamics", True),
                          checkpoint_every=0).replace(**job["options"])
     faces = RandomFaces(job["batch"], job["classes"], job["size"], min_images=MIN_IMAGES)
     dataset = CachedImages(faces, job["size"], progress=False)

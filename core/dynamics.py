@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from core.distributed import DistributedContext
+from core.errors import DataError
 
 NO_COLUMN = -2.0  # below any cosine: "this rank holds no such column" (the target on another rank, or no negative)
 
@@ -101,8 +102,8 @@ class TrainingDynamics:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["margin_sum"].shape != self.margin_sum.shape:
-            raise ValueError(f"the checkpoint's training dynamics cover {state['margin_sum'].shape[0]} samples, "
-                             f"the data has {self.margin_sum.shape[0]}")
+            raise DataError(f"the checkpoint's training dynamics cover {state['margin_sum'].shape[0]} samples, the "
+                            f"data has {self.margin_sum.shape[0]}: a resumed run trains on the data it started on")
         self.from_step = int(state["from_step"])
         for name, total in zip(("margin_sum", "visits"), self._counters()):
             if self.context.is_main:

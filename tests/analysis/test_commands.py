@@ -319,12 +319,15 @@ def test_a_ground_truth_that_does_not_fit_gives_a_warning_and_an_unscored_report
         shutil.copy(synthetic_data / "ground_truth.json", data / "ground_truth.json")  # 15 classes, not 6
     else:
         (data / "ground_truth.json").write_text(truth)
-    result = CliRunner().invoke(analyze, ["noise", str(folder_run), "--data", str(data), "--out", str(tmp_path / "out"),
-                                          "--quiet", "--workers", "0", "--device", "cpu"])
+    result = CliRunner().invoke(analyze, ["report", str(folder_run), "--data", str(data), "--out",
+                                          str(tmp_path / "out"), "--quiet", "--workers", "0", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert f"warning: {data / 'ground_truth.json'}: " in result.output and reason in result.output
     assert "not scored against it" in result.output
-    assert "ground_truth" not in json.loads((tmp_path / "out" / "summary.json").read_text())["noise"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert {"conflict", "noise", "longtail"} <= set(summary)  # the full report, unscored
+    assert all("ground_truth" not in summary[section] for section in ("conflict", "noise"))
+    assert all((tmp_path / "out" / name).is_file() for name in ("conflict.csv", "noise.csv", "longtail.csv"))
     assert f"not used: {data / 'ground_truth.json'}" in (tmp_path / "out" / "report.md").read_text()
 
 

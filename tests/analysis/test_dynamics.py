@@ -57,10 +57,11 @@ def test_the_combined_ranking_adds_robust_z_scores_of_own_distance_and_training_
 
 
 def test_memorisation_is_how_many_training_suspects_the_final_features_still_place_elsewhere():
-    n = 100
-    training = np.linspace(1.0, 0.0, n)  # rows 0 and 1 are the top 2 %
-    fitted = pd.DataFrame({"training_score": training, "feature_score": np.where(np.arange(n) == 0, 0.2, -0.1)})
+    n = 1000
+    training = np.linspace(1.0, 0.0, n)  # rows 0-19 are the top 2 %
+    fitted = pd.DataFrame({"training_score": training, "feature_score": np.where(np.arange(n) < 10, 0.2, -0.1)})
     assert memorisation(fitted) == pytest.approx(0.5)
+    assert memorisation(fitted.iloc[:100]) == pytest.approx(1.0)  # at least 10 samples: rows 0-9
     assert "only 50%" in memorisation_warning(0.5) and memorisation_warning(0.9) is None
     assert memorisation(fitted.assign(training_score=np.nan)) is None
 

@@ -8,6 +8,7 @@ import torch
 
 from core.distributed import DistributedContext
 from core.dynamics import NO_COLUMN, TrainingDynamics, best_other, margins_from_cosines
+from core.errors import DataError
 
 
 def test_margins_are_the_given_column_minus_the_best_other_one():
@@ -71,7 +72,7 @@ def test_visits_and_margin_sums_add_up_and_round_trip():
     restored = TrainingDynamics(5, torch.device("cpu"), DistributedContext())
     restored.load_state_dict(state)
     assert torch.equal(restored.visits, dynamics.visits) and torch.equal(restored.margin_sum, dynamics.margin_sum)
-    with pytest.raises(ValueError, match="cover 5 samples, the data has 4"):
+    with pytest.raises(DataError, match="cover 5 samples, the data has 4"):
         TrainingDynamics(4, torch.device("cpu"), DistributedContext()).load_state_dict(state)
 
 
