@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from analysis.centers import RunInfo
+from core.errors import ConfigError, DataError
 
 
 CLASS_SHARE = 0.5
@@ -67,7 +68,7 @@ def training_margins(run: RunInfo, data_path: Path, num_samples: int) -> tuple[O
                       f"{num_samples:,}: they are of other data")
     try:
         trained_on = resolve_data_path(run).resolve()
-    except Exception:  # the training data moved: the same number of samples is the evidence left
+    except (ConfigError, DataError):  # the training data moved: the same number of samples is the evidence left
         trained_on = None
     if trained_on is not None and trained_on != Path(data_path).resolve():
         return None, f"the analysed data is not the data the run trained on ({trained_on})"

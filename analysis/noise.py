@@ -272,9 +272,9 @@ def memorisation_warning(agreement: Optional[float]) -> Optional[str]:
     if agreement is None or agreement >= MEMORISED_BELOW:
         return None
     return (f"the final features have fitted part of the noise: of the samples the training margins find most "
-            f"suspect (the top {MEMORISATION_SHARE:.0%}), only {agreement:.0%} still sit nearer another class's center, so "
-            "a ranking by final features alone (feature_score) would miss the rest; the default score ranks by the "
-            "training margins too")
+            f"suspect (the top {MEMORISATION_SHARE:.0%}), only {agreement:.0%} still sit nearer another class's "
+            "center, so a ranking by final features alone (feature_score) would miss the rest; the default score "
+            "ranks by the training margins too")
 
 
 def noise_warning(flagged_share: float) -> Optional[str]:

@@ -274,13 +274,11 @@ def bench_step(method: tuple[str, ...], batches: tuple[int, ...], classes: Optio
                 "ours bf16 + channels_last": {"amp": "bf16", "channels_last": True},
                 "ours bf16 + channels_last + compile": {"amp": "bf16", "channels_last": True, "compile": True},
                 "ours bf16 + channels_last + compile + stratified": {"amp": "bf16", "channels_last": True,
-                                                                     "compile": True, "pfc_sampling": "stratified"},
-                "ours bf16 without training dynamics": {"amp": "bf16", "record_dynamics": False}}
+                                                                     "compile": True, "pfc_sampling": "stratified"}}
     if not cuda:  # bf16 autocast is a GPU lever; on CPU it only slows the step down
         variants = {"baseline": {}, "ours fp32": {"amp": "off"},
                     "ours fp32 + channels_last": {"amp": "off", "channels_last": True},
-                    "ours fp32 + compile": {"amp": "off", "compile": True},
-                    "ours fp32 without training dynamics": {"amp": "off", "record_dynamics": False}}
+                    "ours fp32 + compile": {"amp": "off", "compile": True}}
     if not (cuda if with_compile is None else with_compile):
         variants = {name: settings for name, settings in variants.items() if not settings.get("compile")}
     click.echo(f"device: {device_name(torch_device)}; {common['backbone']} at {common['size']}x{common['size']}, "
@@ -295,7 +293,8 @@ def bench_step(method: tuple[str, ...], batches: tuple[int, ...], classes: Optio
                 if len(method_settings) < len(set(settings) & set(all_option_names())):
                     continue  # a lever that is an option of another method
                 job = {**common, "method": name, "batch": batch, "variant": variant.split()[0],
-                       "amp": "off", "channels_last": False, "compile": False, "record_dynamics": True,
+                       "amp": "off", "channels_last": False, "compile": False,
+                       "measure_dynamics": variant == ("ours bf16" if cuda else "ours fp32"),
                        **{key: value for key, value in settings.items() if key not in takes},
                        "options": {**values, **method_settings}}
                 results[variant] = run_isolated("benchmarks.train_step", job)
@@ -312,27 +311,15 @@ def bench_step(method: tuple[str, ...], batches: tuple[int, ...], classes: Optio
                 if variant.startswith("ours") and variant != "ours fp32" and reference:
                     worst = max(abs(a - b) / max(abs(b), 1e-6) for a, b in zip(result["first_losses"], reference))
                     checks.append(f"{name} b{batch} {variant}: {worst:.1e}")
-            costs.extend(_dynamics_cost(name, batch, results))
+            costs.extend(f"{name} b{batch} {variant}: {result['dynamics_cost']:+.1%}"
+                         for variant, result in results.items() if "dynamics_cost" in result)
     if not as_json:
         click.echo(format_table(["method", "batch", "variant", "img/s", "vs baseline", "peak GiB"], rows))
     if checks:
         click.echo("check (first 3 losses vs ours fp32, max relative difference): " + "; ".join(checks))
     if costs:
-        click.echo("training dynamics (per-sample margins for analyze) cost of step time: " + "; ".join(costs))
-
-
-def _dynamics_cost(method: str, batch: int, results: dict[str, dict[str, Any]]) -> list[str]:
-    """The step-time share of recording training dynamics: each variant without it against the same one with it."""
-    out = []
-    for variant, result in results.items():
-        suffix = " without training dynamics"
-        if not variant.endswith(suffix) or "error" in result:
-            continue
-        recorded = results.get(variant[:-len(suffix)], {})
-        if "images_per_s" in recorded:
-            cost = result["images_per_s"] / recorded["images_per_s"] - 1
-            out.append(f"{method} b{batch} {variant[:-len(suffix)]}: {cost:+.1%}")
-    return out
+        click.echo("training dynamics (per-sample margins for analyze), step time with vs without, interleaved in "
+                   "one process: " + "; ".join(costs))
 
 
 @bench.command(name="analysis")

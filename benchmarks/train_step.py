@@ -16,6 +16,7 @@ import argparse
 import copy
 import itertools
 import json
+import statistics
 import tempfile
 from typing import Any
 
@@ -72,7 +73,6 @@ def _trainer(job: dict[str, Any], run_dir: str):
     config = TrainConfig(method=job["method"], backbone=job["backbone"], input_size=job["size"],
                          batch_size=job["batch"], device=job["device"], workers=0, amp=job["amp"],
                          channels_last=job["channels_last"], compile=job["compile"], val=[], seed=0,
-                         record_dynamics=job.get("record_dynamics", True),
                          checkpoint_every=0).replace(**job["options"])
     faces = RandomFaces(job["batch"], job["classes"], job["size"], min_images=MIN_IMAGES)
     dataset = CachedImages(faces, job["size"], progress=False)
@@ -80,10 +80,25 @@ def _trainer(job: dict[str, Any], run_dir: str):
 
 
 def ours_step(job: dict[str, Any], run_dir: str):
-    """The Trainer's own step on one prepared batch (copied to the device every step, as in training)."""
+    """The Trainer's own step on one prepared batch (copied to the device every step, as in training); returns
+    the step and the trainer."""
     trainer = _trainer(job, run_dir)
     stream = itertools.repeat(next(trainer.batches()))
-    return lambda: trainer.train_step(stream)
+    return (lambda: trainer.train_step(stream)), trainer
+
+
+def dynamics_cost(trainer, step, device: torch.device, blocks: int = 10, steps_per_block: int = 5) -> float:
+    """The step-time share of recording training dynamics (core/dynamics.py), measured in one process: blocks of
+    steps with it on and off, interleaved, so drift in the machine's speed falls on both alike."""
+    recorder, times = trainer.dynamics, {True: [], False: []}
+    try:
+        for block in range(2 * blocks):
+            on = block % 2 == 0
+            trainer.dynamics, trainer.criterion.record_margins = (recorder if on else None), on
+            times[on].append(time_steps(step, device, 1, steps_per_block))
+    finally:
+        trainer.dynamics, trainer.criterion.record_margins = recorder, recorder is not None
+    return statistics.median(times[True]) / statistics.median(times[False]) - 1
 
 
 def scaled_update(loss: torch.Tensor, scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer,
@@ -181,12 +196,13 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     device = torch.device(job["device"])
     base = reset_peak(device)  # the peak covers the whole training state: model, optimizer, head
     with tempfile.TemporaryDirectory() as run_dir:
-        step = baseline_step(job) if job["variant"] == "baseline" else ours_step(job, run_dir)
+        step, trainer = (baseline_step(job), None) if job["variant"] == "baseline" else ours_step(job, run_dir)
         losses = [float(step()) for _ in range(CHECK_STEPS)]  # also the warm-up (compilation happens here)
         milliseconds = time_steps(step, device, job["warmup"], job["repeats"])
         peak = (peak_bytes(device) - base) / 2**30
+        extra = {"dynamics_cost": dynamics_cost(trainer, step, device)} if job.get("measure_dynamics") else {}
     return {**job, "step_ms": milliseconds, "images_per_s": job["batch"] * 1000 / milliseconds, "peak_gib": peak,
-            "first_losses": losses}
+            "first_losses": losses, **extra}
 
 
 if __name__ == "__main__":

@@ -8,13 +8,13 @@ the mean over training of ``logit of the given class - largest other logit``. He
 margin is taken on cosines, before the margin penalty, over the columns the step's softmax
 saw; ``analysis`` reads the mean back as a per-sample noise signal.
 
-Recording costs a top-2 over the logits the loss builds anyway (``margins_from_cosines``)
+Recording costs a top-2 over the logits the loss builds anyway (``margins_from_logits``)
 and two ``index_add_`` per step into two ``[N]`` counters kept on the device.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -39,22 +39,22 @@ def best_other(cosine: torch.Tensor, column: torch.Tensor, has_target: torch.Ten
     return torch.where(own_first, runner_up, top.values[:, 0])
 
 
-def margins_from_cosines(cosine: torch.Tensor, targets: torch.Tensor, negative_mask: Optional[torch.Tensor] = None,
-                         sharded_columns: bool = False) -> torch.Tensor:
+def margins_from_logits(cosine: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor, scale: float,
+                        sharded_columns: bool = False) -> torch.Tensor:
     """Each row's ``cos(given class) - max cos(any other column)`` (``[B]``, float32, no gradient).
 
-    Columns in ``negative_mask`` are not "other" classes (DCQ's same-label queue entries).
-    With ``sharded_columns`` each rank holds a slice of the columns, so both maxima are
-    all-reduced; every rank then holds the same margins.
+    The best other column is read from the loss's own ``logits`` (``scale x cos`` off the
+    target, masked columns at -inf: DCQ's same-label queue entries are not other classes),
+    so recording copies nothing of ``[B, K]`` size. With ``sharded_columns`` each rank
+    holds a slice of the columns, so both maxima are all-reduced; every rank then holds
+    the same margins.
     """
     with torch.no_grad():
-        cosine = cosine.float()
-        if negative_mask is not None:
-            cosine = cosine.masked_fill(negative_mask, NO_COLUMN)
         has_target = targets >= 0
         column = targets.clamp(min=0)
-        target = torch.where(has_target, cosine.gather(1, column.unsqueeze(1)).squeeze(1), NO_COLUMN)
-        best = torch.stack([target, best_other(cosine, column, has_target)])
+        target = torch.where(has_target, cosine.gather(1, column.unsqueeze(1)).squeeze(1).float(), NO_COLUMN)
+        other = best_other(logits.detach(), column, has_target, NO_COLUMN * scale).float().clamp(min=NO_COLUMN * scale)
+        best = torch.stack([target, other / scale])
         if sharded_columns and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(best, op=dist.ReduceOp.MAX)
         return best[0] - best[1]

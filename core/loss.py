@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from core.dynamics import margins_from_cosines
+from core.dynamics import margins_from_logits
 from core.margins import CombinedMargin, build_margin
 from core.sampler import Selection
 
@@ -107,12 +107,12 @@ class MarginSoftmaxLoss(nn.Module):
 
     def logits(self, selection: Selection) -> torch.Tensor:
         cosine = cosine_logits(selection.embeddings, selection.weights, not selection.unit_weights)
-        if self.record_margins:
-            self.last_margins = margins_from_cosines(cosine.detach(), selection.targets, selection.negative_mask,
-                                                     selection.sharded_columns)
         logits = self.margin(cosine, selection.targets)
         if selection.negative_mask is not None:
             logits = logits.masked_fill(selection.negative_mask, float("-inf"))
+        if self.record_margins:
+            self.last_margins = margins_from_logits(cosine, logits, selection.targets, self.margin.scale,
+                                                    selection.sharded_columns)
         return logits
 
     def forward(self, selection: Selection) -> torch.Tensor:

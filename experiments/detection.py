@@ -17,6 +17,7 @@ finished cells and resumes an interrupted one from its checkpoint.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,10 @@ TABLE_FILE = "detection.md"
 # Conflicts by the image count of the pair's smaller label: a label of one image has a mean that is one image.
 STRATA = (("1", 1, 1), ("2-4", 2, 4), ("5+", 5, None))
 DOC_START, DOC_END = "<!-- detection:start -->", "<!-- detection:end -->"
+# Rankings of samples the benchmark scores (higher: more suspect): noise.csv's columns, and the combination the
+# default was chosen against.
+NOISE_SIGNALS = {"score": "default", "feature_score": "final features", "training_score": "training margins",
+                 "features_and_training": "final features + training margins"}
 
 
 @dataclass(frozen=True)
@@ -235,11 +240,6 @@ def score_cell(analysis_dir: Path, inputs, baseline: bool) -> dict[str, Any]:
             "strata_pairs": {name: int(stratum_mask(truth_sizes, low, high).sum()) for name, low, high in STRATA}}
 
 
-# noise.csv's columns that rank samples (higher: more suspect), as the benchmark reports them
-NOISE_SIGNALS = {"score": "default", "feature_score": "final features", "training_score": "training margins",
-                 "features_and_training": "final features + training margins"}
-
-
 def _round(figures: dict[str, Optional[float]]) -> dict[str, Optional[float]]:
     return {key: None if value is None else round(float(value), 4) for key, value in figures.items()}
 
@@ -291,18 +291,12 @@ def _check_setup(out: Path, scale: Scale) -> None:
               "regimes": [asdict(r) for r in REGIMES]}
     path = out / SETUP_FILE
     if path.exists():
-        if read_json(path) != read_json_roundtrip(wanted):
+        if read_json(path) != json.loads(json.dumps(wanted)):
             raise ConfigError(f"{out} holds a detection benchmark with other settings ({path}); resume it with the "
                               "same flags or pick another --out")
         return
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, wanted)
-
-
-def read_json_roundtrip(value: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(value))
 
 
 def run_detection(out: Path, scale: Scale, device: str = "cpu", echo: Callable[[str], None] = print,

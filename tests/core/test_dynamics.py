@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core.distributed import DistributedContext
-from core.dynamics import NO_COLUMN, TrainingDynamics, best_other, margins_from_cosines
+from core.dynamics import NO_COLUMN, TrainingDynamics, best_other, margins_from_logits
 from core.errors import DataError
 
 
@@ -16,15 +16,18 @@ def test_margins_are_the_given_column_minus_the_best_other_one():
                            [0.1, 0.7, 0.3],
                            [0.4, 0.4, -0.2]])
     targets = torch.tensor([0, 2, 1])
-    margins = margins_from_cosines(cosine, targets)
+    logits = 30.0 * cosine
+    logits[torch.arange(3), targets] -= 10.0  # a margin on the target column does not enter the other maximum
+    margins = margins_from_logits(cosine, logits, targets, scale=30.0)
     torch.testing.assert_close(margins, torch.tensor([0.9 - 0.5, 0.3 - 0.7, 0.4 - 0.4]))
 
 
 def test_masked_columns_are_not_other_classes_and_a_missing_target_counts_as_none():
-    cosine = torch.tensor([[0.2, 0.9, 0.5], [0.3, 0.1, 0.0]])
-    mask = torch.tensor([[False, True, False], [False, False, False]])  # column 1 is row 0's own label again
-    margins = margins_from_cosines(cosine, torch.tensor([0, -1]), mask)
-    torch.testing.assert_close(margins, torch.tensor([0.2 - 0.5, NO_COLUMN - 0.3]))
+    cosine = torch.tensor([[0.2, 0.9, 0.5], [0.3, 0.1, 0.0], [0.7, 0.8, 0.6]])
+    mask = torch.tensor([[False, True, False], [False, False, False], [False, True, True]])  # row 0: column 1 is
+    logits = (10.0 * cosine).masked_fill(mask, float("-inf"))  # its own label again; row 2 has no other column
+    margins = margins_from_logits(cosine, logits, torch.tensor([0, -1, 0]), scale=10.0)
+    torch.testing.assert_close(margins, torch.tensor([0.2 - 0.5, NO_COLUMN - 0.3, 0.7 - NO_COLUMN]))
 
 
 def test_best_other_of_a_single_column_is_the_missing_value():
@@ -44,7 +47,8 @@ def test_the_chunked_loss_records_the_margins_of_the_simple_path():
     chunked_margin_cross_entropy(embeddings, weights, targets, build_margin("arcface", 64.0, 0.5), chunk=5,
                                  record=record)
     cosine = torch.nn.functional.normalize(embeddings, dim=1) @ torch.nn.functional.normalize(weights, dim=1).t()
-    torch.testing.assert_close(record["margins"], margins_from_cosines(cosine, targets), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(record["margins"], margins_from_logits(cosine, 64.0 * cosine, targets, 64.0),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_the_loss_leaves_each_rows_margin_when_recording():
