@@ -133,9 +133,9 @@ def _model_and_data(common: dict[str, Any]) -> str:
     return shlex.quote(common["run"]) + flags
 
 
-# Options given as cosines (or a difference of two) must lie in their range: nan, inf or a
-# cosine of 2 would flag nothing or everything without a word.
-THRESHOLD_RANGES = (("conflict_threshold", -1.0, 1.0), ("noise_threshold", -2.0, 2.0),
+# Options given as cosines must lie in their range: nan, inf or a cosine of 2 would flag nothing or everything
+# without a word. The noise threshold is on noise.csv's score, a sum of robust z-scores or a cosine difference.
+THRESHOLD_RANGES = (("conflict_threshold", -1.0, 1.0), ("noise_threshold", -math.inf, math.inf),
                     ("outlier_similarity", -1.0, 1.0))
 OPTION_NAMES = {"conflict_threshold": "--threshold (conflict)",
                 "noise_threshold": "--threshold of analyze noise (--noise-threshold of analyze report)",
@@ -166,8 +166,9 @@ def conflict(k: int, threshold: Optional[float], **common: Any) -> None:
 @analyze.command()
 @_common
 @click.option("--threshold", default=None, type=float,
-              help="Flag samples whose nearest other center beats their own by more than this cosine (default: "
-                   "max(0, median + 4 robust sd of all scores); the report explains it).")
+              help="Flag samples whose score is above this (default: max(0, median + 4 robust sd of all scores)). "
+                   "The score sums robust z-scores of own-center distance and training margins, or is the nearest "
+                   "other minus own cosine for a run without recorded margins; the report says which.")
 @click.option("--outlier-threshold", type=float, default=None,
               help="Also flag samples whose own-center cosine is below this (default: median - 4 robust sd).")
 @click.option("--write-clean", type=click.Path(dir_okay=False), default=None,
@@ -206,8 +207,7 @@ def longtail(**common: Any) -> None:
 @click.option("--threshold", default=None, type=float,
               help="Conflict: cosine above which a pair is flagged (default: adaptive, see 'analyze conflict').")
 @click.option("--noise-threshold", default=None, type=float,
-              help="Noise: margin by which another center must beat a sample's own (default: adaptive, see "
-                   "'analyze noise').")
+              help="Noise: score above which a sample is flagged (default: adaptive, see 'analyze noise').")
 @click.option("--write-clean", type=click.Path(dir_okay=False), default=None,
               help="Write a 'path label' list without the flagged samples, usable as --data.")
 @click.option("--relabel", is_flag=True, help="With --write-clean: relabel flagged samples instead of dropping.")

@@ -389,10 +389,11 @@ def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         figures["most suspect by training margins that the final features still place nearer another class"] = (
             f"{fitted:.0%} (of the top {memorisation_sample(len(table)):,})")
         summary["final_features_agree"] = round(fitted, 4)
-    warning = noise_warning(float(flagged.mean())) or memorisation_warning(fitted)
+    not_credible = noise_warning(float(flagged.mean()))
+    warning = not_credible or memorisation_warning(fitted)  # a memorised run's flags, by the default, still hold
     if warning:
         summary["warning"] = warning
-    if options.write_clean is not None and warning:
+    if options.write_clean is not None and not_credible:
         figures["clean list"] = f"not written ({options.write_clean}): the flags are not credible"
         summary["clean"] = {"path": str(options.write_clean), "written": False}
     elif options.write_clean is not None:
