@@ -23,6 +23,7 @@ import pandas as pd
 from analysis import plots
 from analysis.centers import Centers
 from analysis.choices import DEFAULT_K
+from analysis.dynamics import TrainingMargins
 from analysis.groundtruth import DetectionScore, conflict_positives, score_detection
 from analysis.index import IndexBuilder, IndexInfo, build_index, normalize_rows, self_neighbours
 from analysis.report import Report, write_csv
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from analysis.runner import Analysis
 
 CONFLICT_COLUMNS = ["label_a", "label_b", "similarity", "count_a", "count_b", "flagged",
-                    "a_samples_nearest_b", "b_samples_nearest_a", "same_person_llr"]
+                    "a_samples_nearest_b", "b_samples_nearest_a", "same_person_llr", "training_confusion"]
 PAIRS_SHEET = "conflict_pairs.jpg"  # contact sheet of the most similar pairs' faces
 # The default threshold adapts to the run: a class's nearest-other-center cosine is
 # "ordinary" up to FENCE_SDS robust standard deviations above the median over all
@@ -94,6 +95,29 @@ def _lookup(keys: np.ndarray, counts: np.ndarray, wanted: np.ndarray) -> np.ndar
     return np.where(keys[at] == wanted, counts[at], 0)
 
 
+def training_confusion(training: TrainingMargins, labels: np.ndarray, num_classes: int, label_a: np.ndarray,
+                       label_b: np.ndarray) -> np.ndarray:
+    """Per pair: the share of each label's training visits whose best other column was the other label, the
+    smaller of the two directions. One person under two labels is confused both ways early in training, even once
+    training has pulled the labels apart; a look-alike class that draws a tail class's samples is confused one way.
+    """
+    class_visits = np.bincount(np.asarray(labels, dtype=np.int64), weights=training.visits, minlength=num_classes)
+
+    def rate(given: np.ndarray, other: np.ndarray) -> np.ndarray:
+        return _lookup(training.pair_keys, training.pair_counts, given * num_classes + other) / np.maximum(
+            class_visits[given], 1)
+
+    return np.minimum(rate(label_a, label_b), rate(label_b, label_a))
+
+
+def confused_pairs(training: TrainingMargins, num_classes: int) -> np.ndarray:
+    """Keys ``min * C + max`` of the label pairs confused both ways during training: candidates that the final
+    centers' nearest neighbours may miss when training has pulled the two labels apart."""
+    given, other = training.pair_keys // num_classes, training.pair_keys % num_classes
+    both = np.isin(other * num_classes + given, training.pair_keys)
+    return np.unique(np.minimum(given, other)[both] * num_classes + np.maximum(given, other)[both])
+
+
 def default_conflict_threshold(nearest_other: np.ndarray) -> float:
     """``max(0.4, median + 2.5 x 1.4826 x MAD)`` of every class's nearest-other-center cosine.
 
@@ -127,7 +151,8 @@ def conflict_warning(threshold: float) -> Optional[str]:
 def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Optional[float] = None,
                    labels: Optional[np.ndarray] = None, top_label: Optional[np.ndarray] = None,
                    complete_flagged: bool = True,
-                   pair_llr: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None) -> pd.DataFrame:
+                   pair_llr: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
+                   training: Optional[TrainingMargins] = None) -> pd.DataFrame:
     """Candidate pairs (``CONFLICT_COLUMNS``), sorted by similarity, highest first.
 
     With ``complete_flagged`` a class whose k-th neighbour is still above the threshold
@@ -136,7 +161,9 @@ def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Op
     ``labels`` / ``top_label`` (per sample: its class, its nearest center over all
     classes or -1 for its own) give the sample-level evidence columns. ``pair_llr`` (for
     instance ``TwoCovarianceModel.pair_llr``) fills ``same_person_llr``, a ranking that
-    weighs how many images stand behind each center. ``threshold`` None:
+    weighs how many images stand behind each center. ``training`` (the run's recorded
+    dynamics, with ``labels``) fills ``training_confusion`` and adds the pairs confused both
+    ways during training to the candidates. ``threshold`` None:
     ``default_conflict_threshold`` of this run.
     """
     num_classes = len(centers.vectors)
@@ -167,6 +194,15 @@ def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Op
     first[1:] = keys[1:] != keys[:-1]
     keys, sim = keys[first], sim[first]
     beyond_k = int(len(keys) - len(knn_keys))
+    from_training = 0
+    if training is not None and labels is not None:
+        extra = np.setdiff1d(confused_pairs(training, num_classes), keys)
+        extra = extra[centers.present[extra // num_classes] & centers.present[extra % num_classes]]
+        unit = normalize_rows(centers.vectors)
+        extra_sim = np.einsum("ij,ij->i", unit[extra // num_classes], unit[extra % num_classes])
+        order = np.argsort(np.concatenate([keys, extra]), kind="stable")
+        keys, sim = np.concatenate([keys, extra])[order], np.concatenate([sim, extra_sim])[order]
+        from_training = len(extra)
     label_a, label_b = keys // num_classes, keys % num_classes
     counts = centers.counts
     table = pd.DataFrame({
@@ -187,9 +223,12 @@ def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Op
         table["a_samples_nearest_b"] = np.nan
         table["b_samples_nearest_a"] = np.nan
     table["same_person_llr"] = np.nan if pair_llr is None else pair_llr(label_a, label_b).round(4)
+    table["training_confusion"] = (np.nan if training is None or labels is None else
+                                   training_confusion(training, labels, num_classes, label_a, label_b).round(6))
     table = table[CONFLICT_COLUMNS].sort_values(["similarity", "label_a", "label_b"], ascending=[False, True, True],
                                                 kind="stable").reset_index(drop=True)
-    table.attrs.update({"k": k, "threshold": threshold, "pairs_beyond_k": beyond_k})
+    table.attrs.update({"k": k, "threshold": threshold, "pairs_beyond_k": beyond_k,
+                        "pairs_from_training": from_training})
     return table
 
 
@@ -260,7 +299,7 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         threshold = default_conflict_threshold(nearest)
     model = analysis.same_person
     table = conflict_table(centers, analysis.neighbours, threshold, inputs.labels, analysis.samples.top_label,
-                           pair_llr=None if model is None else model.pair_llr)
+                           pair_llr=None if model is None else model.pair_llr, training=analysis.training_margins[0])
     write_csv(table, analysis.file("conflict.csv"))
     llr_positive_pairs = int((table["same_person_llr"] > 0).sum())
     scores: list[DetectionScore] = []
@@ -274,12 +313,17 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
             llr = table["same_person_llr"].to_numpy()
             llr = np.where(np.isnan(llr), -np.finfo(np.float64).max, llr)  # classes without images: last
             scores.append(score_detection("conflict by same-person LLR", llr, truth, llr > 0, total))
+    confusion = table["training_confusion"].to_numpy()
+    recorded = not np.isnan(confusion).all()
+    confusion_ap = (score_detection("conflict by training confusion", confusion, truth, np.zeros(len(table), bool),
+                                    total).average_precision if truth is not None and recorded else None)
     score = scores[0] if scores else None
     nearest = nearest[np.isfinite(nearest)]
     figures: dict[str, Any] = {
         "candidate pairs (k nearest, deduplicated)": len(table),
         "flagged pairs": int(table["flagged"].sum()),
         "flagged pairs found beyond the k nearest (range search)": table.attrs["pairs_beyond_k"],
+        "pairs added because training confused them both ways": table.attrs["pairs_from_training"],
         "threshold (cosine)": threshold,
         "pairs with same-person LLR > 0 (the data favour one person)": llr_positive_pairs,
         "median nearest-other-center cosine": float(np.median(nearest)),
@@ -297,7 +341,12 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         "with two images has a far noisier mean than one with forty, so sorting by it puts small split "
         "identities ahead of big look-alike pairs."
         + ("" if model is not None else " It is empty here: no class has two images to estimate the "
-           "within-class spread from."))
+           "within-class spread from.")
+        + (" `training_confusion` is, over the run's training, the share of each label's visits whose best other "
+           "column was the other label, the smaller of the two directions: one person under two labels keeps "
+           "being confused both ways early on, even once training has pulled the labels apart; pairs confused "
+           "both ways are candidates even when they are not among the nearest centers." if recorded else
+           " `training_confusion` is empty: the run recorded no training dynamics (or they are of other data)."))
     report.figures(figures)
     warning = conflict_warning(threshold)
     if warning:
@@ -341,12 +390,15 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
     summary = {"pairs": len(table), "flagged": int(table["flagged"].sum()),
                "threshold": threshold, "threshold_rule": "default" if chosen_by_default else "--threshold",
                "centers": centers.source, "pairs_beyond_k": table.attrs["pairs_beyond_k"],
+               "pairs_from_training": table.attrs["pairs_from_training"],
                "llr_positive_pairs": llr_positive_pairs}
     if warning:
         summary["warning"] = warning
     if scores:
         analysis.score_block(report, scores, "conflict_pr", "split label pairs")
         summary["ground_truth"] = scores[0].figures()
+        if confusion_ap is not None:
+            summary["ground_truth"]["training_confusion_average_precision"] = round(confusion_ap, 4)
         if len(scores) > 1:
             llr_score = scores[1]
             summary["ground_truth"].update({

@@ -11,7 +11,7 @@ meaning more suspect.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -26,12 +26,14 @@ CLASS_SHARE = 0.5
 
 @dataclass
 class TrainingMargins:
-    """Per-sample means over training, in dataset order."""
+    """Per-sample means over training, in dataset order, and the class pairs confused during it."""
 
     mean_margin: np.ndarray  # float64 [N]; nan: never visited
     visits: np.ndarray  # int64 [N]
     from_step: int
     to_step: int
+    pair_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # sorted given * C + other
+    pair_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def suspicion(self, labels: np.ndarray) -> np.ndarray:
         """``-(mean margin - CLASS_SHARE x the mean margin of the rest of its class)``: higher, more suspect.
@@ -76,6 +78,8 @@ def training_margins(run: RunInfo, data_path: Path, num_samples: int) -> tuple[O
     with np.errstate(invalid="ignore"):
         margins = TrainingMargins(
             mean_margin=np.where(visits > 0, np.asarray(state["margin_sum"], dtype=np.float64) / seen, np.nan),
-            visits=visits, from_step=int(state["from_step"]), to_step=run.step)
+            visits=visits, from_step=int(state["from_step"]), to_step=run.step,
+            pair_keys=np.asarray(state.get("pair_keys", np.zeros(0)), dtype=np.int64),
+            pair_counts=np.asarray(state.get("pair_counts", np.zeros(0)), dtype=np.int64))
     return margins, (f"training margins of steps {margins.from_step}-{margins.to_step}, "
                      f"{int(np.median(visits))} visits per sample (median)")

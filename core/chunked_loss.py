@@ -50,19 +50,22 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
         row_max = torch.full_like(cos_target, float("-inf"))
         total = torch.zeros_like(cos_target)
         best_other = torch.full_like(cos_target, NO_COLUMN)
+        best_column = torch.full_like(targets, -1)
         for start in range(0, weights.shape[0], chunk):
             logits = _chunk_cosines(embeddings, weights[start:start + chunk], dtype).mul_(margin.scale)
             columns, in_chunk = _target_columns(targets, start, logits.shape[1])
             if record is not None:  # the best column that is not the row's own, before the target is rewritten
-                best = best_other_column(logits, columns.squeeze(1), in_chunk, NO_COLUMN * margin.scale) / margin.scale
-                best_other = torch.maximum(best_other, best)
+                best, column = best_other_column(logits, columns.squeeze(1), in_chunk, NO_COLUMN * margin.scale)
+                better = best / margin.scale > best_other
+                best_column = torch.where(better & (column >= 0), start + column, best_column)
+                best_other = torch.maximum(best_other, best / margin.scale)
             _set_targets(logits, columns, in_chunk, target_logit)
             new_max = torch.maximum(row_max, logits.max(dim=1).values)
             total = total * torch.exp(row_max - new_max) + torch.exp(logits - new_max.unsqueeze(1)).sum(dim=1)
             row_max = new_max
         log_normaliser = row_max + total.log()
         if record is not None:
-            record["margins"] = (cos_target - best_other).detach()
+            record["margins"], record["columns"] = (cos_target - best_other).detach(), best_column
         ctx.save_for_backward(embeddings, weights, targets, cos_target, log_normaliser)
         ctx.margin, ctx.chunk, ctx.dtype = margin, chunk, dtype
         return (log_normaliser - target_logit).mean()
@@ -103,7 +106,8 @@ def chunked_margin_cross_entropy(embeddings: torch.Tensor, weights: torch.Tensor
 
     Every row needs a target column (single process, no masks, no inter-class filter);
     ``dtype`` is the GEMM dtype (default: the inputs' float dtype; bf16 on GPUs for speed).
-    A ``record`` dict receives ``margins``: each row's cosine margin (core/dynamics.py).
+    A ``record`` dict receives ``margins`` (each row's cosine margin, core/dynamics.py) and ``columns`` (the
+    column of each row's best other cosine, -1: none).
     """
     precise = torch.promote_types(torch.promote_types(embeddings.dtype, weights.dtype), torch.float32)
     normalised_embeddings = F.normalize(embeddings.to(precise), dim=1)

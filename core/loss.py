@@ -99,6 +99,7 @@ class MarginSoftmaxLoss(nn.Module):
         self.bf16_on_cuda = bf16_on_cuda
         self.record_margins = False
         self.last_margins: Optional[torch.Tensor] = None
+        self.last_other_classes: Optional[torch.Tensor] = None  # the class each row lost most to (-1: unknown)
 
     def _chunked(self, selection: Selection) -> bool:
         return (self.chunk_columns is not None and selection.weights.shape[0] >= self.chunk_columns
@@ -111,8 +112,9 @@ class MarginSoftmaxLoss(nn.Module):
         if selection.negative_mask is not None:
             logits = logits.masked_fill(selection.negative_mask, float("-inf"))
         if self.record_margins:
-            self.last_margins = margins_from_logits(cosine, logits, selection.targets, self.margin.scale,
-                                                    selection.sharded_columns)
+            self.last_margins, self.last_other_classes = margins_from_logits(
+                cosine, logits, selection.targets, self.margin.scale, selection.sharded_columns,
+                selection.column_classes)
         return logits
 
     def forward(self, selection: Selection) -> torch.Tensor:
@@ -123,7 +125,10 @@ class MarginSoftmaxLoss(nn.Module):
             loss = chunked_margin_cross_entropy(selection.embeddings, selection.weights, selection.targets,
                                                 self.margin, self.chunk_columns, dtype, record)
             if record is not None:
+                columns, classes = record["columns"], selection.column_classes
                 self.last_margins = record["margins"]
+                self.last_other_classes = (torch.full_like(columns, -1) if classes is None else
+                                           torch.where(columns >= 0, classes[columns.clamp(min=0)], -1))
             return loss
         if selection.sharded_columns:
             return sharded_cross_entropy(self.logits(selection), selection.targets)

@@ -43,7 +43,9 @@ class Selection:
     columns are this rank's slice of a model-parallel softmax, so the loss must reduce
     its max and sum over ranks. ``unit_weights`` says that the weights are unit rows
     already and take no gradient (DCQ's generated weights and queue), so the loss skips
-    renormalising the whole queue every step.
+    renormalising the whole queue every step. ``column_classes[j]`` is the class of column j
+    (-1: none, an empty queue slot), by which the trainer counts which classes each class's
+    samples were confused with (core/dynamics.py); None: unknown, nothing is counted.
     """
 
     embeddings: torch.Tensor
@@ -52,6 +54,7 @@ class Selection:
     negative_mask: Optional[torch.Tensor] = None
     sharded_columns: bool = False
     unit_weights: bool = False
+    column_classes: Optional[torch.Tensor] = None
     state: dict[str, Any] = field(default_factory=dict)
 
 

@@ -205,8 +205,8 @@ class Trainer:
         self.dataset, self.batch_sampler = batch_order(self.dataset, self.sampler.batch_layout(), config.batch_size,
                                                        config.seed, self.context.rank, self.context.world_size)
         self.augment = RandomFlip(config.seed * 31)  # keyed by each sample's draw, the same on every rank
-        self.dynamics = (TrainingDynamics(len(self.dataset), self.device, self.context) if config.record_dynamics
-                         else None)
+        self.dynamics = (TrainingDynamics(len(self.dataset), self.num_classes, self.device, self.context)
+                         if config.record_dynamics else None)
         self.criterion.record_margins = self.dynamics is not None
 
     def _init_schedule(self) -> None:
@@ -373,7 +373,8 @@ class Trainer:
                     self.step + 1)
                 loss.backward()
             if self.dynamics is not None and batch.indices is not None:
-                self.dynamics.record(batch.indices, self.criterion.last_margins)
+                self.dynamics.record(batch.indices, self.criterion.last_margins, batch.labels,
+                                     self.criterion.last_other_classes)
             self.sampler.collect(selection)
             total += loss.detach()
         if self.config.grad_clip > 0:

@@ -139,6 +139,7 @@ class DCQSampler(ClassSampler):
         mask = (column_labels.unsqueeze(0) == labels.unsqueeze(1)) | (column_labels < 0).unsqueeze(0)
         mask[torch.arange(rows, device=labels.device), targets] = False
         return Selection(embeddings=embeddings, weights=weights, targets=targets, negative_mask=mask, unit_weights=True,
+                         column_classes=column_labels,
                          state={"generated": generated, "labels": all_labels})
 
     def collect(self, selection: Selection) -> None:

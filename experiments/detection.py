@@ -40,6 +40,8 @@ DOC_START, DOC_END = "<!-- detection:start -->", "<!-- detection:end -->"
 # default was chosen against.
 NOISE_SIGNALS = {"score": "default", "feature_score": "final features", "training_score": "training margins",
                  "features_and_training": "final features + training margins"}
+# Rankings of candidate pairs: conflict.csv's columns.
+CONFLICT_RANKINGS = {"llr": "same_person_llr", "cosine": "similarity", "confusion": "training_confusion"}
 
 
 @dataclass(frozen=True)
@@ -234,8 +236,9 @@ def score_cell(analysis_dir: Path, inputs, baseline: bool) -> dict[str, Any]:
     a, b = pairs["label_a"].to_numpy(), pairs["label_b"].to_numpy()
     positive = np.isin(np.minimum(a, b) * num_classes + np.maximum(a, b), truth_keys)
     sizes = smaller_half(pairs["count_a"].to_numpy(), pairs["count_b"].to_numpy())
-    conflict = {name: _round(stratified_conflict_ap(pairs[column].to_numpy(), positive, sizes, truth_sizes))
-                for name, column in (("llr", "same_person_llr"), ("cosine", "similarity"))}
+    conflict = {name: _round(stratified_conflict_ap(np.nan_to_num(pairs[column].to_numpy(), nan=-np.inf), positive,
+                                                    sizes, truth_sizes))
+                for name, column in CONFLICT_RANKINGS.items() if not pairs[column].isna().all()}
     return {"noise": noise, "conflict": conflict, "noise_rate": round(float(truth.mean()), 4),
             "strata_pairs": {name: int(stratum_mask(truth_sizes, low, high).sum()) for name, low, high in STRATA}}
 
@@ -336,15 +339,15 @@ def detection_table(results: list[dict[str, Any]]) -> str:
     regimes = {r.name: i for i, r in enumerate(REGIMES)}
     rows.sort(key=lambda r: (order.get(r["scenario"], 99), regimes.get(r["regime"], 99)))
     header = ("| scenario | training | val | final loss | noise AP: default | final features | training margins "
-              "| baseline | conflict AP 5+: LLR | cosine | baseline | conflict AP 2-4 / 1: LLR | baseline |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+              "| baseline | conflict AP 5+: LLR | cosine | training confusion | baseline | conflict AP 2-4 / 1: LLR "
+              "| baseline |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     columns: dict[str, list[list[Optional[float]]]] = {"dev": [], "held out": []}
     for r in rows:
         base = baselines[r["scenario"]]
         figures = [r["noise"].get("score"), r["noise"].get("feature_score"), r["noise"].get("training_score"),
                    base["noise"]["baseline"], r["conflict"]["llr"]["5+"], r["conflict"]["cosine"]["5+"],
-                   base["conflict"]["baseline"]["5+"]]
+                   r["conflict"].get("confusion", {}).get("5+"), base["conflict"]["baseline"]["5+"]]
         columns["held out" if r["held_out"] else "dev"].append(figures)
         lines.append(f"| {r['scenario']} | {r['regime']} ({r['epochs']} ep) | {r['val_accuracy']:.3f} | "
                      f"{r['final_loss']:.2f} | " + " | ".join(_fmt(v) for v in figures) + " | "

@@ -102,8 +102,9 @@ class CenterStore(nn.Module):
                 index = self.choose_columns(positives, num_sample)
             weights = self.centers[index].to(self.compute_dtype).requires_grad_(True)
             targets = torch.where(in_shard, torch.searchsorted(index, local.clamp(min=0)), -1)
-        return Selection(embeddings=embeddings, weights=weights, targets=targets,
-                         sharded_columns=self.world_size > 1, state={"index": index, "positives": positives})
+        columns = torch.arange(self.shard_size, device=labels.device) if index is None else index
+        return Selection(embeddings=embeddings, weights=weights, targets=targets, sharded_columns=self.world_size > 1,
+                         column_classes=columns + self.shard_start, state={"index": index, "positives": positives})
 
     def choose_columns(self, positives: torch.Tensor, num_sample: int) -> torch.Tensor:
         """Sorted local rows of this step: every positive plus uniform random negatives."""

@@ -63,7 +63,7 @@ def test_conflict_csv_columns_and_order(noisy):
     table = conflict_table(centers, center_neighbours(centers, 5), 0.8, labels, samples.top_label)
     assert list(table.columns) == CONFLICT_COLUMNS == ["label_a", "label_b", "similarity", "count_a", "count_b",
                                                        "flagged", "a_samples_nearest_b", "b_samples_nearest_a",
-                                                       "same_person_llr"]
+                                                       "same_person_llr", "training_confusion"]
     assert table["same_person_llr"].isna().all()  # no model given
     assert table["similarity"].is_monotonic_decreasing
     assert (table["label_a"] < table["label_b"]).all()
@@ -90,3 +90,27 @@ def test_default_threshold_is_a_robust_fence_with_a_floor():
     values = rng.normal(0.6, 0.05, 1000)
     assert default_conflict_threshold(values) == pytest.approx(0.6 + 2.5 * 0.05, abs=0.01)
     assert default_conflict_threshold(rng.normal(0.0, 0.05, 1000)) == CONFLICT_FLOOR
+
+
+def test_training_confusion_scores_pairs_confused_both_ways_and_adds_them_as_candidates():
+    from analysis.conflict import confused_pairs, training_confusion
+    from analysis.dynamics import TrainingMargins
+
+    # classes 0 and 1 are far apart at the end, but were confused both ways in training; 2 drew 3's samples only
+    vectors = np.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.1, 1.0]], dtype=np.float32)
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    counts = {0 * 4 + 1: 6, 1 * 4 + 0: 2, 3 * 4 + 2: 8}
+    keys = np.array(sorted(counts))
+    training = TrainingMargins(mean_margin=np.zeros(8), visits=np.full(8, 5), from_step=0, to_step=10,
+                               pair_keys=keys, pair_counts=np.array([counts[k] for k in keys]))
+    rates = training_confusion(training, labels, 4, np.array([0, 2]), np.array([1, 3]))
+    assert rates.tolist() == pytest.approx([2 / 10, 0.0])  # each label has 10 visits; the smaller direction
+    assert confused_pairs(training, 4).tolist() == [0 * 4 + 1]
+    centers = Centers(vectors=vectors, source="means", counts=np.full(4, 2))
+    neighbours = center_neighbours(centers, 1, BruteForceIndex)  # k=1: 0 and 1 are nobody's nearest
+    table = conflict_table(centers, neighbours, threshold=0.9, labels=labels, top_label=np.full(8, -1),
+                           training=training)
+    pair = table[(table["label_a"] == 0) & (table["label_b"] == 1)]
+    assert len(pair) == 1 and pair["similarity"].iloc[0] == pytest.approx(-1.0)
+    assert pair["training_confusion"].iloc[0] == pytest.approx(0.2) and table.attrs["pairs_from_training"] == 1
+    assert (table.loc[(table["label_a"] == 2) & (table["label_b"] == 3), "training_confusion"] == 0).all()

@@ -126,6 +126,9 @@ def test_resumed_on_another_world_size_equals_the_uninterrupted_run(data, uninte
     assert torch.equal(dynamics["visits"], torch.full((48,), EPOCHS, dtype=torch.int32))
     assert torch.equal(dynamics["visits"], straight_dynamics["visits"])
     torch.testing.assert_close(dynamics["margin_sum"], straight_dynamics["margin_sum"], rtol=1e-5, atol=1e-6)
+    assert dynamics["pair_counts"].sum() > 0  # and the same classes confused with each other, as often
+    assert torch.equal(dynamics["pair_keys"], straight_dynamics["pair_keys"])
+    assert torch.equal(dynamics["pair_counts"], straight_dynamics["pair_counts"])
 
 
 @pytest.mark.parametrize("world_sizes", [(1, 2), (1, 3), (2, 3)])
