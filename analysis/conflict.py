@@ -34,7 +34,11 @@ if TYPE_CHECKING:
     from analysis.runner import Analysis
 
 CONFLICT_COLUMNS = ["label_a", "label_b", "similarity", "count_a", "count_b", "flagged",
-                    "a_samples_nearest_b", "b_samples_nearest_a", "same_person_llr", "training_confusion"]
+                    "a_samples_nearest_b", "b_samples_nearest_a", "same_person_llr", "training_confusion",
+                    "review_score"]
+# review_score, the order in which to review pairs when the run recorded its training dynamics: the mean of the
+# pair's rank by cosine and by training confusion, as a share of the pairs. Chosen on the detection benchmark's
+# development scenarios (docs/ANALYSIS.md), where it ranked split pairs of 5+ images better than either alone.
 PAIRS_SHEET = "conflict_pairs.jpg"  # contact sheet of the most similar pairs' faces
 # The default threshold adapts to the run: a class's nearest-other-center cosine is
 # "ordinary" up to FENCE_SDS robust standard deviations above the median over all
@@ -225,6 +229,8 @@ def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Op
     table["same_person_llr"] = np.nan if pair_llr is None else pair_llr(label_a, label_b).round(4)
     table["training_confusion"] = (np.nan if training is None or labels is None else
                                    training_confusion(training, labels, num_classes, label_a, label_b).round(6))
+    table["review_score"] = ((table["similarity"].rank() + table["training_confusion"].rank()) / (2 * len(table))
+                             ).round(6)
     table = table[CONFLICT_COLUMNS].sort_values(["similarity", "label_a", "label_b"], ascending=[False, True, True],
                                                 kind="stable").reset_index(drop=True)
     table.attrs.update({"k": k, "threshold": threshold, "pairs_beyond_k": beyond_k,
@@ -315,8 +321,9 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
             scores.append(score_detection("conflict by same-person LLR", llr, truth, llr > 0, total))
     confusion = table["training_confusion"].to_numpy()
     recorded = not np.isnan(confusion).all()
-    confusion_ap = (score_detection("conflict by training confusion", confusion, truth, np.zeros(len(table), bool),
-                                    total).average_precision if truth is not None and recorded else None)
+    confusion_ap = ({name: score_detection(f"conflict by {name}", table[name].to_numpy(), truth,
+                                           np.zeros(len(table), bool), total).average_precision
+                     for name in ("training_confusion", "review_score")} if truth is not None and recorded else None)
     score = scores[0] if scores else None
     nearest = nearest[np.isfinite(nearest)]
     figures: dict[str, Any] = {
@@ -345,8 +352,13 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         + (" `training_confusion` is, over the run's training, the share of each label's visits whose best other "
            "column was the other label, the smaller of the two directions: one person under two labels keeps "
            "being confused both ways early on, even once training has pulled the labels apart; pairs confused "
-           "both ways are candidates even when they are not among the nearest centers." if recorded else
-           " `training_confusion` is empty: the run recorded no training dynamics (or they are of other data)."))
+           "both ways are candidates even when they are not among the nearest centers. `review_score` averages "
+           "the pair's rank by cosine and by training confusion (a share of the pairs, 1 first): the order in "
+           "which to review them. On the detection benchmark's development scenarios it ranked split pairs of 5+ "
+           "images better than the cosine or the LLR, and far better on long runs, whose training pulls the two "
+           "labels apart." if recorded else
+           " `training_confusion` and `review_score` are empty: the run recorded no training dynamics (or they "
+           "are of other data)."))
     report.figures(figures)
     warning = conflict_warning(threshold)
     if warning:
@@ -359,10 +371,13 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         report.paragraph("`true_split` (a column of the report, not of conflict.csv): the ground truth says the "
                          "pair is one person under two labels.")
     report.table(shown, "Most similar class pairs (conflict.csv)")
+    if recorded:
+        report.table(shown.sort_values("review_score", ascending=False, kind="stable"),
+                     "The order in which to review the pairs (conflict.csv sorted by review_score)")
     if model is not None:
         report.table(shown.sort_values("same_person_llr", ascending=False, kind="stable", na_position="last"),
-                     "Pairs most likely to be one person (conflict.csv sorted by same_person_llr): the order "
-                     "in which to review them")
+                     "Pairs most likely to be one person by the final features (conflict.csv sorted by "
+                     "same_person_llr)")
     add_sheet(analysis, report, conflict_rows(table, inputs.labels, truth), PAIRS_SHEET,
               f"The faces behind the most similar pairs (the first rows of conflict.csv): up to "
               f"{EXAMPLES_PER_CLASS} images of each label (its first in dataset order) under the pair's cosine and "
@@ -398,7 +413,8 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         analysis.score_block(report, scores, "conflict_pr", "split label pairs")
         summary["ground_truth"] = scores[0].figures()
         if confusion_ap is not None:
-            summary["ground_truth"]["training_confusion_average_precision"] = round(confusion_ap, 4)
+            summary["ground_truth"].update({name + "_average_precision": round(value, 4)
+                                            for name, value in confusion_ap.items()})
         if len(scores) > 1:
             llr_score = scores[1]
             summary["ground_truth"].update({

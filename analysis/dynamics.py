@@ -5,8 +5,9 @@ up near the center of the label it was given, and "nearer another class than its
 stops finding it (measured in docs/ANALYSIS.md). While the network was learning, though,
 that image's given class lost to another one visit after visit. The trainer keeps, for
 every sample, the sum of its margins (``cos(given class) - max cos(other column)``) and of
-its visits (core/dynamics.py); this module turns them into a per-sample score, higher
-meaning more suspect.
+its visits, and per class pair how often one label's samples lost most to the other
+(core/dynamics.py); this module reads them back and turns the margins into a per-sample
+score, higher meaning more suspect (analysis/conflict.py scores the pairs).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from analysis.centers import RunInfo
+from analysis.centers import RunInfo, resolve_data_path
 from core.errors import ConfigError, DataError
 
 
@@ -58,8 +59,6 @@ class TrainingMargins:
 def training_margins(run: RunInfo, data_path: Path, num_samples: int) -> tuple[Optional[TrainingMargins], str]:
     """The run's recorded margins when ``data_path`` is the data it trained on; else None. The second value says
     which, for the report."""
-    from analysis.centers import resolve_data_path
-
     state = run.dynamics
     if state is None:
         return None, ("the run recorded no training margins (trained with --no-record-dynamics, or before they "
@@ -74,12 +73,11 @@ def training_margins(run: RunInfo, data_path: Path, num_samples: int) -> tuple[O
         trained_on = None
     if trained_on is not None and trained_on != Path(data_path).resolve():
         return None, f"the analysed data is not the data the run trained on ({trained_on})"
-    seen = np.maximum(visits, 1)
-    with np.errstate(invalid="ignore"):
-        margins = TrainingMargins(
-            mean_margin=np.where(visits > 0, np.asarray(state["margin_sum"], dtype=np.float64) / seen, np.nan),
-            visits=visits, from_step=int(state["from_step"]), to_step=run.step,
-            pair_keys=np.asarray(state.get("pair_keys", np.zeros(0)), dtype=np.int64),
-            pair_counts=np.asarray(state.get("pair_counts", np.zeros(0)), dtype=np.int64))
+    margins = TrainingMargins(
+        mean_margin=np.where(visits > 0, np.asarray(state["margin_sum"], dtype=np.float64) / np.maximum(visits, 1),
+                             np.nan),
+        visits=visits, from_step=int(state["from_step"]), to_step=run.step,
+        pair_keys=np.asarray(state.get("pair_keys", np.zeros(0)), dtype=np.int64),
+        pair_counts=np.asarray(state.get("pair_counts", np.zeros(0)), dtype=np.int64))
     return margins, (f"training margins of steps {margins.from_step}-{margins.to_step}, "
                      f"{int(np.median(visits))} visits per sample (median)")

@@ -41,7 +41,8 @@ DOC_START, DOC_END = "<!-- detection:start -->", "<!-- detection:end -->"
 NOISE_SIGNALS = {"score": "default", "feature_score": "final features", "training_score": "training margins",
                  "features_and_training": "final features + training margins"}
 # Rankings of candidate pairs: conflict.csv's columns.
-CONFLICT_RANKINGS = {"llr": "same_person_llr", "cosine": "similarity", "confusion": "training_confusion"}
+CONFLICT_RANKINGS = {"llr": "same_person_llr", "cosine": "similarity", "confusion": "training_confusion",
+                     "review": "review_score"}
 
 
 @dataclass(frozen=True)
@@ -236,11 +237,16 @@ def score_cell(analysis_dir: Path, inputs, baseline: bool) -> dict[str, Any]:
     a, b = pairs["label_a"].to_numpy(), pairs["label_b"].to_numpy()
     positive = np.isin(np.minimum(a, b) * num_classes + np.maximum(a, b), truth_keys)
     sizes = smaller_half(pairs["count_a"].to_numpy(), pairs["count_b"].to_numpy())
-    conflict = {name: _round(stratified_conflict_ap(np.nan_to_num(pairs[column].to_numpy(), nan=-np.inf), positive,
-                                                    sizes, truth_sizes))
+    conflict = {name: _round(stratified_conflict_ap(_last_where_missing(pairs[column].to_numpy()), positive, sizes,
+                                                    truth_sizes))
                 for name, column in CONFLICT_RANKINGS.items() if not pairs[column].isna().all()}
     return {"noise": noise, "conflict": conflict, "noise_rate": round(float(truth.mean()), 4),
             "strata_pairs": {name: int(stratum_mask(truth_sizes, low, high).sum()) for name, low, high in STRATA}}
+
+
+def _last_where_missing(scores: np.ndarray) -> np.ndarray:
+    """Missing scores (a pair whose class has no images for the same-person model) rank last."""
+    return np.nan_to_num(scores, nan=np.nanmin(scores) - 1.0)
 
 
 def _round(figures: dict[str, Optional[float]]) -> dict[str, Optional[float]]:
@@ -339,19 +345,20 @@ def detection_table(results: list[dict[str, Any]]) -> str:
     regimes = {r.name: i for i, r in enumerate(REGIMES)}
     rows.sort(key=lambda r: (order.get(r["scenario"], 99), regimes.get(r["regime"], 99)))
     header = ("| scenario | training | val | final loss | noise AP: default | final features | training margins "
-              "| baseline | conflict AP 5+: LLR | cosine | training confusion | baseline | conflict AP 2-4 / 1: LLR "
+              "| baseline | conflict AP 5+: review score | LLR | cosine | baseline | conflict AP 2-4 / 1: review score "
               "| baseline |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     columns: dict[str, list[list[Optional[float]]]] = {"dev": [], "held out": []}
     for r in rows:
         base = baselines[r["scenario"]]
         figures = [r["noise"].get("score"), r["noise"].get("feature_score"), r["noise"].get("training_score"),
-                   base["noise"]["baseline"], r["conflict"]["llr"]["5+"], r["conflict"]["cosine"]["5+"],
-                   r["conflict"].get("confusion", {}).get("5+"), base["conflict"]["baseline"]["5+"]]
+                   base["noise"]["baseline"], r["conflict"].get("review", {}).get("5+"), r["conflict"]["llr"]["5+"],
+                   r["conflict"]["cosine"]["5+"], base["conflict"]["baseline"]["5+"]]
         columns["held out" if r["held_out"] else "dev"].append(figures)
         lines.append(f"| {r['scenario']} | {r['regime']} ({r['epochs']} ep) | {r['val_accuracy']:.3f} | "
                      f"{r['final_loss']:.2f} | " + " | ".join(_fmt(v) for v in figures) + " | "
-                     f"{_fmt(r['conflict']['llr']['2-4'])} / {_fmt(r['conflict']['llr']['1'])} | "
+                     f"{_fmt(r['conflict'].get('review', {}).get('2-4'))} / "
+                     f"{_fmt(r['conflict'].get('review', {}).get('1'))} | "
                      f"{_fmt(base['conflict']['baseline']['2-4'])} / {_fmt(base['conflict']['baseline']['1'])} |")
     for name, block in columns.items():
         if block:

@@ -63,8 +63,9 @@ def test_conflict_csv_columns_and_order(noisy):
     table = conflict_table(centers, center_neighbours(centers, 5), 0.8, labels, samples.top_label)
     assert list(table.columns) == CONFLICT_COLUMNS == ["label_a", "label_b", "similarity", "count_a", "count_b",
                                                        "flagged", "a_samples_nearest_b", "b_samples_nearest_a",
-                                                       "same_person_llr", "training_confusion"]
+                                                       "same_person_llr", "training_confusion", "review_score"]
     assert table["same_person_llr"].isna().all()  # no model given
+    assert table[["training_confusion", "review_score"]].isna().all().all()  # no training dynamics given
     assert table["similarity"].is_monotonic_decreasing
     assert (table["label_a"] < table["label_b"]).all()
     assert not table.duplicated(["label_a", "label_b"]).any()
@@ -114,3 +115,7 @@ def test_training_confusion_scores_pairs_confused_both_ways_and_adds_them_as_can
     assert len(pair) == 1 and pair["similarity"].iloc[0] == pytest.approx(-1.0)
     assert pair["training_confusion"].iloc[0] == pytest.approx(0.2) and table.attrs["pairs_from_training"] == 1
     assert (table.loc[(table["label_a"] == 2) & (table["label_b"] == 3), "training_confusion"] == 0).all()
+    # the review order averages the ranks by cosine and by confusion: the pair far apart at the end but confused
+    # both ways in training ranks level with the closest pair that was never confused
+    ranks = (table["similarity"].rank() + table["training_confusion"].rank()) / (2 * len(table))
+    np.testing.assert_allclose(table["review_score"], ranks, atol=1e-6)

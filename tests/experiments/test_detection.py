@@ -67,9 +67,9 @@ def test_the_table_puts_each_baseline_beside_its_scenario_and_averages_by_split(
                _result("held-b", "pfc-12", {"score": 0.7, "feature_score": 0.6, "training_score": 0.65},
                        {"llr": strata, "cosine": strata})]
     table = detection_table(results)
-    assert "| held-a | pfc-12 (12 ep) | 0.900 | 1.50 | 0.900 | 0.800 | 0.850 | 0.700 | 0.800 | 0.700 | – | 0.600 |" \
-        in table  # no training confusion recorded: a dash
-    assert "| **mean, held out** (2 runs) | | | | **0.800** | **0.700** | **0.750** | **0.600** |" in table
+    assert "| held-a | pfc-12 (12 ep) | 0.900 | 1.50 | 0.900 | 0.800 | 0.850 | 0.700 | – | 0.800 | 0.700 | 0.600 |" \
+        in table  # no review score (no training confusion recorded): a dash
+    assert "| **mean, held out** (2 runs) | | | | **0.800** | **0.700** | **0.750** | **0.600** | **–** |" in table
     doc = tmp_path / "ANALYSIS.md"
     doc.write_text(f"intro\n{detection.DOC_START}\nold\n{detection.DOC_END}\noutro\n")
     write_detection_report(tmp_path, results, doc)
@@ -90,7 +90,7 @@ def test_two_cells_train_analyse_score_and_resume(tmp_path, monkeypatch):
     assert [r["regime"] for r in results] == ["baseline", "pfc-12"]
     base, run = results
     assert set(base["noise"]) == {"baseline"} and set(run["noise"]) >= {"score", "feature_score", "training_score"}
-    assert set(run["conflict"]) == {"llr", "cosine", "confusion"}  # the run recorded its class-pair confusions
+    assert set(run["conflict"]) == {"llr", "cosine", "confusion", "review"}  # it recorded its class-pair confusions
     for value in [*run["noise"].values(), base["noise"]["baseline"]]:
         assert run["noise_rate"] < value <= 1.0  # every signal ranks above chance
     assert run["strata_pairs"]["5+"] + run["strata_pairs"]["2-4"] + run["strata_pairs"]["1"] == 3  # 5 % of 60
