@@ -36,9 +36,10 @@ if TYPE_CHECKING:
 CONFLICT_COLUMNS = ["label_a", "label_b", "similarity", "count_a", "count_b", "flagged",
                     "a_samples_nearest_b", "b_samples_nearest_a", "same_person_llr", "training_confusion",
                     "review_score"]
-# review_score, the order in which to review pairs when the run recorded its training dynamics: the mean of the
-# pair's rank by cosine and by training confusion, as a share of the pairs. Chosen on the detection benchmark's
-# development scenarios (docs/ANALYSIS.md), where it ranked split pairs of 5+ images better than either alone.
+# review_score, when the run recorded its training dynamics: the mean of the pair's rank by cosine and by training
+# confusion, as a share of the pairs. Chosen on the detection benchmark's development scenarios, where it ranked
+# split pairs of 5+ images better than either alone; on the held-out ones it did so on 30-epoch runs only
+# (docs/ANALYSIS.md).
 PAIRS_SHEET = "conflict_pairs.jpg"  # contact sheet of the most similar pairs' faces
 # The default threshold adapts to the run: a class's nearest-other-center cosine is
 # "ordinary" up to FENCE_SDS robust standard deviations above the median over all
@@ -353,10 +354,10 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
            "column was the other label, the smaller of the two directions: one person under two labels keeps "
            "being confused both ways early on, even once training has pulled the labels apart; pairs confused "
            "both ways are candidates even when they are not among the nearest centers. `review_score` averages "
-           "the pair's rank by cosine and by training confusion (a share of the pairs, 1 first): the order in "
-           "which to review them. On the detection benchmark's development scenarios it ranked split pairs of 5+ "
-           "images better than the cosine or the LLR, and far better on long runs, whose training pulls the two "
-           "labels apart." if recorded else
+           "the pair's rank by cosine and by training confusion (a share of the pairs, 1 first). On the detection "
+           "benchmark's held-out 30-epoch runs, whose training pulled the two labels of a split person apart, it "
+           "ranked split pairs of 5+ images better than the cosine and far better than the LLR; on 12-epoch runs "
+           "the cosine and the LLR rank better (docs/ANALYSIS.md)." if recorded else
            " `training_confusion` and `review_score` are empty: the run recorded no training dynamics (or they "
            "are of other data)."))
     report.figures(figures)
@@ -371,13 +372,14 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         report.paragraph("`true_split` (a column of the report, not of conflict.csv): the ground truth says the "
                          "pair is one person under two labels.")
     report.table(shown, "Most similar class pairs (conflict.csv)")
-    if recorded:
-        report.table(shown.sort_values("review_score", ascending=False, kind="stable"),
-                     "The order in which to review the pairs (conflict.csv sorted by review_score)")
     if model is not None:
         report.table(shown.sort_values("same_person_llr", ascending=False, kind="stable", na_position="last"),
-                     "Pairs most likely to be one person by the final features (conflict.csv sorted by "
-                     "same_person_llr)")
+                     "Pairs most likely to be one person (conflict.csv sorted by same_person_llr): the order in "
+                     "which to review them")
+    if recorded:
+        report.table(shown.sort_values("review_score", ascending=False, kind="stable"),
+                     "conflict.csv sorted by review_score (cosine and training confusion): the better order when "
+                     "the noise section says the final features have fitted the noise")
     add_sheet(analysis, report, conflict_rows(table, inputs.labels, truth), PAIRS_SHEET,
               f"The faces behind the most similar pairs (the first rows of conflict.csv): up to "
               f"{EXAMPLES_PER_CLASS} images of each label (its first in dataset order) under the pair's cosine and "
