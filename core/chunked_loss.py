@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from core.dynamics import NO_COLUMN, best_other as best_other_column
+from core.dynamics import NO_COLUMN, best_other
 from core.margins import CombinedMargin
 
 
@@ -49,23 +49,23 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
         target_logit = margin.scale * margin.target_function(cos_target)
         row_max = torch.full_like(cos_target, float("-inf"))
         total = torch.zeros_like(cos_target)
-        best_other = torch.full_like(cos_target, NO_COLUMN)
-        best_column = torch.full_like(targets, -1)
+        runner_up = torch.full_like(cos_target, NO_COLUMN)  # each row's best other cosine so far, and its column
+        runner_up_column = torch.full_like(targets, -1)
         for start in range(0, weights.shape[0], chunk):
             logits = _chunk_cosines(embeddings, weights[start:start + chunk], dtype).mul_(margin.scale)
             columns, in_chunk = _target_columns(targets, start, logits.shape[1])
             if record is not None:  # the best column that is not the row's own, before the target is rewritten
-                best, column = best_other_column(logits, columns.squeeze(1), in_chunk, NO_COLUMN * margin.scale)
-                better = best / margin.scale > best_other
-                best_column = torch.where(better & (column >= 0), start + column, best_column)
-                best_other = torch.maximum(best_other, best / margin.scale)
+                best, column = best_other(logits, columns.squeeze(1), in_chunk, NO_COLUMN * margin.scale)
+                best = best / margin.scale
+                runner_up_column = torch.where((best > runner_up) & (column >= 0), start + column, runner_up_column)
+                runner_up = torch.maximum(runner_up, best)
             _set_targets(logits, columns, in_chunk, target_logit)
             new_max = torch.maximum(row_max, logits.max(dim=1).values)
             total = total * torch.exp(row_max - new_max) + torch.exp(logits - new_max.unsqueeze(1)).sum(dim=1)
             row_max = new_max
         log_normaliser = row_max + total.log()
         if record is not None:
-            record["margins"], record["columns"] = (cos_target - best_other).detach(), best_column
+            record["margins"], record["columns"] = (cos_target - runner_up).detach(), runner_up_column
         ctx.save_for_backward(embeddings, weights, targets, cos_target, log_normaliser)
         ctx.margin, ctx.chunk, ctx.dtype = margin, chunk, dtype
         return (log_normaliser - target_logit).mean()
