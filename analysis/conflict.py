@@ -203,10 +203,10 @@ def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Op
     if training is not None and labels is not None:
         extra = np.setdiff1d(confused_pairs(training, num_classes), keys)
         extra = extra[centers.present[extra // num_classes] & centers.present[extra % num_classes]]
-        unit = normalize_rows(centers.vectors)
-        extra_sim = np.einsum("ij,ij->i", unit[extra // num_classes], unit[extra % num_classes])
-        order = np.argsort(np.concatenate([keys, extra]), kind="stable")
-        keys, sim = np.concatenate([keys, extra])[order], np.concatenate([sim, extra_sim])[order]
+        unit = neighbours.unit  # the searched unit centers, by position among the present classes
+        extra_sim = np.einsum("ij,ij->i", unit[np.searchsorted(present, extra // num_classes)],
+                              unit[np.searchsorted(present, extra % num_classes)])
+        keys, sim = np.concatenate([keys, extra]), np.concatenate([sim, extra_sim])
         from_training = len(extra)
     label_a, label_b = keys // num_classes, keys % num_classes
     counts = centers.counts

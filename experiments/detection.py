@@ -29,8 +29,8 @@ import numpy as np
 from core.data.synthetic import SyntheticConfig
 from core.errors import ConfigError
 from core.io import atomic_write_json, atomic_write_text, read_json
+from experiments.runner import RESULT_FILE, run_unfinished
 
-RESULT_FILE = "result.json"
 SETUP_FILE = "detection.json"
 TABLE_FILE = "detection.md"
 # Conflicts by the image count of the pair's smaller label: a label of one image has a mean that is one image.
@@ -312,19 +312,15 @@ def run_detection(out: Path, scale: Scale, device: str = "cpu", echo: Callable[[
                   only: Optional[int] = None) -> list[dict[str, Any]]:
     """Run every unfinished cell (the first ``only`` when given); return every finished cell's result."""
     _check_setup(out, scale)
-    todo = cells(scale)[:only]
-    for position, cell in enumerate(todo, 1):
-        cell_dir = out / "cells" / cell.name
-        if (cell_dir / RESULT_FILE).exists():
-            echo(f"[{position}/{len(todo)}] {cell.name}: done earlier, skipped")
-            continue
-        cell_dir.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        result = run_detection_cell(cell, scale, dataset_root(out, cell.scenario, scale), cell_dir, device)
-        noise = ", ".join(f"{NOISE_SIGNALS.get(k, k)} {v:.3f}" for k, v in result["noise"].items())
-        echo(f"[{position}/{len(todo)}] {cell.name}: val {result['val_accuracy']:.3f}, noise AP {noise} "
-             f"({time.perf_counter() - started:.0f} s)")
+    run_unfinished(out, cells(scale)[:only],
+                   lambda cell, cell_dir: run_detection_cell(cell, scale, dataset_root(out, cell.scenario, scale),
+                                                             cell_dir, device), _cell_summary, echo)
     return [read_json(path) for path in sorted((out / "cells").glob(f"*/{RESULT_FILE}"))]
+
+
+def _cell_summary(result: dict[str, Any]) -> str:
+    noise = ", ".join(f"{NOISE_SIGNALS.get(k, k)} {v:.3f}" for k, v in result["noise"].items())
+    return f"val {result['val_accuracy']:.3f}, noise AP {noise}"
 
 
 # -- the table ----------------------------------------------------------------------------

@@ -187,11 +187,10 @@ def load_results(out: Path) -> list[dict[str, Any]]:
     return results
 
 
-def run_grid(out: Path, scale: GridScale, device: str = "cpu",
-             echo: Callable[[str], None] = print, only: Optional[int] = None) -> list[dict[str, Any]]:
-    """Run every unfinished cell (the first ``only`` cells when given); return all results."""
-    _check_grid_file(out, scale)
-    cells = grid_cells(scale)[:only]
+def run_unfinished(out: Path, cells: list[Any], run: Callable[[Any, Path], dict[str, Any]],
+                   summary: Callable[[dict[str, Any]], str], echo: Callable[[str], None]) -> None:
+    """Run each cell (anything with a ``name``) whose ``OUT/cells/NAME/result.json`` is missing, in order, echoing
+    a line per cell; ``run(cell, cell_dir)`` writes that file last, so an interrupted experiment resumes."""
     for position, cell in enumerate(cells, 1):
         cell_dir = out / "cells" / cell.name
         if (cell_dir / RESULT_FILE).exists():
@@ -199,9 +198,17 @@ def run_grid(out: Path, scale: GridScale, device: str = "cpu",
             continue
         cell_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        result = run_cell(cell, scale, dataset_root(out, scale, cell.dataset, cell.seed), cell_dir, device)
-        echo(f"[{position}/{len(cells)}] {cell.name}: {cell_summary(result)} "
-             f"({time.perf_counter() - started:.0f} s)")
+        result = run(cell, cell_dir)
+        echo(f"[{position}/{len(cells)}] {cell.name}: {summary(result)} ({time.perf_counter() - started:.0f} s)")
+
+
+def run_grid(out: Path, scale: GridScale, device: str = "cpu",
+             echo: Callable[[str], None] = print, only: Optional[int] = None) -> list[dict[str, Any]]:
+    """Run every unfinished cell (the first ``only`` cells when given); return all results."""
+    _check_grid_file(out, scale)
+    run_unfinished(out, grid_cells(scale)[:only],
+                   lambda cell, cell_dir: run_cell(cell, scale, dataset_root(out, scale, cell.dataset, cell.seed),
+                                                   cell_dir, device), cell_summary, echo)
     return load_results(out)
 
 

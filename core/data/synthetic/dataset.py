@@ -360,12 +360,12 @@ def make_synthetic_dataset(out_dir: str | Path, config: SyntheticConfig, progres
             f"synthetic: no held-out identity drew two images (min_images={config.min_images}, "
             f"heldout_identities={n_held}), so val.bin could hold no positive pairs")
 
-    jobs = [(config.renderer, params[i], seed, _S_TRAIN_PARAMS, _S_TRAIN_IMAGES, i, int(counts[i]), size,
-             config.jpeg_quality) for i in range(n_id)]
-    jobs += [(config.renderer, held_params[h], seed, _S_HELDOUT_PARAMS, _S_HELDOUT_IMAGES, h, int(held_counts[h]),
-              size, config.jpeg_quality) for h in range(n_held)]
-    jobs += [(config.renderer, open_params[j], seed, _S_OPEN_PARAMS, _S_OPEN_IMAGES, j, int(open_counts[j]), size,
-              config.jpeg_quality) for j in range(len(open_counts))]
+    groups = [(params, _S_TRAIN_PARAMS, _S_TRAIN_IMAGES, counts),
+              (held_params, _S_HELDOUT_PARAMS, _S_HELDOUT_IMAGES, held_counts),
+              (open_params, _S_OPEN_PARAMS, _S_OPEN_IMAGES, open_counts)]
+    jobs = [(config.renderer, group[i], seed, params_stream, images_stream, i, int(group_counts[i]), size,
+             config.jpeg_quality) for group, params_stream, images_stream, group_counts in groups
+            for i in range(len(group))]
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:

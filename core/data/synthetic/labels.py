@@ -71,10 +71,6 @@ class _Labelling:
     num_classes: int
     lookalike: bool = False  # flips went to look-alike identities
 
-    def record_order(self) -> np.ndarray:
-        """Samples grouped by given label ascending, identity order kept inside a label."""
-        return np.argsort(self.label, kind="stable")
-
 
 def _assign_labels(counts: np.ndarray, split: float, flip_noise: float, seed: int,
                    lookalikes: Optional[np.ndarray] = None) -> _Labelling:

@@ -29,4 +29,3 @@ def test_label_assignment_invariants():
         assert np.bincount(lab.label, minlength=lab.num_classes).min() >= 1, "no empty class"
         person = labels._label_identity(lab)
         assert np.all(person[lab.label[lab.flipped]] != lab.identity[lab.flipped])
-        assert np.all(np.diff(lab.label[lab.record_order()]) >= 0)
