@@ -82,7 +82,8 @@ def main() -> None:
 @click.option("--lr-power", type=float, help="Power of the polynomial lr decay after the warm-up.")
 @click.option("--grad-clip", type=float, help="Max backbone gradient norm (0 disables).")
 @click.option("--amp", type=click.Choice(CHOICES["amp"]),
-              help="Mixed precision: auto is bf16 autocast on CUDA and off on CPU.")
+              help="Mixed precision: auto is bf16 autocast on CUDA and off on CPU; fp16 is float16 autocast with "
+                   "dynamic loss scaling, for GPUs without bf16 (V100, T4).")
 @click.option("--channels-last/--no-channels-last", default=None, help="NHWC convolutions (CUDA + bf16).")
 @click.option("--compile/--no-compile", "compile_backbone", default=None, help="torch.compile the backbone.")
 @click.option("--record-dynamics/--no-record-dynamics", default=None,

@@ -84,38 +84,47 @@ def _figure(result: dict[str, Any], key: str, spec: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per configuration.")
 def bench_pfc(classes: tuple[int, ...], rates: tuple[float, ...], batch_size: int, dim: int, device: str,
               repeats: int, center_dtype: str, sampling: str, as_json: bool) -> None:
-    """Partial FC head step time and peak memory: ours vs PartialFC_V2's dense-update semantics."""
+    """Partial FC head step time and peak memory: ours (Triton head on CUDA, torch head) vs PartialFC_V2's
+    dense-update semantics."""
     from benchmarks.common import device_name, format_table, run_isolated
-    from benchmarks.pfc_head import check_chunked_loss, check_fast_path
+    from benchmarks.pfc_head import check_chunked_loss, check_fast_path, check_fused_head
     from core.distributed import resolve_device
+    from core.triton_head import resolve_head_kernel
 
     torch_device = resolve_device(device)
+    ours = ["triton", "torch"] if resolve_head_kernel("auto", torch_device, (dim,)) == "triton" else ["torch"]
     click.echo(f"device: {device_name(torch_device)}; batch {batch_size}, D {dim}, our centers in {center_dtype}, "
                f"{sampling} sampling; "
                f"check (rate 1.0 ours vs dense, max |diff| of centers): {check_fast_path(torch_device):.2e}")
-    errors = check_chunked_loss(torch_device)
-    click.echo("check (chunked loss vs simple fp32, relative error): "
-               + ", ".join(f"{name} {value:.1e}" for name, value in errors.items()))
+    checks = {"chunked loss": check_chunked_loss(torch_device)}
+    if "triton" in ours:
+        checks["Triton head"] = check_fused_head(torch_device)
+    for name, errors in checks.items():
+        click.echo(f"check ({name} vs simple fp32, relative error): "
+                   + ", ".join(f"{key} {value:.1e}" for key, value in errors.items()))
     rows = []
     for num_classes in classes:
         for rate in rates:
             results = {}
-            for variant in ("ours", "dense"):
+            for variant in [*ours, "dense"]:
                 job = {"variant": variant, "classes": num_classes, "rate": rate, "batch": batch_size, "dim": dim,
                        "device": str(torch_device), "warmup": 2, "repeats": repeats, "center_dtype": center_dtype,
                        "sampling": sampling}
                 results[variant] = run_isolated("benchmarks.pfc_head", job)
                 if as_json:
                     click.echo(json.dumps(results[variant]))
-            ours, dense = results["ours"], results["dense"]
-            both = "error" not in ours and "error" not in dense
-            rows.append([f"{num_classes:,}", rate, _figure(ours, "step_ms", ".1f"), _figure(dense, "step_ms", ".1f"),
-                         f"{dense['step_ms'] / ours['step_ms']:.2f}x" if both else "",
-                         _figure(ours, "peak_gib", ".2f"), _figure(dense, "peak_gib", ".2f"),
-                         f"{dense['peak_gib'] / ours['peak_gib']:.2f}x" if both and ours["peak_gib"] > 0 else ""])
+            dense = results["dense"]
+            row = [f"{num_classes:,}", rate]
+            for variant in ours:
+                timed = "error" not in results[variant] and "error" not in dense
+                row += [_figure(results[variant], "step_ms", ".2f"), _figure(results[variant], "peak_gib", ".2f"),
+                        f"{dense['step_ms'] / results[variant]['step_ms']:.2f}x" if timed else ""]
+            rows.append(row + [_figure(dense, "step_ms", ".2f"), _figure(dense, "peak_gib", ".2f")])
     if not as_json:
-        click.echo(format_table(["classes", "rate", "ours ms", "dense ms", "speed-up", "ours peak GiB",
-                                 "dense peak GiB", "memory ratio"], rows))
+        headers = ["classes", "rate"]
+        for variant in ours:
+            headers += [f"{variant} ms", f"{variant} peak GiB", f"{variant} speed-up"]
+        click.echo(format_table(headers + ["dense ms", "dense peak GiB"], rows))
         click.echo("Record these in benchmarks/RESULTS.md.")
 
 
@@ -270,7 +279,8 @@ def bench_step(method: tuple[str, ...], batches: tuple[int, ...], classes: Optio
     common = {"classes": classes, "backbone": backbone or ("iresnet50" if cuda else "tiny"),
               "size": input_size or (112 if cuda else 32), "device": str(torch_device), "warmup": 3,
               "repeats": repeats}
-    variants = {"baseline": {}, "ours fp32": {"amp": "off"}, "ours bf16": {"amp": "bf16"},
+    variants = {"baseline": {}, "ours fp32": {"amp": "off"}, "ours fp16": {"amp": "fp16"},
+                "ours bf16 + torch head": {"amp": "bf16", "head_kernel": "torch"}, "ours bf16": {"amp": "bf16"},
                 "ours bf16 + channels_last": {"amp": "bf16", "channels_last": True},
                 "ours bf16 + channels_last + compile": {"amp": "bf16", "channels_last": True, "compile": True},
                 "ours bf16 + channels_last + compile + stratified": {"amp": "bf16", "channels_last": True,

@@ -35,8 +35,11 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...: run it, keep its output and how 
   python -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.is_available())"; } \
     > "$OUT/machine.txt" 2>&1
 : > "$OUT/steps.jsonl"
-# The tests that skip without a GPU: no host sync in a step, CUDA center stores and samplers.
-step cuda_tests 150 python -m pytest -q -x tests/core/test_trainer.py tests/core/center_store tests/dcq/test_sampler.py
+# The tests that skip without a GPU: no host sync in a step, CUDA center stores and samplers, fp16 on CUDA;
+# then the Triton head compiled for the device (the other tests run its kernels interpreted, on CPU tensors).
+step cuda_tests 120 python -m pytest -q -x tests/core/test_trainer.py tests/core/center_store tests/dcq/test_sampler.py \
+    tests/core/test_loss_scaling.py
+step triton_tests 90 env TRITON_INTERPRET=0 python -m pytest -q -x tests/core/test_triton_head_cuda.py
 step bench_pfc 150 python cli.py bench pfc --device "$DEVICE" --batch-size 512 "${PFC_CLASSES[@]}" \
     --repeats "$REPEATS" --json
 step bench_pfc_bf16 60 python cli.py bench pfc --device "$DEVICE" --batch-size 512 "${BF16_CLASSES[@]}" \

@@ -1,11 +1,12 @@
-"""Partial FC head: ours against PartialFC_V2's dense-update semantics, side by side.
+"""Partial FC head: ours, with the Triton or the torch head, against PartialFC_V2's dense-update semantics.
 
 The baseline is written here, following insightface's partial_fc_v2.py: a full
 ``nn.Parameter`` of centers, a random-score top-k selection, an autograd gather (so the
 gradient is dense with zero rows) and torch's SGD with momentum and weight decay over
-every center. Ours is Partial FC's center store (core/center_store/): the sampled rows
-are copied out, and only they and their momentum are updated. Both run the same margin softmax on the same
-embeddings; only the head is timed (forward, backward, center update).
+every center. Ours is Partial FC's center store (core/center_store/): with the torch head
+the sampled rows are copied out; with the Triton head (core/triton_head.py) they are read
+in place. Only they and their momentum are updated. All run the same margin softmax on the
+same embeddings; only the head is timed (forward, backward, center update).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             head.step(embeddings, labels, simple_loss)
     else:
         store = CenterStore(classes, (dim,), "sgd", MOMENTUM, WEIGHT_DECAY, device=device,
-                            storage_dtype=getattr(torch, job.get("center_dtype", "float32")))
+                            storage_dtype=getattr(torch, job.get("center_dtype", "float32")),
+                            head_kernel=job["variant"])
         num_sample, sampling = int(rate * classes), job.get("sampling", "uniform")
 
         def step() -> None:
@@ -99,6 +101,33 @@ def check_fast_path(device: torch.device, classes: int = 2000, dim: int = 64, ba
     return (ours.centers - dense.weight.detach()).abs().max().item()
 
 
+def check_fused_head(device: torch.device, classes: int = 70_000, sampled: int = 20_000, dim: int = 512,
+                     batch: int = 256) -> dict:
+    """Relative error of the Triton head's loss and gradients (bf16 GEMMs on CUDA) against the simple fp32 path."""
+    from core.triton_head import fused_margin_cross_entropy
+
+    generator = torch.Generator(device=device).manual_seed(2)
+    embeddings = torch.randn(batch, dim, device=device, generator=generator, requires_grad=True)
+    table = torch.randn(classes, dim, device=device, generator=generator)
+    rows = torch.randperm(classes, device=device, generator=generator)[:sampled].sort().values
+    targets = torch.randint(sampled, (batch,), device=device, generator=generator)
+    margin = build_margin("arcface")
+    row_gradient = table.new_zeros(()).expand(sampled, dim).detach().requires_grad_(True)
+    fused = fused_margin_cross_entropy(embeddings, row_gradient, table, rows, targets, margin,
+                                       torch.bfloat16 if device.type == "cuda" else torch.float32)
+    fused_grads = torch.autograd.grad(fused, (embeddings, row_gradient))
+    weights = table[rows].requires_grad_(True)
+    simple = MarginSoftmaxLoss(margin, chunk_columns=None)(Selection(embeddings, weights, targets))
+    simple_grads = torch.autograd.grad(simple, (embeddings, weights))
+    return {"loss": _relative(fused.detach(), simple.detach()),
+            "grad_embeddings": _relative(fused_grads[0], simple_grads[0]),
+            "grad_rows": _relative(fused_grads[1], simple_grads[1])}
+
+
+def _relative(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((value - reference).norm() / reference.norm()).item()
+
+
 def check_chunked_loss(device: torch.device, classes: int = 70_000, dim: int = 512, batch: int = 256) -> dict:
     """Relative error of the chunked (bf16 on CUDA) loss and gradients against the simple fp32 path."""
     generator = torch.Generator(device=device).manual_seed(1)
@@ -111,9 +140,8 @@ def check_chunked_loss(device: torch.device, classes: int = 70_000, dim: int = 5
         loss = MarginSoftmaxLoss(margin, chunk_columns=chunk)(Selection(embeddings, weights, targets))
         results.append((loss.detach(), *torch.autograd.grad(loss, (embeddings, weights))))
     (fast, *fast_grads), (simple, *simple_grads) = results
-    relative = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
-    return {"loss": relative(fast, simple), "grad_embeddings": relative(fast_grads[0], simple_grads[0]),
-            "grad_weights": relative(fast_grads[1], simple_grads[1])}
+    return {"loss": _relative(fast, simple), "grad_embeddings": _relative(fast_grads[0], simple_grads[0]),
+            "grad_weights": _relative(fast_grads[1], simple_grads[1])}
 
 
 if __name__ == "__main__":

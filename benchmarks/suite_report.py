@@ -28,19 +28,27 @@ def json_lines(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def head_table(records: list[dict[str, Any]]) -> str:
-    """Ours against the dense-update baseline per class count: step time, peak memory, ratio."""
+    """Our head (Triton and torch, as run) against the dense-update baseline per class count: step time, peak
+    memory, and the baseline's time over ours."""
+    ours = [variant for variant in ("triton", "torch") if any(r.get("variant") == variant for r in records)]
+    keys = list(dict.fromkeys((r["classes"], r.get("center_dtype", "")) for r in records))
     rows = []
-    for record in (r for r in records if r.get("variant") == "ours"):
-        key = (record["classes"], record.get("center_dtype"))
-        baseline = next((r for r in records if r.get("variant") != "ours"
-                         and (r["classes"], r.get("center_dtype")) == key), None)
-        timed = baseline is not None and "step_ms" in baseline
-        theirs = f"{baseline['step_ms']:.2f}" if timed else "–"
-        ratio = f"{baseline['step_ms'] / record['step_ms']:.2f}x" if timed else ""
-        rows.append([f"{record['classes']:,}", record.get("center_dtype", ""), f"{record['step_ms']:.2f}",
-                     f"{record['peak_gib']:.2f}", theirs,
-                     "–" if baseline is None else f"{baseline.get('peak_gib', float('nan')):.2f}", ratio])
-    return format_table(["classes", "store", "ours ms", "ours GiB", "dense ms", "dense GiB", "speed-up"], rows)
+    for key in keys:
+        found = {r["variant"]: r for r in records if (r["classes"], r.get("center_dtype", "")) == key}
+        dense = found.get("dense", {})
+        row = [f"{key[0]:,}", key[1]]
+        for variant in [*ours, "dense"]:
+            record = found.get(variant, {})
+            row += [f"{record['step_ms']:.2f}" if "step_ms" in record else "–",
+                    f"{record['peak_gib']:.2f}" if "peak_gib" in record else "–"]
+            if variant != "dense":
+                timed = "step_ms" in record and "step_ms" in dense
+                row.append(f"{dense['step_ms'] / record['step_ms']:.2f}x" if timed else "")
+        rows.append(row)
+    headers = ["classes", "store"]
+    for variant in ours:
+        headers += [f"{variant} ms", f"{variant} GiB", f"{variant} speed-up"]
+    return format_table(headers + ["dense ms", "dense GiB"], rows)
 
 
 def step_table(records: list[dict[str, Any]]) -> str:
@@ -59,9 +67,10 @@ def write_report(out: Path) -> Path:
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines() if line.strip()]
     sections = ["# GPU suite results", "", "```", (out / "machine.txt").read_text().strip(), "```", "",
                 format_table(["step", "exit code", "seconds"], [[s["step"], s["rc"], s["seconds"]] for s in steps])]
-    tests = (out / "cuda_tests.out")
-    if tests.is_file() and tests.read_text().strip():
-        sections += ["", f"CUDA tests: {tests.read_text().strip().splitlines()[-1]}"]
+    for name, title in (("cuda_tests", "CUDA tests"), ("triton_tests", "Triton head compiled for the GPU")):
+        tests = out / f"{name}.out"
+        if tests.is_file() and tests.read_text().strip():
+            sections += ["", f"{title}: {tests.read_text().strip().splitlines()[-1]}"]
     for name, title, table in (("bench_pfc", "Partial FC head", head_table),
                                ("bench_pfc_bf16", "Partial FC head, bf16 store", head_table),
                                ("bench_step", "Whole training step", step_table)):

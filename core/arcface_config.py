@@ -50,7 +50,8 @@ def read_arcface_config(path: Path) -> tuple[dict[str, Any], list[str]]:
     options["sample_rate"] = float(raw["sample_rate"])
     options["amp"] = "auto" if raw["fp16"] else "off"
     if raw["fp16"]:
-        notes.append("fp16 -> --amp auto (bf16 autocast on CUDA, off on CPU)")
+        notes.append("fp16 -> --amp auto (bf16 autocast on CUDA, off on CPU); --amp fp16 is its float16 autocast "
+                     "with loss scaling, for GPUs without bf16")
     for theirs, ours, kind in (("embedding_size", "embedding_size", int), ("batch_size", "batch_size", int),
                                ("optimizer", "optimizer", str), ("lr", "lr", float), ("momentum", "momentum", float),
                                ("weight_decay", "weight_decay", float), ("gradient_acc", "accumulate", int),

@@ -65,7 +65,8 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
             row_max = new_max
         log_normaliser = row_max + total.log()
         if record is not None:
-            record["margins"], record["columns"] = (cos_target - runner_up).detach(), runner_up_column
+            record["target_cosine"], record["best_other"], record["columns"] = cos_target.detach(), runner_up, \
+                runner_up_column
         ctx.save_for_backward(embeddings, weights, targets, cos_target, log_normaliser)
         ctx.margin, ctx.chunk, ctx.dtype = margin, chunk, dtype
         return (log_normaliser - target_logit).mean()
@@ -75,11 +76,7 @@ class _ChunkedMarginCrossEntropy(torch.autograd.Function):
         embeddings, weights, targets, cos_target, log_normaliser = ctx.saved_tensors
         margin, chunk, dtype = ctx.margin, ctx.chunk, ctx.dtype
         batch = embeddings.shape[0]
-        with torch.enable_grad():
-            probe = cos_target.detach().requires_grad_(True)
-            (margin_slope,) = torch.autograd.grad(margin.target_function(probe).sum(), probe)
-        if margin.straight_through:
-            margin_slope = torch.ones_like(margin_slope)
+        margin_slope = margin.target_slope(cos_target)
         target_logit = margin.scale * margin.target_function(cos_target)
         scale = grad / batch
         grad_embeddings = torch.zeros_like(embeddings)
@@ -106,8 +103,8 @@ def chunked_margin_cross_entropy(embeddings: torch.Tensor, weights: torch.Tensor
 
     Every row needs a target column (single process, no masks, no inter-class filter);
     ``dtype`` is the GEMM dtype (default: the inputs' float dtype; bf16 on GPUs for speed).
-    A ``record`` dict receives ``margins`` (each row's cosine margin, core/dynamics.py) and ``columns`` (the
-    column of each row's best other cosine, -1: none).
+    A ``record`` dict receives ``target_cosine``, ``best_other`` (each row's best other cosine) and ``columns``
+    (its column, -1: none), from which core/dynamics.py takes the margins.
     """
     precise = torch.promote_types(torch.promote_types(embeddings.dtype, weights.dtype), torch.float32)
     normalised_embeddings = F.normalize(embeddings.to(precise), dim=1)

@@ -53,7 +53,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     lr_power: float = 2.0
     grad_clip: float = 5.0
-    amp: str = "auto"  # auto: bf16 autocast on CUDA, off on CPU
+    amp: str = "auto"  # auto: bf16 autocast on CUDA, off on CPU; fp16: float16 autocast + loss scaling
     channels_last: bool = False  # NHWC convolutions (faster with bf16 on tensor cores)
     compile: bool = False  # torch.compile the backbone (pays off on CUDA after a minute of compiling)
     record_dynamics: bool = True  # each sample's margin over training, for analyze's noise ranking (core/dynamics.py)
@@ -147,7 +147,7 @@ class TrainConfig:
 
 # The keys that name one of a few choices: the flags offer these, and a config file is held to them.
 CHOICES = {"margin": ("arcface", "cosface", "combined"), "optimizer": ("sgd", "adamw"),
-           "amp": ("auto", "bf16", "off"), "cache_images": ("auto", "on", "off"), "figure_format": FIGURE_FORMATS}
+           "amp": ("auto", "bf16", "fp16", "off"), "cache_images": ("auto", "on", "off"), "figure_format": FIGURE_FORMATS}
 
 # (key, bound, bound allowed): the options whose range is simple enough to state here.
 _LOWER_BOUNDS = (("batch_size", 1, True), ("epochs", 1, True), ("accumulate", 1, True), ("lr", 0.0, False),

@@ -64,9 +64,18 @@ def margins_from_logits(cosine: torch.Tensor, logits: torch.Tensor, targets: tor
         column = targets.clamp(min=0)
         target = torch.where(has_target, cosine.gather(1, column.unsqueeze(1)).squeeze(1).float(), NO_COLUMN)
         other, other_column = best_other(logits.detach(), column, has_target, NO_COLUMN * scale)
-        other = other.float().clamp(min=NO_COLUMN * scale) / scale
+        return margins_from_best(target, other.float() / scale, other_column, sharded_columns, column_classes)
+
+
+def margins_from_best(target: torch.Tensor, other: torch.Tensor, other_column: torch.Tensor,
+                      sharded_columns: bool = False, column_classes: Optional[torch.Tensor] = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``margins_from_logits`` from each row's target cosine and best other logit / scale, as a head that never
+    holds ``[B, K]`` logits finds them (the chunked and the Triton head); below ``NO_COLUMN``: none."""
+    with torch.no_grad():
+        target, other = target.float().clamp(min=NO_COLUMN), other.float().clamp(min=NO_COLUMN)
         if column_classes is None:
-            other_class = torch.full_like(targets, -1)
+            other_class = torch.full_like(other_column, -1)
         else:
             other_class = torch.where(other_column >= 0, column_classes[other_column.clamp(min=0)], -1)
         other_class = torch.where(other > NO_COLUMN, other_class, -1)

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from core.dynamics import margins_from_logits
+from core.dynamics import margins_from_best, margins_from_logits
 from core.margins import CombinedMargin, build_margin
 from core.sampler import Selection
 
@@ -84,7 +84,8 @@ class MarginSoftmaxLoss(nn.Module):
     or sharding (a single-process Partial FC head) take the chunked path of
     core/chunked_loss.py, with bf16 GEMMs on CUDA unless ``bf16_on_cuda`` is off (a
     trainer run with ``--amp off`` keeps them in float32); ``chunk_columns=None`` always
-    uses the simple path.
+    uses the simple path. A selection whose weights stay in their table (``weight_table``) takes
+    the fused Triton head of core/triton_head.py, on any number of ranks.
 
     With ``record_margins`` on, each forward also leaves every row's cosine margin (its given
     class against the best other column, ``core/dynamics.py``) in ``last_margins``, taken
@@ -118,18 +119,28 @@ class MarginSoftmaxLoss(nn.Module):
         return logits
 
     def forward(self, selection: Selection) -> torch.Tensor:
-        if self._chunked(selection):
+        record: Optional[dict] = {} if self.record_margins else None
+        bf16 = selection.weights.is_cuda and self.bf16_on_cuda
+        if selection.weight_table is not None:
+            from core.triton_head import fused_margin_cross_entropy
+            loss = fused_margin_cross_entropy(selection.embeddings, selection.weights, selection.weight_table,
+                                              selection.weight_rows, selection.targets, self.margin,
+                                              torch.bfloat16 if bf16 else torch.float32,
+                                              selection.sharded_columns, record)
+        elif self._chunked(selection):
             from core.chunked_loss import chunked_margin_cross_entropy
-            dtype = torch.bfloat16 if selection.weights.is_cuda and self.bf16_on_cuda else None
-            record: Optional[dict] = {} if self.record_margins else None
             loss = chunked_margin_cross_entropy(selection.embeddings, selection.weights, selection.targets,
-                                                self.margin, self.chunk_columns, dtype, record)
-            if record is not None:
-                columns, classes = record["columns"], selection.column_classes
-                self.last_margins = record["margins"]
-                self.last_other_classes = (torch.full_like(columns, -1) if classes is None else
-                                           torch.where(columns >= 0, classes[columns.clamp(min=0)], -1))
-            return loss
+                                                self.margin, self.chunk_columns, torch.bfloat16 if bf16 else None,
+                                                record)
+        else:
+            return self._simple(selection)
+        if record is not None:  # what the head left of each row's best other column
+            self.last_margins, self.last_other_classes = margins_from_best(
+                record["target_cosine"], record["best_other"], record["columns"], selection.sharded_columns,
+                selection.column_classes)
+        return loss
+
+    def _simple(self, selection: Selection) -> torch.Tensor:
         if selection.sharded_columns:
             return sharded_cross_entropy(self.logits(selection), selection.targets)
         return F.cross_entropy(self.logits(selection), selection.targets)

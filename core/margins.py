@@ -71,6 +71,16 @@ class CombinedMargin:
         outside = cos_target - math.cos(boundary_theta) - 1.0 - self.m3
         return torch.where(theta <= boundary_theta, inside, outside)
 
+    def target_slope(self, cos_target: torch.Tensor) -> torch.Tensor:
+        """d target_function / d cos at each target cosine (1 with ``straight_through``): what a head that
+        writes its own backward multiplies the target column's gradient by."""
+        if self.straight_through:
+            return torch.ones_like(cos_target)
+        with torch.enable_grad():
+            probe = cos_target.detach().requires_grad_(True)
+            (slope,) = torch.autograd.grad(self.target_function(probe).sum(), probe)
+        return slope
+
     def __call__(self, cosine: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Cosines ``[B, K]`` and target columns ``[B]`` (-1 = none) -> scaled logits."""
         # Every row is indexed (rows without a target at column 0, left unchanged) instead of

@@ -46,6 +46,9 @@ class Selection:
     renormalising the whole queue every step. ``column_classes[j]`` is the class of column j
     (-1: none, an empty queue slot), by which the trainer counts which classes each class's
     samples were confused with (core/dynamics.py); None: unknown, nothing is counted.
+    ``weight_table``, when set, holds the weights: they are its rows ``weight_rows`` (None:
+    all of them), read in place by a fused head (core/triton_head.py), and ``weights`` is
+    a ``[K, D]`` leaf without storage that only receives their gradient.
     """
 
     embeddings: torch.Tensor
@@ -55,6 +58,8 @@ class Selection:
     sharded_columns: bool = False
     unit_weights: bool = False
     column_classes: Optional[torch.Tensor] = None
+    weight_table: Optional[torch.Tensor] = None
+    weight_rows: Optional[torch.Tensor] = None
     state: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,6 +88,10 @@ class ClassSampler(nn.Module, ABC):
         ``lr`` is the scheduled learning rate of this iteration, which Partial FC's
         center optimizer follows.
         """
+
+    def discard_step(self) -> None:
+        """Forget what ``collect`` queued since the last ``step``: the step was skipped (an fp16 overflow,
+        core/loss_scaling.py), and a skipped step changes none of the method's state, counters included."""
 
     def notes(self) -> list[str]:
         """What the user should know about this configuration before it trains (printed once at the start):

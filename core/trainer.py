@@ -40,7 +40,12 @@ from core.evaluation import embed_images, evaluate_pairs, val_names
 from core.figures import figure_file, save_figure
 from core.io import atomic_path, atomic_write_json, exclusive_directory, plain, remove_stale_temporaries
 from core.loss import margin_loss_for
+from core.loss_scaling import LossScaler
 from core.sampler import SamplerEnvironment, build_sampler
+
+
+# --amp: the autocast dtype of each choice ("auto" resolves to bf16 on CUDA, off elsewhere)
+AMP_DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
 
 def warmup_polynomial(total_steps: int, warmup_steps: int, power: float):
@@ -129,9 +134,11 @@ class Trainer:
         self.context: DistributedContext = init_distributed(self.device)
         self.progress = progress and self.context.is_main
         amp = "bf16" if config.amp == "auto" and self.device.type == "cuda" else config.amp
-        if amp not in ("auto", "bf16", "off"):
-            raise ConfigError(f"amp must be auto, bf16 or off; got {config.amp!r}")
-        self.amp_dtype = torch.bfloat16 if amp == "bf16" else None
+        if amp not in AMP_DTYPES:
+            raise ConfigError(f"amp must be one of {', '.join(AMP_DTYPES)}; got {config.amp!r}")
+        self.amp_dtype = AMP_DTYPES[amp]
+        # float16's gradients need the loss scaled (core/loss_scaling.py); bfloat16 has float32's range
+        self.loss_scaler = LossScaler(self.device) if amp == "fp16" else None
         self._seed_everything(config.seed + self.context.rank)
 
     def _read_start_weights(self) -> Optional[dict[str, torch.Tensor]]:
@@ -200,7 +207,9 @@ class Trainer:
             backbone=self.backbone, device=self.device, context=self.context, seed=config.seed,
             optimizer=config.optimizer, momentum=config.momentum, weight_decay=config.weight_decay,
             class_counts=self.dataset.class_counts(), batch_size=config.batch_size * self.context.world_size))
-        self.criterion = margin_loss_for(config, bf16_on_cuda=self.amp_dtype is not None)
+        # the head's GEMMs go to bf16 with bf16 autocast; under fp16 they stay float32, as a scaled loss's
+        # gradients would overflow float16
+        self.criterion = margin_loss_for(config, bf16_on_cuda=self.amp_dtype is torch.bfloat16)
         self.optimizer = build_optimizer(config, list(self.backbone.parameters()) + self.sampler.extra_parameters())
         self.dataset, self.batch_sampler = batch_order(self.dataset, self.sampler.batch_layout(), config.batch_size,
                                                        config.seed, self.context.rank, self.context.world_size)
@@ -266,6 +275,7 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
             "metrics": plain(self.metrics),
             **({"dynamics": self.dynamics.state_dict()} if self.dynamics is not None else {}),
+            **({"loss_scaler": self.loss_scaler.state_dict()} if self.loss_scaler is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any], sampler_state: dict[str, Any]) -> None:
@@ -292,6 +302,8 @@ class Trainer:
         if rng["cuda"] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.metrics = state.get("metrics", {})
+        if self.loss_scaler is not None and "loss_scaler" in state:  # else: a run going on in fp16 starts afresh
+            self.loss_scaler.load_state_dict(state["loss_scaler"])
         if self.dynamics is not None:
             if "dynamics" in state:
                 self.dynamics.load_state_dict(state["dynamics"])
@@ -353,6 +365,7 @@ class Trainer:
         self.backbone.train()
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
+        sampler_weights = []  # the selections' weight leaves, whose gradient a loss scaler unscales
         for micro in range(self.config.accumulate):
             # Copied first, flipped on the device (see RandomFlip), then laid out for the network.
             batch = self.augment(next(micro_batches).to(self.device, non_blocking=True))
@@ -371,17 +384,24 @@ class Trainer:
                 self.first_nonfinite_step = torch.where(
                     torch.isfinite(loss.detach()) | (self.first_nonfinite_step >= 0), self.first_nonfinite_step,
                     self.step + 1)
-                loss.backward()
+                (loss if self.loss_scaler is None else self.loss_scaler.scale(loss)).backward()
             if self.dynamics is not None and batch.indices is not None:
                 self.dynamics.record(batch.indices, self.criterion.last_margins, batch.labels,
                                      self.criterion.last_other_classes)
             self.sampler.collect(selection)
+            sampler_weights.append(selection.weights)
             total += loss.detach()
+        applied = self.loss_scaler is None or self.loss_scaler.unscale(self.optimizer, sampler_weights)
         if self.config.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.backbone.parameters(), self.config.grad_clip)
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.sampler.step(lr)
+        if applied:
+            self.optimizer.step()
+            self.sampler.step(lr)
+        else:  # an fp16 overflow: nothing of this step is applied, and the scale backs off
+            self.sampler.discard_step()
+        if self.loss_scaler is not None:
+            self.loss_scaler.update()
         self.scheduler.step()
         self.step += 1
         return total
@@ -478,6 +498,9 @@ class Trainer:
                 board.close()
         if not self.metrics or self.metrics.get("_step") != self.step:
             self.metrics = self.evaluate()
+        if self.loss_scaler is not None and self.loss_scaler.skipped_steps and self.context.is_main:
+            print(f"note: fp16 loss scaling skipped {self.loss_scaler.skipped_steps} of {self.step} steps on a "
+                  f"gradient overflow (final scale {self.loss_scaler.scaler.get_scale():g})", file=sys.stderr)
         if self.context.is_main:  # before the final checkpoint, the commit point: a run with it has them too
             atomic_write_json(self.run_dir / "metrics.json",
                               {k: v for k, v in self.metrics.items() if not k.startswith("_")})

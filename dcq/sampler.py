@@ -144,8 +144,9 @@ class DCQSampler(ClassSampler):
 
     def collect(self, selection: Selection) -> None:
         self._pending.append((selection.state["generated"], selection.state["labels"]))
-        self.positive_updates.index_add_(0, selection.state["labels"],
-                                         torch.ones_like(selection.state["labels"]))
+
+    def discard_step(self) -> None:
+        self._pending.clear()
 
     def step(self, lr: float) -> None:
         if not self._pending:
@@ -153,6 +154,7 @@ class DCQSampler(ClassSampler):
         generated = torch.cat([weights for weights, _ in self._pending])
         labels = torch.cat([labels for _, labels in self._pending])
         self._pending.clear()
+        self.positive_updates.index_add_(0, labels, torch.ones_like(labels))
         self.steps += 1
         self.enqueue(generated, labels)
         self.update_momentum_encoder(self._online[0])

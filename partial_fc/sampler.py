@@ -28,9 +28,10 @@ class PartialFCSampler(CenterStoreSampler):
                  optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4,
                  seed: int = 0, rank: int = 0, world_size: int = 1,
                  device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32,
-                 storage_dtype: Optional[torch.dtype] = None, sampling: str = "uniform") -> None:
+                 storage_dtype: Optional[torch.dtype] = None, sampling: str = "uniform",
+                 head_kernel: str = "torch") -> None:
         store = CenterStore(num_classes, (embedding_size,), optimizer, momentum, weight_decay, seed, rank, world_size,
-                            device, dtype, storage_dtype)
+                            device, dtype, storage_dtype, head_kernel)
         super().__init__(store, sample_rate, sampling)
 
 

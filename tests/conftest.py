@@ -1,11 +1,17 @@
 """Shared fixtures: tiny datasets written in the real formats, small enough for CI."""
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core.data.base import encode_image
+
+# The tests run Triton's kernels (core/triton_head.py) in its interpreter, on CPU tensors: set before anything
+# imports Triton, and inherited by the processes the distributed tests spawn. On a GPU, the GPU suite runs
+# tests/core/test_triton_head_cuda.py apart, with TRITON_INTERPRET=0, to compile them for the device.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def write_tiny_rec(root: Path, classes: int = 6, per_class: int = 8, size: int = 16, seed: int = 0,

@@ -29,6 +29,10 @@ class CenterStoreOptions:
         "float32", "dtype of the center store and its optimizer state (bfloat16: half the memory, stochastic "
                    "rounding; for 20M+ classes on one GPU).",
         choices=("float32", "bfloat16"), fixed_on_resume=True)
+    head_kernel: str = option(
+        "auto", "The softmax head: triton reads the sampled centers in place and never stores a [B, K] block "
+                "(fused gather, GEMM, margin, softmax and SGD update); torch is plain torch; auto is triton on CUDA.",
+        choices=("auto", "torch", "triton"))
     pfc_sampling: str = option(
         "uniform", "Negatives: uniform (exactly uniform), or stratified (fixed shapes, no host sync per step).",
         choices=("uniform", "stratified"))

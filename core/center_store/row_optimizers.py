@@ -48,6 +48,9 @@ class _RowOptimizer(nn.Module):
         self.compute_dtype = compute_dtype
         self.rounding_generator: Optional[torch.Generator] = None
 
+    def use_fused_kernel(self) -> None:
+        """Update rows with core/triton_head.py's kernel where there is one (SGD); the others keep torch's."""
+
     def read(self, store: torch.Tensor, rows: Optional[torch.Tensor]) -> torch.Tensor:
         """The rows to update; without a dtype change and with all rows, the store itself."""
         values = store if rows is None else store[rows]
@@ -80,6 +83,10 @@ class RowSGD(_RowOptimizer):
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.register_buffer("momentum_buffer", torch.zeros(shape, device=device, dtype=storage_dtype or dtype))
+        self.fused = False
+
+    def use_fused_kernel(self) -> None:
+        self.fused = True
 
     @torch.no_grad()
     def update(self, centers: torch.Tensor, rows: Optional[torch.Tensor], grad: torch.Tensor, lr: float,
@@ -91,6 +98,11 @@ class RowSGD(_RowOptimizer):
         computes the same new values and writes the same rounding, so the row is
         updated once, as if the rows were unique, without a host-syncing ``unique``.
         """
+        if self.fused:
+            from core.triton_head import sgd_rows
+            return sgd_rows(centers.view(-1, centers.shape[-1]), self.momentum_buffer.view(-1, centers.shape[-1]),
+                            rows, grad.reshape(-1, centers.shape[-1]), lr, self.momentum, self.weight_decay,
+                            self.rounding_generator, leaders)
         weight = self.read(centers, rows)
         buffer = self.read(self.momentum_buffer, rows)
         grad = grad.to(weight.dtype).add(weight, alpha=self.weight_decay)

@@ -67,6 +67,9 @@ class CenterStoreSampler(ClassSampler):
     def step(self, lr: float) -> None:
         self.store.step(lr)
 
+    def discard_step(self) -> None:
+        self.store.discard_step()
+
     def sharded_state_names(self) -> list[str]:
         return [f"store.{name}" for name in self.store.sharded_state_names()]
 
@@ -95,4 +98,5 @@ def store_from_options(options: CenterStoreOptions, environment: SamplerEnvironm
     context = environment.context
     return CenterStore(environment.num_classes, row_shape, environment.optimizer, environment.momentum,
                        environment.weight_decay, environment.seed, context.rank, context.world_size,
-                       environment.device, storage_dtype=storage_dtype(options.center_dtype))
+                       environment.device, storage_dtype=storage_dtype(options.center_dtype),
+                       head_kernel=options.head_kernel)

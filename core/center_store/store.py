@@ -9,10 +9,10 @@ private state:
   every positive class, adds uniform or stratified random negatives up to ``num_sample``
   of this rank's classes, and copies those rows into a fresh leaf tensor: after the
   backward its gradient is exactly the sparse gradient of those rows;
-* ``collect`` (after each micro-batch's backward) queues that gradient and counts
-  positive and passive (sampled negative) updates per class;
-* ``step`` merges the queued gradients and applies the row optimizer to the touched
-  rows alone: unsampled rows keep their value *and* optimizer state bit for bit.
+* ``collect`` (after each micro-batch's backward) queues that gradient;
+* ``step`` merges the queued gradients, applies the row optimizer to the touched rows
+  alone (unsampled rows keep their value *and* optimizer state bit for bit), and counts
+  positive and passive (sampled negative) updates per class.
 
 A row is ``row_shape`` values: ``(D,)`` for one center per class, ``(K, D)`` for K
 prototypes per class (the loss then scores a class by its best prototype). With
@@ -30,6 +30,7 @@ from torch import nn
 from core.center_store.row_optimizers import build_center_optimizer
 from core.center_store.sampling import (class_shard, first_occurrence, init_centers, sample_without,
                                         stratified_columns)
+from core.triton_head import resolve_head_kernel
 from core.distributed import all_gather_no_grad, all_gather_with_grad
 from core.errors import ConfigError
 from core.sampler import Selection
@@ -45,7 +46,9 @@ class CenterStore(nn.Module):
     def __init__(self, num_classes: int, row_shape: tuple[int, ...], optimizer: str = "sgd", momentum: float = 0.9,
                  weight_decay: float = 5e-4, seed: int = 0, rank: int = 0, world_size: int = 1,
                  device: Optional[torch.device] = None, dtype: torch.dtype = torch.float32,
-                 storage_dtype: Optional[torch.dtype] = None) -> None:
+                 storage_dtype: Optional[torch.dtype] = None, head_kernel: str = "torch") -> None:
+        """``head_kernel``: ``torch`` copies each step's rows for the loss; ``triton`` leaves them in the table for
+        the fused head and updates them with its fused SGD (core/triton_head.py); ``auto``: triton where it runs."""
         super().__init__()
         if num_classes < world_size:
             raise ConfigError(f"{num_classes} classes cannot be sharded over {world_size} processes")
@@ -62,7 +65,10 @@ class CenterStore(nn.Module):
         self.generator = torch.Generator(device=self.centers.device)
         self.generator.manual_seed(seed * 7919 + rank)
         self.center_optimizer.rounding_generator = self.generator
-        self._pending: list[tuple[Optional[torch.Tensor], torch.Tensor]] = []
+        self.head_kernel = resolve_head_kernel(head_kernel, self.centers.device, self.row_shape)
+        if self.head_kernel == "triton":
+            self.center_optimizer.use_fused_kernel()
+        self._pending: list[tuple[Optional[torch.Tensor], torch.Tensor, torch.Tensor]] = []  # index, grad, positives
 
     def _initial_rows(self, seed: int, device: Optional[torch.device], dtype: torch.dtype) -> torch.Tensor:
         """N(0, 0.01) rows, each prototype of a row from its own stream (the first one's is a one-prototype
@@ -90,9 +96,6 @@ class CenterStore(nn.Module):
         in_shard = (local >= 0) & (local < self.shard_size)
         if num_sample >= self.shard_size:
             index, positives = None, torch.unique(local[in_shard])
-            # An alias of the store (a copy if it is kept in another dtype): its gradient is
-            # dense, and the store only changes in step().
-            weights = self.centers.detach().to(self.compute_dtype).requires_grad_(True)
             targets = torch.where(in_shard, local, -1)
         else:
             if sampling == "stratified" and num_sample >= local.numel():
@@ -100,11 +103,19 @@ class CenterStore(nn.Module):
             else:
                 positives = torch.unique(local[in_shard])
                 index = self.choose_columns(positives, num_sample)
-            weights = self.centers[index].to(self.compute_dtype).requires_grad_(True)
             targets = torch.where(in_shard, torch.searchsorted(index, local.clamp(min=0)), -1)
         columns = torch.arange(self.shard_size, device=labels.device) if index is None else index
+        fused = self.head_kernel == "triton"
+        if fused:  # the head reads the rows in place; this leaf only receives their gradient
+            weights = self.centers.new_zeros((), dtype=self.compute_dtype).expand(
+                columns.numel(), *self.row_shape).detach().requires_grad_(True)
+        elif index is None:  # an alias of the store (a copy in another dtype); the store only changes in step()
+            weights = self.centers.detach().to(self.compute_dtype).requires_grad_(True)
+        else:  # a fresh leaf: its gradient is exactly the sparse gradient of these rows
+            weights = self.centers[index].to(self.compute_dtype).requires_grad_(True)
         return Selection(embeddings=embeddings, weights=weights, targets=targets, sharded_columns=self.world_size > 1,
-                         column_classes=columns + self.shard_start, state={"index": index, "positives": positives})
+                         column_classes=columns + self.shard_start, weight_table=self.centers if fused else None,
+                         weight_rows=index, state={"index": index, "positives": positives})
 
     def choose_columns(self, positives: torch.Tensor, num_sample: int) -> torch.Tensor:
         """Sorted local rows of this step: every positive plus uniform random negatives."""
@@ -114,12 +125,17 @@ class CenterStore(nn.Module):
         return torch.sort(torch.cat([positives, negatives])).values
 
     def collect(self, selection: Selection) -> None:
-        """Queue the selected rows' gradient and count positive / passive updates (after each backward)."""
-        index, positives = selection.state["index"], selection.state["positives"]
+        """Queue the selected rows' gradient (after each backward); ``step`` applies it and counts the updates."""
         grad = selection.weights.grad
         if grad is None:
             raise RuntimeError("CenterStore.collect needs the selection's weights to have a gradient")
-        self._pending.append((index, grad))
+        self._pending.append((selection.state["index"], grad, selection.state["positives"]))
+
+    def discard_step(self) -> None:
+        self._pending.clear()
+
+    def _count_updates(self, index: Optional[torch.Tensor], positives: torch.Tensor) -> None:
+        """One positive update for each of a micro-batch's classes, one passive one for its other columns."""
         # Stratified selections pad their positives with shard_size: those rows count nothing.
         is_positive = (positives < self.shard_size).long()
         positives = positives.clamp(max=self.shard_size - 1)
@@ -134,13 +150,15 @@ class CenterStore(nn.Module):
         """Apply the row optimizer to every row the queued micro-batches touched, once each."""
         if not self._pending:
             return
-        indices = [index for index, _ in self._pending]
+        for index, _, positives in self._pending:
+            self._count_updates(index, positives)
+        indices = [index for index, _, _ in self._pending]
         leaders = None
         if len(self._pending) == 1:
-            rows, grad = self._pending[0]
+            rows, grad, _ = self._pending[0]
         elif any(index is None for index in indices):
             rows, grad = None, torch.zeros(self.centers.shape, dtype=self.compute_dtype, device=self.centers.device)
-            for index, part in self._pending:
+            for index, part, _ in self._pending:
                 if index is None:
                     grad += part
                 else:
@@ -150,7 +168,7 @@ class CenterStore(nn.Module):
             # the optimizer writes each row once (see RowSGD.update).
             rows = torch.cat(indices)
             leaders = first_occurrence(rows)
-            parts = torch.cat([part for _, part in self._pending])
+            parts = torch.cat([part for _, part, _ in self._pending])
             grad = torch.zeros_like(parts).index_add_(0, leaders, parts)[leaders]
         self._pending.clear()
         self.center_optimizer.update(self.centers, rows, grad, lr, leaders)

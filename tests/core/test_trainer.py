@@ -28,18 +28,20 @@ def _weights(trainer):
                if isinstance(v, torch.Tensor)}}
 
 
-@pytest.mark.parametrize("center_dtype", ["float32", "bfloat16"])
-def test_resumed_run_equals_straight_run(tiny_rec, tmp_path, center_dtype):
-    # bfloat16 centers round stochastically: the rounding stream must resume exactly too
-    straight = Trainer(_config(tiny_rec, center_dtype=center_dtype), tmp_path / "straight", progress=False)
+@pytest.mark.parametrize("center_dtype,amp", [("float32", "off"), ("bfloat16", "off"), ("float32", "fp16")])
+def test_resumed_run_equals_straight_run(tiny_rec, tmp_path, center_dtype, amp):
+    # bfloat16 centers round stochastically: the rounding stream must resume exactly too; fp16's loss scale too
+    straight = Trainer(_config(tiny_rec, center_dtype=center_dtype, amp=amp), tmp_path / "straight", progress=False)
     assert straight.total_steps == 12  # 48 images / 8 per batch x 2 epochs
     straight.fit()
     assert straight.sampler.store.centers.dtype == getattr(torch, center_dtype)
-    first = Trainer(_config(tiny_rec, max_steps=7, center_dtype=center_dtype), tmp_path / "resumed",
+    first = Trainer(_config(tiny_rec, max_steps=7, center_dtype=center_dtype, amp=amp), tmp_path / "resumed",
                     progress=False)
     first.fit()
-    second = Trainer(_config(tiny_rec, center_dtype=center_dtype), tmp_path / "resumed", progress=False)
+    second = Trainer(_config(tiny_rec, center_dtype=center_dtype, amp=amp), tmp_path / "resumed", progress=False)
     second.resume(tmp_path / "resumed")
+    if amp == "fp16":
+        assert second.loss_scaler.state_dict() == first.loss_scaler.state_dict()
     assert second.step == 7
     second.fit()
     a, b = _weights(straight), _weights(second)

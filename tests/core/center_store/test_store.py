@@ -164,7 +164,7 @@ def test_accumulated_sampled_micro_batches_update_each_touched_row_once(optimize
         selection = store.select(torch.randn(6, 5, requires_grad=True), torch.randint(40, (6,)), num_sample, sampling)
         (MarginSoftmaxLoss(margin)(selection) / 2).backward()
         store.collect(selection)
-    pending = [(index.clone(), grad.clone()) for index, grad in store._pending]
+    pending = [(index.clone(), grad.clone()) for index, grad, _ in store._pending]
     store.step(0.1)
     shared = set(pending[0][0].tolist()) & set(pending[1][0].tolist())
     assert shared  # otherwise this test would not exercise repeated rows

@@ -1,0 +1,369 @@
+"""Partial FC's head as Triton kernels: the sampled rows are read in place, and no ``[B, K]`` block is ever stored.
+
+The torch path copies the sampled center rows (``centers[index]``, a ``[K, D]`` gather),
+normalises that copy, and materialises the ``[B, K]`` logits, their softmax and its
+gradient. Here three kernels read the rows straight from the center table through the
+index, normalise them in registers, and keep only per-row running statistics:
+
+* ``_forward_kernel``: per tile of rows x columns, the cosines (a GEMM in bf16 or float32
+  with float32 accumulation), the target column's margin logit (computed beforehand in
+  torch from the ``B`` target rows), the inter-class filter, and an online max and sum of
+  exponentials; also each row's best other column for the training dynamics. The column
+  blocks are split over programs, whose partial max/sum torch merges (and all-reduces
+  across ranks for a model-parallel head, exactly as the torch path does).
+* ``_row_gradient_kernel`` (per column block) and ``_embedding_gradient_kernel`` (per row
+  block) recompute the logits from the saved log-normaliser and accumulate
+  ``softmax - onehot`` times the other side: the gradient of the sampled rows, already
+  through their normalisation, and of the normalised embeddings.
+* ``_sgd_rows_kernel``: SGD with momentum and weight decay on the touched rows, written
+  back in place (a row repeated across micro-batches by its first copy alone), with the
+  bf16 store's stochastic rounding drawn from Triton's counter-based generator.
+
+The kernels run on CUDA; with ``TRITON_INTERPRET=1`` Triton runs them on the CPU, which is
+how the tests check them against the float64 torch path.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from core.errors import ConfigError
+from core.margins import CombinedMargin
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the CPU build of torch comes without Triton; the torch head needs none
+    triton = None
+
+HEAD_KERNELS = ("auto", "torch", "triton")
+NORM_EPS = 1e-12  # F.normalize's
+UPDATE_ROWS = 16  # center rows per program of the optimizer kernel
+SPLIT_PROGRAMS = 1024  # the forward spreads the column blocks over about this many programs
+# Tiles (rows, columns, warps) each kernel's autotuning tries on a GPU, once per embedding size and batch: a
+# 512-wide embedding makes the backward's [tile, D] accumulators large, so smaller tiles are tried too, and a
+# tile that does not fit the device is skipped. The interpreter runs one small tile.
+FORWARD_TILES = ((64, 64, 4), (64, 128, 8), (128, 64, 8), (32, 64, 4), (32, 32, 4))
+ROW_GRADIENT_TILES = ((64, 32, 8), (32, 32, 4), (64, 64, 8), (16, 32, 4))
+EMBEDDING_GRADIENT_TILES = ((32, 64, 8), (32, 32, 4), (64, 64, 8), (16, 64, 4))
+INTERPRETED_TILE = 16
+
+
+def resolve_head_kernel(name: str, device: torch.device, row_shape: tuple[int, ...]) -> str:
+    """``--head-kernel`` as the store will run it: ``auto`` is triton for one center per class on a CUDA device
+    where Triton imports, torch otherwise; ``triton`` where it cannot run is an error."""
+    if name not in HEAD_KERNELS:
+        raise ConfigError(f"--head-kernel must be one of {', '.join(HEAD_KERNELS)}, got {name!r}")
+    fits = len(row_shape) == 1
+    if name == "auto":  # not when interpreted: that is for tests, and slow
+        return "triton" if fits and device.type == "cuda" and triton is not None and not _interpreted() else "torch"
+    if name == "triton" and not fits:
+        raise ConfigError(f"--head-kernel triton takes one center per class; these rows hold {row_shape[0]} "
+                          "prototypes each (use --head-kernel torch)")
+    if name == "triton" and not (triton is not None and (device.type == "cuda" or _interpreted())):
+        raise ConfigError("--head-kernel triton needs Triton and a CUDA GPU (TRITON_INTERPRET=1 runs its kernels on "
+                          "the CPU, slowly); --head-kernel torch runs anywhere")
+    return name
+
+
+def _interpreted() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _tiles(shapes: tuple[tuple[int, int, int], ...]) -> list:
+    if _interpreted():
+        return [triton.Config({"BLOCK_B": INTERPRETED_TILE, "BLOCK_K": INTERPRETED_TILE})]
+    return [triton.Config({"BLOCK_B": rows, "BLOCK_K": columns}, num_warps=warps) for rows, columns, warps in shapes]
+
+
+if triton is not None:
+    @triton.jit
+    def _tile(emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, rows, columns, num_rows, num_columns,
+              dim, scale, threshold, HAS_INDEX: tl.constexpr, FILTER: tl.constexpr, D_PAD: tl.constexpr,
+              GEMM_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+        """One tile's cosines and logits, the gathered rows, their inverse norms, and which entry is a target."""
+        d = tl.arange(0, D_PAD)
+        row_ok = rows < num_rows
+        column_ok = columns < num_columns
+        emb = tl.load(emb_ptr + rows[:, None] * dim + d[None, :], mask=row_ok[:, None] & (d[None, :] < dim), other=0.0)
+        if HAS_INDEX:
+            table_rows = tl.load(index_ptr + columns, mask=column_ok, other=0)
+        else:
+            table_rows = columns
+        weights = tl.load(table_ptr + table_rows[:, None].to(tl.int64) * dim + d[None, :],
+                          mask=column_ok[:, None] & (d[None, :] < dim), other=0.0).to(tl.float32)
+        inverse_norm = 1.0 / tl.maximum(tl.sqrt(tl.sum(weights * weights, axis=1)), 1e-12)
+        cosine = tl.dot(emb.to(GEMM_DTYPE), tl.trans(weights.to(GEMM_DTYPE)), input_precision=PRECISION)
+        cosine = tl.minimum(tl.maximum(cosine * inverse_norm[None, :], -1.0), 1.0)
+        targets = tl.load(targets_ptr + rows, mask=row_ok, other=-1)
+        is_target = columns[None, :] == targets[:, None]
+        target_logit = tl.load(target_logit_ptr + rows, mask=row_ok, other=0.0)
+        logits = tl.where(is_target, target_logit[:, None], scale * cosine)
+        if FILTER:  # insightface's inter-class filter: a near-duplicate negative becomes a constant 0
+            filtered = (cosine > threshold) & (~is_target)
+            logits = tl.where(filtered, 0.0, logits)
+        else:
+            filtered = is_target & (~is_target)
+        logits = tl.where(column_ok[None, :], logits, float("-inf"))
+        return cosine, logits, weights, inverse_norm, is_target, filtered, emb
+
+    @triton.autotune(configs=_tiles(FORWARD_TILES), key=["dim", "num_rows"])
+    @triton.jit
+    def _forward_kernel(emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, max_ptr, sum_ptr, best_ptr,
+                        best_column_ptr, num_rows, num_columns, dim, scale, threshold, splits,
+                        HAS_INDEX: tl.constexpr, FILTER: tl.constexpr, D_PAD: tl.constexpr,
+                        BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, GEMM_DTYPE: tl.constexpr,
+                        PRECISION: tl.constexpr):
+        block = tl.program_id(0)
+        split = tl.program_id(1)
+        rows = block * BLOCK_B + tl.arange(0, BLOCK_B)
+        row_max = tl.full((BLOCK_B,), float("-inf"), tl.float32)
+        row_sum = tl.zeros((BLOCK_B,), tl.float32)
+        best = tl.full((BLOCK_B,), float("-inf"), tl.float32)
+        best_column = tl.full((BLOCK_B,), -1, tl.int64)
+        for start in range(split * BLOCK_K, num_columns, splits * BLOCK_K):
+            columns = start + tl.arange(0, BLOCK_K)
+            cosine, logits, weights, inverse_norm, is_target, filtered, emb = _tile(
+                emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, rows, columns, num_rows, num_columns,
+                dim, scale, threshold, HAS_INDEX, FILTER, D_PAD, GEMM_DTYPE, PRECISION)
+            new_max = tl.maximum(row_max, tl.max(logits, axis=1))
+            safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+            row_sum = row_sum * tl.exp(row_max - safe_max) + tl.sum(tl.exp(logits - safe_max[:, None]), axis=1)
+            row_max = new_max
+            others = tl.where(is_target, float("-inf"), logits)
+            tile_best = tl.max(others, axis=1)
+            tile_column = start + tl.argmax(others, axis=1).to(tl.int64)
+            better = tile_best > best
+            best_column = tl.where(better, tile_column, best_column)
+            best = tl.where(better, tile_best, best)
+        out = rows * splits + split
+        row_ok = rows < num_rows
+        tl.store(max_ptr + out, row_max, mask=row_ok)
+        tl.store(sum_ptr + out, row_sum, mask=row_ok)
+        tl.store(best_ptr + out, best, mask=row_ok)
+        tl.store(best_column_ptr + out, best_column, mask=row_ok)
+
+    @triton.jit
+    def _cosine_gradient(logits, cosine, is_target, filtered, rows, num_rows, log_normaliser_ptr, slope_ptr,
+                         upstream_ptr, scale):
+        """d loss / d cosine of one tile: ``scale x softmax`` off the target, ``(softmax - 1)`` through the margin's
+        slope on it, 0 for filtered entries and padding; times the loss's upstream gradient / rows (read on the
+        device: a scalar argument would wait for it on the host)."""
+        grad_scale = tl.load(upstream_ptr).to(tl.float32) * scale / num_rows
+        row_ok = rows < num_rows
+        log_normaliser = tl.load(log_normaliser_ptr + rows, mask=row_ok, other=0.0)
+        slope = tl.load(slope_ptr + rows, mask=row_ok, other=0.0)
+        probability = tl.exp(logits - log_normaliser[:, None])
+        grad = tl.where(is_target, (probability - 1.0) * slope[:, None], probability) * grad_scale
+        return tl.where(filtered | (~row_ok[:, None]), 0.0, grad)
+
+    @triton.jit
+    def _gradient_tile(emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, log_normaliser_ptr, slope_ptr,
+                       upstream_ptr, rows, columns, num_rows, num_columns, dim, scale, threshold,
+                       HAS_INDEX: tl.constexpr, FILTER: tl.constexpr, D_PAD: tl.constexpr,
+                       GEMM_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+        """A tile's logits recomputed, and d loss / d cosine, with what the two backward kernels multiply it by."""
+        cosine, logits, weights, inverse_norm, is_target, filtered, emb = _tile(
+            emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, rows, columns, num_rows, num_columns,
+            dim, scale, threshold, HAS_INDEX, FILTER, D_PAD, GEMM_DTYPE, PRECISION)
+        grad = _cosine_gradient(logits, cosine, is_target, filtered, rows, num_rows, log_normaliser_ptr, slope_ptr,
+                                upstream_ptr, scale)
+        return grad, cosine, weights, inverse_norm, emb
+
+    @triton.autotune(configs=_tiles(ROW_GRADIENT_TILES), key=["dim", "num_rows"])
+    @triton.jit
+    def _row_gradient_kernel(emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, log_normaliser_ptr,
+                             slope_ptr, upstream_ptr, grad_rows_ptr, num_rows, num_columns, dim, scale, threshold,
+                             HAS_INDEX: tl.constexpr, FILTER: tl.constexpr, D_PAD: tl.constexpr,
+                             BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, GEMM_DTYPE: tl.constexpr,
+                             PRECISION: tl.constexpr):
+        columns = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+        d = tl.arange(0, D_PAD)
+        accumulated = tl.zeros((BLOCK_K, D_PAD), tl.float32)  # sum over rows of grad x normalised embedding
+        along = tl.zeros((BLOCK_K,), tl.float32)  # sum over rows of grad x cosine: the part along the row itself
+        weights = tl.zeros((BLOCK_K, D_PAD), tl.float32)
+        inverse_norm = tl.zeros((BLOCK_K,), tl.float32)
+        for start in range(0, num_rows, BLOCK_B):
+            rows = start + tl.arange(0, BLOCK_B)
+            grad, cosine, weights, inverse_norm, emb = _gradient_tile(
+                emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, log_normaliser_ptr, slope_ptr,
+                upstream_ptr, rows, columns, num_rows, num_columns, dim, scale, threshold, HAS_INDEX, FILTER, D_PAD,
+                GEMM_DTYPE, PRECISION)
+            accumulated += tl.dot(tl.trans(grad).to(GEMM_DTYPE), emb.to(GEMM_DTYPE), input_precision=PRECISION)
+            along += tl.sum(grad * cosine, axis=0)
+        # through the row's normalisation: (g - w_hat (w_hat . g)) / |w|, where w_hat . g = sum grad x cosine
+        unit = weights * inverse_norm[:, None]
+        grad_rows = (accumulated - unit * along[:, None]) * inverse_norm[:, None]
+        tl.store(grad_rows_ptr + columns[:, None] * dim + d[None, :], grad_rows,
+                 mask=(columns[:, None] < num_columns) & (d[None, :] < dim))
+
+    @triton.autotune(configs=_tiles(EMBEDDING_GRADIENT_TILES), key=["dim", "num_rows"])
+    @triton.jit
+    def _embedding_gradient_kernel(emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, log_normaliser_ptr,
+                                   slope_ptr, upstream_ptr, grad_emb_ptr, num_rows, num_columns, dim, scale,
+                                   threshold, HAS_INDEX: tl.constexpr, FILTER: tl.constexpr, D_PAD: tl.constexpr,
+                                   BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, GEMM_DTYPE: tl.constexpr,
+                                   PRECISION: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        d = tl.arange(0, D_PAD)
+        accumulated = tl.zeros((BLOCK_B, D_PAD), tl.float32)
+        for start in range(0, num_columns, BLOCK_K):
+            columns = start + tl.arange(0, BLOCK_K)
+            grad, cosine, weights, inverse_norm, emb = _gradient_tile(
+                emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, log_normaliser_ptr, slope_ptr,
+                upstream_ptr, rows, columns, num_rows, num_columns, dim, scale, threshold, HAS_INDEX, FILTER, D_PAD,
+                GEMM_DTYPE, PRECISION)
+            unit = weights * inverse_norm[:, None]
+            accumulated += tl.dot(grad.to(GEMM_DTYPE), unit.to(GEMM_DTYPE), input_precision=PRECISION)
+        tl.store(grad_emb_ptr + rows[:, None] * dim + d[None, :], accumulated,
+                 mask=(rows[:, None] < num_rows) & (d[None, :] < dim))
+
+    @triton.jit
+    def _round_to_bf16(values, noise):
+        """float32 values whose low 16 bits are cleared after adding random ones: exact in bfloat16."""
+        bits = values.to(tl.int32, bitcast=True) + (noise & 0xFFFF).to(tl.int32)
+        return (bits & -65536).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _sgd_rows_kernel(table_ptr, momentum_ptr, rows_ptr, leaders_ptr, grad_ptr, seed_ptr, count, dim, lr,
+                         momentum, weight_decay, HAS_ROWS: tl.constexpr, HAS_LEADERS: tl.constexpr,
+                         STOCHASTIC: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr):
+        positions = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        d = tl.arange(0, D_PAD)
+        writes = positions < count
+        if HAS_LEADERS:  # a repeated row is read and written by its first copy alone: programs run in any order
+            writes = writes & (tl.load(leaders_ptr + positions, mask=writes, other=0) == positions)
+        ok = writes[:, None] & (d[None, :] < dim)
+        if HAS_ROWS:
+            rows = tl.load(rows_ptr + positions, mask=positions < count, other=0).to(tl.int64)
+        else:
+            rows = positions.to(tl.int64)
+        where = rows[:, None] * dim + d[None, :]
+        weight = tl.load(table_ptr + where, mask=ok, other=0.0).to(tl.float32)
+        buffer = tl.load(momentum_ptr + where, mask=ok, other=0.0).to(tl.float32)
+        grad = tl.load(grad_ptr + positions[:, None] * dim + d[None, :], mask=ok, other=0.0).to(tl.float32)
+        buffer = buffer * momentum + (grad + weight * weight_decay)
+        weight = weight - lr * buffer
+        if STOCHASTIC:  # to bf16: add random low bits, keep the high half (rounds up with the remainder's odds)
+            weight_noise, buffer_noise, _, _ = tl.randint4x(tl.load(seed_ptr), where)
+            weight = _round_to_bf16(weight, weight_noise)
+            buffer = _round_to_bf16(buffer, buffer_noise)
+        tl.store(table_ptr + where, weight.to(table_ptr.dtype.element_ty), mask=ok)
+        tl.store(momentum_ptr + where, buffer.to(momentum_ptr.dtype.element_ty), mask=ok)
+
+
+def _launch_options(dim: int, gemm_dtype: torch.dtype) -> dict:
+    return {"D_PAD": max(16, triton.next_power_of_2(dim)),
+            "GEMM_DTYPE": tl.bfloat16 if gemm_dtype == torch.bfloat16 else tl.float32,
+            "PRECISION": "tf32" if gemm_dtype == torch.bfloat16 else "ieee"}
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class _FusedHead(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, unit_embeddings: torch.Tensor, row_gradient: torch.Tensor, table: torch.Tensor,
+                rows: Optional[torch.Tensor], targets: torch.Tensor, target_logit: torch.Tensor, slope: torch.Tensor,
+                margin: CombinedMargin, gemm_dtype: torch.dtype, sharded: bool, record: Optional[dict]
+                ) -> torch.Tensor:
+        batch, dim = unit_embeddings.shape
+        num_columns = row_gradient.shape[0]
+        options = _launch_options(dim, gemm_dtype)
+        tile = INTERPRETED_TILE if _interpreted() else 64
+        splits = max(1, min(triton.cdiv(num_columns, tile), SPLIT_PROGRAMS // triton.cdiv(batch, tile)))
+        partial = {name: torch.empty(batch, splits, device=unit_embeddings.device, dtype=torch.float32)
+                   for name in ("max", "sum", "best")}
+        partial_column = torch.empty(batch, splits, device=unit_embeddings.device, dtype=torch.int64)
+        common = dict(num_rows=batch, num_columns=num_columns, dim=dim, scale=margin.scale,
+                      threshold=margin.interclass_threshold or 0.0, HAS_INDEX=rows is not None,
+                      FILTER=margin.interclass_threshold is not None, **options)
+        index = rows if rows is not None else targets  # any int64 tensor: never read without HAS_INDEX
+        def grid(meta: dict) -> tuple[int, int]:
+            return triton.cdiv(batch, meta["BLOCK_B"]), splits
+
+        _forward_kernel[grid](unit_embeddings, table, index, targets, target_logit, partial["max"], partial["sum"],
+                              partial["best"], partial_column, splits=splits, **common)
+        row_max = partial["max"].max(dim=1).values
+        if sharded:
+            dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
+        total = (partial["sum"] * torch.exp(partial["max"] - row_max[:, None]).nan_to_num_(0.0)).sum(dim=1)
+        given = torch.where(targets >= 0, target_logit, torch.zeros_like(target_logit))
+        if sharded:
+            dist.all_reduce(total)
+            dist.all_reduce(given)
+        log_normaliser = row_max + total.log()
+        if record is not None:
+            best, split = partial["best"].max(dim=1)
+            record["best_other"] = best / margin.scale
+            record["columns"] = torch.where(best > float("-inf"), partial_column.gather(1, split[:, None])[:, 0], -1)
+        ctx.save_for_backward(unit_embeddings, table, index, targets, target_logit, slope, log_normaliser)
+        ctx.common = common
+        return (log_normaliser - given).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        unit_embeddings, table, index, targets, target_logit, slope, log_normaliser = ctx.saved_tensors
+        common = ctx.common
+        batch, dim = unit_embeddings.shape
+        grad_rows = torch.empty(common["num_columns"], dim, device=unit_embeddings.device, dtype=torch.float32)
+        grad_embeddings = torch.empty_like(unit_embeddings, dtype=torch.float32)
+        arguments = (unit_embeddings, table, index, targets, target_logit, log_normaliser, slope,
+                     grad.reshape(1).float().contiguous())
+        _row_gradient_kernel[lambda meta: (triton.cdiv(common["num_columns"], meta["BLOCK_K"]),)](
+            *arguments, grad_rows, **common)
+        _embedding_gradient_kernel[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),)](
+            *arguments, grad_embeddings, **common)
+        return grad_embeddings, grad_rows, *[None] * 9
+
+
+def fused_margin_cross_entropy(embeddings: torch.Tensor, row_gradient: torch.Tensor, table: torch.Tensor,
+                               rows: Optional[torch.Tensor], targets: torch.Tensor, margin: CombinedMargin,
+                               gemm_dtype: torch.dtype = torch.float32, sharded: bool = False,
+                               record: Optional[dict] = None) -> torch.Tensor:
+    """Mean margin-softmax CE of ``embeddings`` against rows ``rows`` of ``table`` (all rows: None).
+
+    ``row_gradient`` is a ``[K, D]`` leaf standing for those rows (core/center_store: a
+    placeholder without storage); after the backward its ``.grad`` holds their gradient.
+    ``targets`` are columns (-1: the class is on another rank, with ``sharded``). A
+    ``record`` dict receives ``best_other`` (each row's best other cosine, the logit / s)
+    and ``columns`` (its column, -1: none).
+    """
+    if triton is None:
+        raise ConfigError("the Triton head needs the triton package (it comes with CUDA builds of torch)")
+    unit = F.normalize(embeddings.float(), dim=1, eps=NORM_EPS)
+    with torch.no_grad():
+        has_target = targets >= 0
+        target_rows = targets.clamp(min=0) if rows is None else rows[targets.clamp(min=0)]
+        cos_target = (unit * F.normalize(table[target_rows].float(), dim=1, eps=NORM_EPS)).sum(dim=1).clamp(-1.0, 1.0)
+        target_logit = torch.where(has_target, margin.scale * margin.target_function(cos_target), float("-inf"))
+        slope = margin.target_slope(cos_target)
+    if record is not None:
+        record["target_cosine"] = torch.where(has_target, cos_target, float("-inf"))
+    return _FusedHead.apply(unit.contiguous(), row_gradient, table, rows, targets.contiguous(),
+                            target_logit.contiguous(), slope.contiguous(), margin, gemm_dtype, sharded, record)
+
+
+@torch.no_grad()
+def sgd_rows(table: torch.Tensor, momentum_buffer: torch.Tensor, rows: Optional[torch.Tensor], grad: torch.Tensor,
+             lr: float, momentum: float, weight_decay: float, generator: Optional[torch.Generator],
+             leaders: Optional[torch.Tensor] = None) -> None:
+    """``RowSGD.update`` in one kernel: reads and writes only ``rows`` (all: None) of the table and its momentum.
+
+    A row repeated in ``rows`` (micro-batches sharing it) carries its summed gradient at every
+    copy, and ``leaders`` names one copy per row (``RowSGD.update``): that copy alone updates it.
+    """
+    count, dim = grad.shape[0], table.shape[-1]
+    seed = torch.randint(0, 2 ** 30, (1,), device=table.device, generator=generator, dtype=torch.int64)
+    _sgd_rows_kernel[(triton.cdiv(count, UPDATE_ROWS),)](
+        table, momentum_buffer, seed if rows is None else rows, seed if leaders is None else leaders,
+        grad.contiguous(), seed, count, dim, lr, momentum, weight_decay, HAS_ROWS=rows is not None,
+        HAS_LEADERS=leaders is not None, STOCHASTIC=table.dtype == torch.bfloat16,
+        D_PAD=max(16, triton.next_power_of_2(dim)), BLOCK=UPDATE_ROWS)
