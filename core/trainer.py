@@ -398,10 +398,8 @@ class Trainer:
         if applied:
             self.optimizer.step()
             self.sampler.step(lr)
-        else:  # an fp16 overflow: nothing of this step is applied, and the scale backs off
+        else:  # an fp16 overflow: nothing of this step is applied (the scale has backed off)
             self.sampler.discard_step()
-        if self.loss_scaler is not None:
-            self.loss_scaler.update()
         self.scheduler.step()
         self.step += 1
         return total

@@ -22,8 +22,7 @@ def test_unscale_gives_the_true_gradients_of_backbone_and_sampler():
     assert scaler.unscale(optimizer, [weights])
     torch.testing.assert_close(parameter.grad, torch.tensor([1.0, -2.0, 0.5]))
     torch.testing.assert_close(weights.grad, torch.full((2, 3), 0.25))
-    scaler.update()
-    assert scaler.scaler.get_scale() == 1024.0 and scaler.skipped_steps == 0
+    assert scaler.scaler.get_scale() == 1024.0 and scaler.skipped_steps == 0 and scaler.clean_steps == 1
 
 
 @pytest.mark.parametrize("where", ["backbone", "sampler"])
@@ -33,8 +32,40 @@ def test_an_overflow_anywhere_skips_the_step_and_backs_off(where):
     (backbone if where == "backbone" else sampler)[0] = float("inf")
     optimizer, _, weights = _scaled_gradients(scaler, 1024.0, backbone, sampler)
     assert not scaler.unscale(optimizer, [weights])
-    scaler.update()
     assert scaler.scaler.get_scale() == 512.0 and scaler.skipped_steps == 1
+
+
+def test_the_scale_grows_after_a_run_of_clean_steps():
+    scaler = LossScaler(torch.device("cpu"), initial_scale=8.0)
+    interval = scaler.scaler.get_growth_interval()
+    for _ in range(interval):
+        optimizer, _, weights = _scaled_gradients(scaler, 8.0, torch.ones(3), torch.ones(2, 3))
+        assert scaler.unscale(optimizer, [weights])
+    assert scaler.scaler.get_scale() == 16.0 and scaler.clean_steps == 0
+
+
+def _rank_verdict(rank, world_size, init_file, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        scaler = LossScaler(torch.device("cpu"), initial_scale=64.0)
+        sampler = torch.ones(2, 3)
+        if rank == 1:  # only this rank's shard of the centers overflowed
+            sampler[1, 2] = float("inf")
+        optimizer, _, weights = _scaled_gradients(scaler, 64.0, torch.ones(3), sampler)
+        torch.save({"applied": scaler.unscale(optimizer, [weights]), "scale": scaler.scaler.get_scale()},
+                   f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_skips_when_one_rank_overflowed(tmp_path):
+    from tests.conftest import spawn_gloo
+
+    spawn_gloo(_rank_verdict, 2, tmp_path, str(tmp_path))
+    for rank in range(2):
+        assert torch.load(tmp_path / f"rank{rank}.pt") == {"applied": False, "scale": 32.0}
 
 
 def _state(trainer):
