@@ -16,9 +16,11 @@ SMOKE="${SMOKE:-0}"
 if [ "$SMOKE" = 1 ]; then
     DEVICE=cpu; PFC_CLASSES=(--classes 20000 --classes 40000); BF16_CLASSES=(--classes 50000)
     STEP=(--backbone tiny --input-size 32 --classes 5000 --batch-size 32 --repeats 2); REPEATS=2; DATA_IMAGES=256
+    SCALE=(--quick --classes 300)
 else
     DEVICE=cuda; PFC_CLASSES=(--classes 1000000 --classes 4000000 --classes 10000000); BF16_CLASSES=(--classes 20000000)
     STEP=(--batch-size 128 --batch-size 256 --repeats 10); REPEATS=5; DATA_IMAGES=8192
+    SCALE=(--quick --classes 100000)  # the class-count sweep's first GPU-only row; a rerun on the same OUT resumes it
 fi
 
 step() {  # step NAME LIMIT_SECONDS COMMAND...: run it, keep its output and how it ended
@@ -46,4 +48,5 @@ step bench_pfc_bf16 60 python cli.py bench pfc --device "$DEVICE" --batch-size 5
     --center-dtype bfloat16 --repeats "$REPEATS" --json
 step bench_step 150 python cli.py bench step --device "$DEVICE" --no-compile "${STEP[@]}" --json
 step bench_data 45 python cli.py bench data --size 112 --workers 0 --workers 8 --images "$DATA_IMAGES"
+step scale 90 python cli.py experiment scale --device "$DEVICE" "${SCALE[@]}" --out "$OUT/scale" --doc "$OUT/SCALING.md"
 python -m benchmarks.suite_report "$OUT" && echo "Wrote $OUT/gpu_results.md"

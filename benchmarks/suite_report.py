@@ -79,6 +79,9 @@ def write_report(out: Path) -> Path:
         sections += ["", table(records) if records else "(no figures: see the step's exit code and .err file)"]
     data = out / "bench_data.out"
     sections += ["", "## Data pipeline (`bench_data`)", "", data.read_text().strip() if data.is_file() else "(none)"]
+    scaling = out / "SCALING.md"
+    sections += ["", "## Class-count sweep (`scale`)", "",
+                 f"See {scaling.name} beside this file." if scaling.is_file() else "(none)"]
     report = out / "gpu_results.md"
     report.write_text("\n".join(sections) + "\n")
     return report

@@ -81,3 +81,40 @@ def detection_command(out: str, quick: bool, device: str, only: int | None, doc:
     click.echo(f"\n{len(results)} cells finished ({(time.perf_counter() - started) / 60:.1f} min this invocation). "
                f"Wrote {', '.join(map(str, written))}")
     click.echo(f"Next: python cli.py analyze report {out}/cells/<cell>/run --out DIR   (any cell's full report)")
+
+
+@experiment.command(name="scale")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Sweep directory (rerun to resume).")
+@click.option("--quick", is_flag=True, help="Class counts 10^3 to 10^4, one seed, no image cells (under 10 min on 2 "
+                                            "cores); labelled quick.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Device every cell trains on; cuda adds 10^5 and 10^6 classes.")
+@click.option("--classes", "class_counts", multiple=True, type=int,
+              help="Class counts to run instead of the scale's (repeat the flag).")
+@click.option("--cells", "only", type=int, default=None, help="Run only the first N cells.")
+@click.option("--doc", default="docs/SCALING.md", show_default=True, type=click.Path(dir_okay=False),
+              help="The report to write (its plot goes into a scaling/ folder beside it).")
+def scale_command(out: str, quick: bool, device: str, class_counts: tuple[int, ...], only: int | None,
+                  doc: str) -> None:
+    """Softmax, Partial FC 0.3/0.1/0.01 and DCQ (10 % queue) from 10^3 classes up: where the claims hold."""
+    import time
+
+    from core.distributed import resolve_device
+    from experiments.scale import FULL, GPU_CLASSES, QUICK, cells, run_scale, with_classes, write_scale_report
+
+    if only is not None and only < 1:
+        raise ConfigError(f"--cells must be >= 1 (the first N cells), got {only}")
+    setting = QUICK if quick else FULL
+    if class_counts:
+        setting = with_classes(setting, class_counts)
+    elif resolve_device(device).type == "cuda":
+        setting = with_classes(setting, (*setting.classes, *GPU_CLASSES))
+    started = time.perf_counter()
+    click.echo(f"{setting.name} class-count sweep: {len(cells(setting)[:only])} cells into {out} (classes "
+               f"{', '.join(f'{c:,}' for c in setting.classes)}; seeds {', '.join(map(str, setting.seeds))})")
+    results = run_scale(Path(out), setting, device, echo=click.echo, only=only)
+    written = write_scale_report(Path(out), results, Path(doc), setting)
+    click.echo(f"\n{len(results)} cells finished ({(time.perf_counter() - started) / 60:.1f} min this invocation). "
+               f"Wrote {', '.join(map(str, written))}")
+    click.echo(f"Next: python cli.py experiment scale --out {out}{' --quick' if quick else ''} --device cuda   (on a "
+               "GPU: adds 10^5 and 10^6 classes)")

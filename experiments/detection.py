@@ -17,7 +17,6 @@ finished cells and resumes an interrupted one from its checkpoint.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,7 +28,7 @@ import numpy as np
 from core.data.synthetic import SyntheticConfig
 from core.errors import ConfigError
 from core.io import atomic_write_json, atomic_write_text, read_json
-from experiments.runner import RESULT_FILE, run_unfinished
+from experiments.runner import RESULT_FILE, claim_setup, run_unfinished
 
 SETUP_FILE = "detection.json"
 TABLE_FILE = "detection.md"
@@ -294,24 +293,11 @@ def _final_loss(log_csv: Path) -> float:
     return round(float(pd.read_csv(log_csv)["loss"].iloc[-1]), 4)
 
 
-def _check_setup(out: Path, scale: Scale) -> None:
-    """One output directory holds one scale and one set of scenarios."""
-    wanted = {"scale": asdict(scale), "scenarios": [asdict(s) for s in SCENARIOS],
-              "regimes": [asdict(r) for r in REGIMES]}
-    path = out / SETUP_FILE
-    if path.exists():
-        if read_json(path) != json.loads(json.dumps(wanted)):
-            raise ConfigError(f"{out} holds a detection benchmark with other settings ({path}); resume it with the "
-                              "same flags or pick another --out")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, wanted)
-
-
 def run_detection(out: Path, scale: Scale, device: str = "cpu", echo: Callable[[str], None] = print,
                   only: Optional[int] = None) -> list[dict[str, Any]]:
     """Run every unfinished cell (the first ``only`` when given); return every finished cell's result."""
-    _check_setup(out, scale)
+    claim_setup(out, SETUP_FILE, {"scale": asdict(scale), "scenarios": [asdict(s) for s in SCENARIOS],
+                                  "regimes": [asdict(r) for r in REGIMES]}, "detection benchmark")
     run_unfinished(out, cells(scale)[:only],
                    lambda cell, cell_dir: run_detection_cell(cell, scale, dataset_root(out, cell.scenario, scale),
                                                              cell_dir, device), _cell_summary, echo)

@@ -63,6 +63,19 @@ def _check_grid_file(out: Path, scale: GridScale) -> None:
                                   "versions": versions()})
 
 
+def claim_setup(out: Path, file: str, wanted: dict[str, Any], what: str) -> None:
+    """Record an experiment's settings in ``OUT/file``, or check a resumed one's: one output directory holds one
+    setup, since mixing cells of two would corrupt every mean."""
+    path = out / file
+    if path.exists():
+        if read_json(path) != json.loads(json.dumps(wanted)):
+            raise ConfigError(f"{out} holds a {what} with other settings ({path}); resume it with the same flags or "
+                              "pick another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, wanted)
+
+
 def versions() -> dict[str, str]:
     """Library versions and the commit, recorded when a grid starts (the report quotes them)."""
     import subprocess

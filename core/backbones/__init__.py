@@ -15,6 +15,7 @@ from typing import Any, Callable
 from torch import nn
 
 from core.backbones.iresnet import IResNet, iresnet18, iresnet34, iresnet50, iresnet100
+from core.backbones.mlp import MLP, mlp
 from core.backbones.mobilefacenet import MobileFaceNet, mobilefacenet
 from core.backbones.tiny import TinyCNN, tiny
 from core.errors import ConfigError
@@ -26,10 +27,11 @@ __all__ = [
     "IResNet",
     "MobileFaceNet",
     "TinyCNN",
+    "MLP",
 ]
 
-#: Smallest accepted input side: four stride-2 stages must leave at least one pixel of
-#: real content per output cell for the embedding to mean anything.
+#: Smallest accepted input side of a convolutional backbone: four stride-2 stages must leave at least one
+#: pixel of real content per output cell for the embedding to mean anything.
 MIN_INPUT_SIZE = 16
 
 
@@ -37,6 +39,7 @@ MIN_INPUT_SIZE = 16
 class _Entry:
     factory: Callable[..., nn.Module]
     default_input_size: int
+    min_input_size: int = MIN_INPUT_SIZE
 
 
 _REGISTRY: dict[str, _Entry] = {
@@ -46,6 +49,7 @@ _REGISTRY: dict[str, _Entry] = {
     "iresnet100": _Entry(iresnet100, 112),
     "mobilefacenet": _Entry(mobilefacenet, 112),
     "tiny": _Entry(tiny, 32),
+    "mlp": _Entry(mlp, 8, min_input_size=2),  # pixels, not convolutions: any size
 }
 
 # insightface's config names, so its configs and checkpoint file names can be used as is.
@@ -76,7 +80,7 @@ def _resolve(name: str) -> str:
 
 
 def default_input_size(name: str) -> int:
-    """Input side the backbone was designed for (112 for face models, 32 for ``tiny``).
+    """Input side the backbone was designed for (112 for face models, 32 for ``tiny``, 8 for ``mlp``).
 
     The data pipeline asks this so that picking a backbone also picks the crop size,
     instead of every caller hard-coding 112.
@@ -99,9 +103,9 @@ def build_backbone(name: str, embedding_size: int = 512, input_size: int = 112,
             f"option --embedding-size: expected a positive integer, got {embedding_size!r}"
         )
     if isinstance(input_size, bool) or not isinstance(input_size, int) \
-            or input_size < MIN_INPUT_SIZE:
+            or input_size < entry.min_input_size:
         raise ConfigError(
-            f"option --input-size: expected an integer >= {MIN_INPUT_SIZE} for backbone "
+            f"option --input-size: expected an integer >= {entry.min_input_size} for backbone "
             f"{key!r} (its default is {entry.default_input_size}), got {input_size!r}"
         )
     params = inspect.signature(entry.factory).parameters

@@ -29,7 +29,8 @@ CACHE_LIMIT_BYTES = 2 << 30
 
 
 def open_dataset(path: str | Path, transform=None) -> FaceDataset:
-    """A dataset from a .rec directory (or its train.rec), a folder of identities, or a list."""
+    """A dataset from a .rec directory (or its train.rec), a directory of image arrays (images.npy, labels.npy),
+    a folder of identities, or a list."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"--data {path}: no such file or directory")
@@ -38,14 +39,17 @@ def open_dataset(path: str | Path, transform=None) -> FaceDataset:
     if path.is_dir() and (path / "train.rec").exists():
         from core.data.recordio import RecordDataset
         return RecordDataset(path, transform=transform)
+    if path.is_dir() and (path / "images.npy").exists():
+        from core.data.arrays import ArrayDataset
+        return ArrayDataset(path, transform=transform)
     if path.is_dir():
         from core.data.folder import FolderDataset
         return FolderDataset(path, transform=transform)
     if path.suffix.lower() in LIST_SUFFIXES:
         from core.data.folder import ListDataset
         return ListDataset(path, transform=transform)
-    raise DataError(f"--data {path}: unknown format; expected a directory with train.rec/train.idx, "
-                    f"a folder with one sub-directory per identity, or a list file "
+    raise DataError(f"--data {path}: unknown format; expected a directory with train.rec/train.idx or "
+                    f"images.npy/labels.npy, a folder with one sub-directory per identity, or a list file "
                     f"({', '.join(sorted(LIST_SUFFIXES))}) of 'path label' lines")
 
 

@@ -61,7 +61,7 @@ GROUND_TRUTH_FILE = "ground_truth.json"
 PREVIEW_FILE = "preview.png"
 # Everything make_synthetic_dataset writes: the only files it may replace.
 _GENERATED_FILES = frozenset({"train.rec", "train.idx", "property", "val.bin", "val_tail.bin", GROUND_TRUTH_FILE,
-                              PREVIEW_FILE})
+                              PREVIEW_FILE, "images.npy", "labels.npy"})  # the last two: latent.py's
 
 
 # ---------------------------------------------------------------------------------------
@@ -328,6 +328,48 @@ def _pairs_record(pairs: list[tuple[int, int, int, int]], issame: list[bool], of
             "issame": list(issame)}
 
 
+def dataset_totals(lab: _Labelling, num_images: int, num_identities: int, num_open_set: int,
+                   num_heldout: int) -> dict[str, int]:
+    """The counts a generator reports and ``ground_truth.json`` keeps."""
+    return {"num_images": num_images, "num_classes": int(lab.num_classes), "num_identities": num_identities,
+            "num_flipped": int(len(lab.flipped)), "num_open_set": num_open_set,
+            "num_split_pairs": int(len(lab.split_pairs)), "num_heldout_identities": num_heldout}
+
+
+def ground_truth_record(config: Any, kind: str, totals: dict, counts: np.ndarray, held_counts: np.ndarray,
+                        lab: _Labelling, truth: _SampleTruth, order: np.ndarray, key_of: np.ndarray,
+                        val_info: Optional[dict], tail_info: Optional[dict], extra: dict) -> dict:
+    """``ground_truth.json`` as every generator writes it (``load_ground_truth`` documents the layout); ``extra``
+    holds what only one generator knows (the image generator: each identity's appearance)."""
+    n_id, n_held = len(counts), len(held_counts)
+    return {
+        "format": _FORMAT, "kind": kind, "seed": config.seed, "config": asdict(config),
+        "counts": {**totals, "images_per_identity": counts,
+                   "images_per_label": np.bincount(truth.label, minlength=lab.num_classes)},
+        "label_identity": _label_identity(lab),
+        "split_pairs": lab.split_pairs,
+        "flipped": {"key": key_of[truth.noisy], "label": truth.label[truth.noisy],
+                    "true_label": truth.true_label[truth.noisy], "identity": truth.identity[truth.noisy],
+                    "kind": truth.kind},
+        # per record, indexed by key - 1: the person and the correct label behind each image
+        "samples": {"identity": truth.identity[order], "true_label": truth.true_label[order],
+                    "image_index": truth.within[order]},
+        **extra,
+        "heldout": {"identities": list(range(n_id, n_id + n_held)), "images_per_identity": held_counts,
+                    "tail_max_images": config.tail_max_images,
+                    "tail_identities": np.flatnonzero(held_counts <= config.tail_max_images) + n_id},
+        "val": val_info,
+        "val_tail": tail_info,
+    }
+
+
+def install_with_ground_truth(tmp: Path, out_dir: Path, record: dict) -> None:
+    """Write the ground truth into the finished temporary folder, then swap it into place (``_install``)."""
+    with open(tmp / GROUND_TRUTH_FILE, "w", encoding="utf-8") as handle:
+        json.dump(_json_ready(record), handle, separators=(",", ":"))
+    _install(tmp, out_dir)
+
+
 def make_synthetic_dataset(out_dir: str | Path, config: SyntheticConfig, progress: bool = True,
                            workers: Optional[int] = None) -> dict:
     """Render the dataset into ``out_dir``; returns a summary of what was written.
@@ -408,55 +450,16 @@ def make_synthetic_dataset(out_dir: str | Path, config: SyntheticConfig, progres
                                  "identities": (tail_ids + n_id).tolist(), **_pairs_record(tpairs, tsame, n_id)}
 
         _preview(train_images, counts, tmp / PREVIEW_FILE)
-        label_identity = _label_identity(lab)
-        per_label = np.bincount(truth.label, minlength=lab.num_classes)
-        totals = {"num_images": int(len(order)), "num_classes": int(lab.num_classes), "num_identities": n_id,
-                  "num_flipped": int(len(lab.flipped)), "num_open_set": int(open_counts.sum()),
-                  "num_split_pairs": int(len(lab.split_pairs)),
-                  "num_heldout_identities": n_held}
-        ground_truth = {
-            "format": _FORMAT,
-            "kind": "images",
-            "seed": seed,
-            "config": asdict(config),
-            "counts": {
-                **totals,
-                "images_per_identity": counts,
-                "images_per_label": per_label,
-            },
-            "label_identity": label_identity,
-            "split_pairs": lab.split_pairs,
-            "flipped": {
-                "key": key_of[truth.noisy],
-                "label": truth.label[truth.noisy],
-                "true_label": truth.true_label[truth.noisy],
-                "identity": truth.identity[truth.noisy],
-                "kind": truth.kind,
-            },
-            # per record, indexed by key - 1: the person and the correct label behind each image
-            "samples": {
-                "identity": truth.identity[order],
-                "true_label": truth.true_label[order],
-                "image_index": truth.within[order],
-            },
-            "identities": [{"id": i, "role": "train", "num_images": int(counts[i]), "params": params[i]}
-                           for i in range(n_id)]
-            + [{"id": n_id + h, "role": "heldout", "num_images": int(held_counts[h]), "params": held_params[h]}
-               for h in range(n_held)]
-            + [{"id": n_id + n_held + j, "role": "open_set", "num_images": int(open_counts[j]),
-                "params": open_params[j]} for j in range(len(open_counts))],
-            "heldout": {
-                "identities": list(range(n_id, n_id + n_held)),
-                "images_per_identity": held_counts,
-                "tail_max_images": config.tail_max_images,
-                "tail_identities": (np.flatnonzero(held_counts <= config.tail_max_images) + n_id),
-            },
-            "val": val_info,
-            "val_tail": tail_info,
-        }
-        with open(tmp / GROUND_TRUTH_FILE, "w", encoding="utf-8") as fh:
-            json.dump(_json_ready(ground_truth), fh, separators=(",", ":"))
-        _install(tmp, out_dir)
+        totals = dataset_totals(lab, len(order), n_id, int(open_counts.sum()), n_held)
+        identities = ([{"id": i, "role": "train", "num_images": int(counts[i]), "params": params[i]}
+                       for i in range(n_id)]
+                      + [{"id": n_id + h, "role": "heldout", "num_images": int(held_counts[h]), "params": held_params[h]}
+                         for h in range(n_held)]
+                      + [{"id": n_id + n_held + j, "role": "open_set", "num_images": int(open_counts[j]),
+                          "params": open_params[j]} for j in range(len(open_counts))])
+        install_with_ground_truth(tmp, out_dir, ground_truth_record(
+            config, "images", totals, counts, held_counts, lab, truth, order, key_of, val_info, tail_info,
+            {"identities": identities}))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

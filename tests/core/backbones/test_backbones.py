@@ -225,7 +225,8 @@ def test_insightface_style_checkpoint_loads_and_reproduces_outputs() -> None:
 def test_available_backbones_and_default_sizes() -> None:
     names = available_backbones()
     assert set(names) == {"iresnet18", "iresnet34", "iresnet50", "iresnet100",
-                          "mobilefacenet", "tiny"}
+                          "mobilefacenet", "tiny", "mlp"}
+    assert default_input_size("mlp") == 8
     assert default_input_size("iresnet50") == 112
     assert default_input_size("mobilefacenet") == 112
     assert default_input_size("r100") == 112
@@ -272,6 +273,13 @@ def test_bad_options_raise_config_error() -> None:
         build_backbone("tiny", input_size=8)
     with pytest.raises(ConfigError, match="dropuot"):
         build_backbone("tiny", input_size=32, dropuot=0.1)
+
+
+def test_the_mlp_takes_small_inputs_that_a_convolutional_backbone_refuses() -> None:
+    model = build_backbone("mlp", embedding_size=16, input_size=4)
+    assert model(torch.rand(3, 3, 4, 4)).shape == (3, 16)
+    with pytest.raises(ConfigError, match="--input-size: expected an integer >= 2"):
+        build_backbone("mlp", input_size=1)
 
 
 # ----------------------------------------------------------------------------- tiny
