@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
+import pandas as pd
 
 from core.data.synthetic.latent import LatentConfig
+from core.errors import ConfigError
 from core.io import atomic_write_json, atomic_write_text, read_json
 from experiments.grid import DCQ, PFC_01, PFC_03, SOFTMAX, Arm
 from experiments.runner import RESULT_FILE, claim_setup, run_unfinished
@@ -132,8 +134,6 @@ def run_scale_cell(cell: Cell, setting: ScaleSetting, data: Path, cell_dir: Path
         trainer.resume(run_dir)
     metrics = trainer.fit()
     seconds = time.perf_counter() - started
-    import pandas as pd
-
     # the training steps' own speed, from the log's windows (set-up and evaluation excluded)
     images_per_second = float(pd.read_csv(run_dir / "log.csv")["img_per_s"].median())
     statistics = load_run(run_dir).statistics
@@ -171,8 +171,6 @@ def run_scale(out: Path, setting: ScaleSetting, device: str = "cpu", echo: Calla
 def with_classes(setting: ScaleSetting, classes: tuple[int, ...]) -> ScaleSetting:
     """The setting over other class counts (``--classes``; ``--device cuda`` adds ``GPU_CLASSES``)."""
     if any(count < 2 for count in classes):
-        from core.errors import ConfigError
-
         raise ConfigError(f"--classes must each be >= 2, got {', '.join(map(str, classes))}")
     return replace(setting, classes=tuple(sorted(set(classes))))
 

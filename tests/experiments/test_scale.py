@@ -1,8 +1,9 @@
 import pytest
 
 from experiments.grid import SOFTMAX
-from experiments.scale import (PFC_01, ScaleSetting, cells, first_class_count_within, paired_gap, run_scale,
-                               write_scale_report)
+from core.errors import ConfigError
+from experiments.scale import (PFC_01, QUICK, ScaleSetting, cells, first_class_count_within, paired_gap, run_scale,
+                               with_classes, write_scale_report)
 
 
 def test_paired_gap_pairs_by_seed():
@@ -39,3 +40,9 @@ def test_a_small_sweep_runs_resumes_and_reports(tmp_path):
     assert f"- {PFC_01.label}: **" in text and written[1].exists()
     with pytest.raises(Exception, match="other settings"):
         run_scale(tmp_path / "sweep", ScaleSetting("other", (60,), (0,), 2, 32, 16, False), echo=lines.append)
+
+
+def test_class_counts_can_be_chosen_and_a_bad_one_is_named():
+    assert with_classes(QUICK, (30_000, 1_000, 30_000)).classes == (1_000, 30_000)
+    with pytest.raises(ConfigError, match="--classes must each be >= 2"):
+        with_classes(QUICK, (1,))
