@@ -113,7 +113,7 @@ def scale_command(out: str, quick: bool, device: str, class_counts: tuple[int, .
     click.echo(f"{setting.name} class-count sweep: {len(cells(setting)[:only])} cells into {out} (classes "
                f"{', '.join(f'{c:,}' for c in setting.classes)}; seeds {', '.join(map(str, setting.seeds))})")
     results = run_scale(Path(out), setting, device, echo=click.echo, only=only)
-    written = write_scale_report(Path(out), results, Path(doc), setting)
+    written = write_scale_report(results, Path(doc), setting)
     click.echo(f"\n{len(results)} cells finished ({(time.perf_counter() - started) / 60:.1f} min this invocation). "
                f"Wrote {', '.join(map(str, written))}")
     click.echo(f"Next: python cli.py experiment scale --out {out}{' --quick' if quick else ''} --device cuda   (on a "

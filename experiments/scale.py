@@ -205,6 +205,12 @@ def paired_gap(arm: dict[int, dict[str, Any]], reference: dict[int, dict[str, An
     return float(np.mean(gaps)), float(np.std(gaps)) if len(gaps) > 1 else 0.0, len(gaps)
 
 
+def _gap_to_softmax(arm: Arm, runs: dict[int, dict[str, Any]], reference: dict[int, dict[str, Any]],
+                    key: str = "val") -> tuple[Optional[float], Optional[float], int]:
+    """``paired_gap`` of an arm against softmax; nothing for softmax itself."""
+    return (None, None, 0) if arm is SOFTMAX else paired_gap(runs, reference, key)
+
+
 def _gap(gap: Optional[float], spread: Optional[float], n: int) -> str:
     if gap is None:
         return "–"
@@ -228,20 +234,22 @@ def first_class_count_within(gaps: dict[int, Optional[float]], within: float = W
     return None
 
 
-def gap_table(results: list[dict[str, Any]]) -> tuple[str, dict[str, dict[int, Optional[float]]]]:
-    """Markdown: per class count and arm, accuracy, gap to softmax, TAR@FAR, the tail, negatives and cost."""
+def gap_table(results: list[dict[str, Any]]) -> tuple[str, dict[str, dict[int, tuple[Optional[float], float]]]]:
+    """Markdown: per class count and arm, accuracy, gap to softmax, TAR@FAR, the tail, negatives and cost; and each
+    arm's ``(gap, spread over seeds)`` per class count."""
     clean = _by(results, "clean")
-    rows, gaps = [], {arm.label: {} for arm in ARMS if arm is not SOFTMAX}
+    rows: list[list[Any]] = []
+    gaps: dict[str, dict[int, tuple[Optional[float], float]]] = {arm.label: {} for arm in ARMS if arm is not SOFTMAX}
     for classes in sorted({c for c, _ in clean}):
         reference = clean.get((classes, SOFTMAX.label), {})
         for arm in ARMS:
             runs = clean.get((classes, arm.label))
             if not runs:
                 continue
-            gap, spread, n = paired_gap(runs, reference) if arm is not SOFTMAX else (None, None, 0)
-            tail_gap = paired_gap(runs, reference, "val_tail")[0] if arm is not SOFTMAX else None
+            gap, spread, n = _gap_to_softmax(arm, runs, reference)
+            tail_gap = _gap_to_softmax(arm, runs, reference, "val_tail")[0]
             if arm is not SOFTMAX:
-                gaps[arm.label][classes] = gap
+                gaps[arm.label][classes] = (gap, spread or 0.0)
             first = next(iter(runs.values()))
             rows.append([f"{classes:,}", arm.label, len(runs),
                          _mean_std([_figure(r, "val") for r in runs.values()]), _gap(gap, spread, n),
@@ -278,13 +286,13 @@ def realism_table(results: list[dict[str, Any]]) -> str:
             runs = table.get((REALISM_CLASSES, arm.label))
             if not runs:
                 continue
-            gap, spread, n = paired_gap(runs, reference) if arm is not SOFTMAX else (None, None, 0)
+            gap, spread, n = _gap_to_softmax(arm, runs, reference)
             lines.append(f"| {name} | {arm.label} | {len(runs)} | "
                          f"{_mean_std([_figure(r, 'val') for r in runs.values()])} | {_gap(gap, spread, n)} |")
     return "\n".join(lines) + "\n"
 
 
-def _plot(gaps: dict[str, dict[int, Optional[float]]], spreads: dict[str, dict[int, float]], path: Path) -> Path:
+def _plot(gaps: dict[str, dict[int, tuple[Optional[float], float]]], path: Path) -> Path:
     from matplotlib.figure import Figure
 
     from core.figures import save_figure
@@ -292,9 +300,9 @@ def _plot(gaps: dict[str, dict[int, Optional[float]]], spreads: dict[str, dict[i
     figure = Figure(figsize=(7, 4))
     axis = figure.add_subplot(1, 1, 1)
     for label, by_classes in gaps.items():
-        counts = sorted(c for c, g in by_classes.items() if g is not None)
+        counts = sorted(c for c, (gap, _) in by_classes.items() if gap is not None)
         if counts:
-            axis.errorbar(counts, [by_classes[c] for c in counts], yerr=[spreads[label].get(c, 0.0) for c in counts],
+            axis.errorbar(counts, [by_classes[c][0] for c in counts], yerr=[by_classes[c][1] for c in counts],
                           marker="o", capsize=3, label=label)
     axis.axhline(-WITHIN, color="grey", linestyle="--", linewidth=1, label=f"−{WITHIN} points")
     axis.axhline(0.0, color="black", linewidth=0.8)
@@ -319,13 +327,11 @@ def _verdict(label: str, gaps: dict[int, Optional[float]]) -> str:
             f"to {largest:,}, too).")
 
 
-def write_scale_report(out: Path, results: list[dict[str, Any]], doc: Path, setting: ScaleSetting) -> list[Path]:
+def write_scale_report(results: list[dict[str, Any]], doc: Path, setting: ScaleSetting) -> list[Path]:
     """``doc`` (docs/SCALING.md): setup, the gap table and plot, verdicts, the noise drop and the 2,000-class check."""
-    table, gaps = gap_table(results)
-    clean = _by(results, "clean")
-    spreads = {label: {c: paired_gap(clean[(c, label)], clean.get((c, SOFTMAX.label), {}))[1] or 0.0
-                       for c in by_classes} for label, by_classes in gaps.items()}
-    figure = _plot(gaps, spreads, doc.parent / "scaling" / "gap_vs_classes.png")
+    table, gaps_and_spreads = gap_table(results)
+    gaps = {label: {c: gap for c, (gap, _) in by_classes.items()} for label, by_classes in gaps_and_spreads.items()}
+    figure = _plot(gaps_and_spreads, doc.parent / "scaling" / "gap_vs_classes.png")
     latent = LatentConfig()
     minutes = sum(r["train_seconds"] for r in results) / 60
     body = f"""# The papers' claims as the class count grows

@@ -34,7 +34,7 @@ def test_a_small_sweep_runs_resumes_and_reports(tmp_path):
     assert softmax["head_mib"] > 0 and softmax["classes"] == 60
     doc = tmp_path / "docs" / "SCALING.md"
     doc.parent.mkdir()
-    written = write_scale_report(tmp_path / "sweep", second, doc, setting)
+    written = write_scale_report(second, doc, setting)
     text = doc.read_text()
     assert f"| 60 | {PFC_01.label} | 1 |" in text and "| 60 | softmax (PFC 1.0) | 1 |" in text
     assert f"- {PFC_01.label}: **" in text and written[1].exists()

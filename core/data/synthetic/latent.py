@@ -162,11 +162,10 @@ def make_latent_dataset(out_dir: str | Path, config: LatentConfig, progress: boo
     open_counts = _open_set_counts(int(round(config.open_set * counts.sum())))
     lookalikes = None
     if config.flip_target == "lookalike" and config.flip_noise:  # the other members of the identity's family
-        family = np.arange(n_id) // config.family_size
-        members = family[:, None] * config.family_size + np.arange(config.family_size)[None]
-        members = np.where((members >= n_id) | (members == np.arange(n_id)[:, None]), -1, members)
-        lookalikes = np.sort(members, axis=1)[:, 1:]
-        lookalikes = np.where(lookalikes < 0, (np.arange(n_id)[:, None] + 1) % n_id, lookalikes)
+        identity, size = np.arange(n_id)[:, None], config.family_size
+        lookalikes = identity - identity % size + (identity % size + np.arange(1, size)[None]) % size
+        # the last family may be short: a member past the end stands for the next identity instead
+        lookalikes = np.where(lookalikes < n_id, lookalikes, (identity + 1) % n_id)
     lab = _assign_labels(counts, config.split, config.flip_noise, seed, lookalikes)
     truth = _with_open_set(lab, open_counts, n_id + n_held, seed)
 
