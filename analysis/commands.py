@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import click
+import numpy as np
 
 from analysis.choices import CENTER_SOURCES, DEFAULT_K
+from analysis.crossval import DEFAULT_FOLDS
 from analysis.index import METHODS
 from core.errors import ConfigError
 from core.figures import figure_format_option
@@ -48,6 +50,12 @@ def _common(function: Callable) -> Callable:
     return function
 
 
+def crossval_option(function: Callable) -> Callable:
+    return click.option("--crossval", type=click.Path(file_okay=False), default=None,
+                        help="The folder analyze crossval wrote for this data: the cross-validated reference models' "
+                             "evidence ranks noise and conflicts (recommended for long runs and DCQ runs).")(function)
+
+
 def _run(which: tuple[str, ...], run: str, data: Optional[str], out: str, device: str, batch_size: int,
          workers: int, centers: str, index_method: str, quiet: bool, backbone: Optional[str],
          embedding_size: Optional[int], input_size: Optional[int], **options: Any):
@@ -70,6 +78,8 @@ def _run(which: tuple[str, ...], run: str, data: Optional[str], out: str, device
     inputs = load_analysis_input(run, data, device=device, batch_size=batch_size, workers=workers,
                                  progress=not quiet, centers=centers, backbone=backbone,
                                  embedding_size=embedding_size, input_size=input_size)
+    if options.get("crossval") is not None:
+        options["crossval"] = Path(options["crossval"])
     analysis_options = AnalysisOptions(index_method=index_method, centers=centers, progress=not quiet,
                                        **{k: v for k, v in options.items() if v is not None})
     return run_analyses(inputs, out_dir, which, analysis_options)
@@ -149,6 +159,7 @@ def analyze() -> None:
 
 @analyze.command()
 @_common
+@crossval_option
 @click.option("--k", default=DEFAULT_K, show_default=True, type=int, help="Nearest other centers per class.")
 @click.option("--threshold", default=None, type=float,
               help="Cosine above which a pair is flagged as a probable conflict (default: max(0.4, median + "
@@ -165,6 +176,7 @@ def conflict(k: int, threshold: Optional[float], **common: Any) -> None:
 
 @analyze.command()
 @_common
+@crossval_option
 @click.option("--threshold", default=None, type=float,
               help="Flag samples whose score is above this (default: max(0, median + 4 robust sd of all scores)). "
                    "The score sums robust z-scores of own-center distance and training margins, or is the nearest "
@@ -203,6 +215,7 @@ def longtail(**common: Any) -> None:
 
 @analyze.command()
 @_common
+@crossval_option
 @click.option("--k", default=DEFAULT_K, show_default=True, type=int, help="Nearest other centers per class.")
 @click.option("--threshold", default=None, type=float,
               help="Conflict: cosine above which a pair is flagged (default: adaptive, see 'analyze conflict').")
@@ -231,3 +244,34 @@ def report(k: int, threshold: Optional[float], noise_threshold: Optional[float],
         click.echo(f"Next: open {Path(common['out']) / 'report.html'}, or clean the data with: python cli.py "
                    f"analyze report {_model_and_data(common)} --out "
                    f"{shlex.quote(common['out'])} --write-clean {shlex.quote(str(Path(common['out']) / 'clean.txt'))}")
+
+
+@analyze.command(name="crossval")
+@click.argument("run", type=click.Path(), metavar="MODEL")
+@click.option("--data", default=None,
+              help="Dataset the reference models train on (default: the run's own training data).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--folds", default=DEFAULT_FOLDS, show_default=True, type=int,
+              help="Reference models: each trains on all folds but one and reads the held-out one.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="A train config (YAML or arcface_torch .py) for the reference models; default: a full softmax "
+                   "with CosFace s=32 m=0.3, 128-d embeddings, 12 epochs, train's default backbone.")
+@click.option("--epochs", type=int, default=None, help="Epochs of each reference model (overrides --config).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the folds and of the models.")
+@click.option("--device", default="auto", show_default=True, help="Device that trains and embeds.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def crossval(run: str, data: Optional[str], out: str, folds: int, config_file: Optional[str], epochs: Optional[int],
+             seed: int, device: str, quiet: bool) -> None:
+    """Evidence on every label from models that never trained on it (INCV): survives memorisation -> --crossval."""
+    from analysis.centers import load_run, resolve_data_path
+    from analysis.crossval import reference_recipe, run_crossval
+
+    data_path = resolve_data_path(load_run(run), data)
+    evidence = run_crossval(data_path, Path(out), reference_recipe(config_file, epochs), folds=folds, seed=seed,
+                            device=device, progress=not quiet, echo=click.echo)
+    judged = int(np.isfinite(evidence.noise_score).sum())
+    click.echo(f"Wrote {Path(out) / 'crossval.npz'} and crossval.json: {evidence.folds} reference models; "
+               f"{judged:,} of {len(evidence.noise_score):,} images judged by a model that never trained on them.")
+    click.echo(f"Next: python cli.py analyze report {shlex.quote(run)}"
+               + (f" --data {shlex.quote(data)}" if data else "")
+               + f" --out {shlex.quote(str(Path(out) / 'report'))} --crossval {shlex.quote(out)}")

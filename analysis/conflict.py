@@ -23,6 +23,7 @@ import pandas as pd
 from analysis import plots
 from analysis.centers import Centers
 from analysis.choices import DEFAULT_K
+from analysis.crossval import CrossValidation
 from analysis.dynamics import TrainingMargins
 from analysis.groundtruth import DetectionScore, conflict_positives, score_detection
 from analysis.index import IndexBuilder, IndexInfo, build_index, normalize_rows, self_neighbours
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 CONFLICT_COLUMNS = ["label_a", "label_b", "similarity", "count_a", "count_b", "flagged",
                     "a_samples_nearest_b", "b_samples_nearest_a", "same_person_llr", "training_confusion",
-                    "review_score"]
+                    "review_score", "crossval_similarity"]
 # review_score, when the run recorded its training dynamics: the mean of the pair's rank by cosine and by training
 # confusion, as a share of the pairs. Chosen on the detection benchmark's development scenarios, where it ranked
 # split pairs of 5+ images better than either alone; on the held-out ones it did so on 30-epoch runs only
@@ -123,6 +124,21 @@ def confused_pairs(training: TrainingMargins, num_classes: int) -> np.ndarray:
     return np.unique(np.minimum(given, other)[both] * num_classes + np.maximum(given, other)[both])
 
 
+def crossval_candidates(crossval: CrossValidation, k: int) -> np.ndarray:
+    """Keys ``min * C + max`` of each class's k nearest other classes by the reference models' averaged cosine: a
+    split person whose labels the analysed run pulled apart (or whose DCQ means bunch) is near under them."""
+    present = np.flatnonzero(np.abs(crossval.class_vectors).sum(axis=1) > 0)
+    if len(present) < 2:
+        return np.zeros(0, dtype=np.int64)
+    vectors = np.ascontiguousarray(crossval.class_vectors[present], dtype=np.float32)
+    _, rows = self_neighbours(build_index(vectors), vectors, min(k, len(present) - 1))
+    num_classes = len(crossval.class_vectors)
+    given = np.repeat(present, rows.shape[1])
+    other = np.where(rows >= 0, present[np.maximum(rows, 0)], -1).reshape(-1)
+    valid = other >= 0
+    return np.unique(np.minimum(given, other)[valid] * num_classes + np.maximum(given, other)[valid])
+
+
 def default_conflict_threshold(nearest_other: np.ndarray) -> float:
     """``max(0.4, median + 2.5 x 1.4826 x MAD)`` of every class's nearest-other-center cosine.
 
@@ -157,7 +173,8 @@ def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Op
                    labels: Optional[np.ndarray] = None, top_label: Optional[np.ndarray] = None,
                    complete_flagged: bool = True,
                    pair_llr: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
-                   training: Optional[TrainingMargins] = None) -> pd.DataFrame:
+                   training: Optional[TrainingMargins] = None,
+                   crossval: Optional[CrossValidation] = None) -> pd.DataFrame:
     """Candidate pairs (``CONFLICT_COLUMNS``), sorted by similarity, highest first.
 
     With ``complete_flagged`` a class whose k-th neighbour is still above the threshold
@@ -168,7 +185,9 @@ def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Op
     instance ``TwoCovarianceModel.pair_llr``) fills ``same_person_llr``, a ranking that
     weighs how many images stand behind each center. ``training`` (the run's recorded
     dynamics, with ``labels``) fills ``training_confusion`` and adds the pairs confused both
-    ways during training to the candidates. ``threshold`` None:
+    ways during training to the candidates. ``crossval`` (analysis/crossval.py) fills
+    ``crossval_similarity``, the pair's cosine averaged over the reference models, and adds
+    each class's k nearest under it to the candidates. ``threshold`` None:
     ``default_conflict_threshold`` of this run.
     """
     num_classes = len(centers.vectors)
@@ -199,15 +218,20 @@ def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Op
     first[1:] = keys[1:] != keys[:-1]
     keys, sim = keys[first], sim[first]
     beyond_k = int(len(keys) - len(knn_keys))
-    from_training = 0
-    if training is not None and labels is not None:
-        extra = np.setdiff1d(confused_pairs(training, num_classes), keys)
+    def add_candidates(extra: np.ndarray) -> int:
+        """Append the pairs ``extra`` (keys) not yet candidates, with their cosine under the searched centers."""
+        nonlocal keys, sim
+        extra = np.setdiff1d(extra, keys)
         extra = extra[centers.present[extra // num_classes] & centers.present[extra % num_classes]]
         unit = neighbours.unit  # the searched unit centers, by position among the present classes
         extra_sim = np.einsum("ij,ij->i", unit[np.searchsorted(present, extra // num_classes)],
                               unit[np.searchsorted(present, extra % num_classes)])
         keys, sim = np.concatenate([keys, extra]), np.concatenate([sim, extra_sim])
-        from_training = len(extra)
+        return len(extra)
+
+    from_training = (add_candidates(confused_pairs(training, num_classes))
+                     if training is not None and labels is not None else 0)
+    from_crossval = 0 if crossval is None else add_candidates(crossval_candidates(crossval, k))
     label_a, label_b = keys // num_classes, keys % num_classes
     counts = centers.counts
     table = pd.DataFrame({
@@ -232,10 +256,11 @@ def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Op
                                    training_confusion(training, labels, num_classes, label_a, label_b).round(6))
     table["review_score"] = ((table["similarity"].rank() + table["training_confusion"].rank()) / (2 * len(table))
                              ).round(6)
+    table["crossval_similarity"] = np.nan if crossval is None else crossval.pair_similarity(label_a, label_b).round(6)
     table = table[CONFLICT_COLUMNS].sort_values(["similarity", "label_a", "label_b"], ascending=[False, True, True],
                                                 kind="stable").reset_index(drop=True)
     table.attrs.update({"k": k, "threshold": threshold, "pairs_beyond_k": beyond_k,
-                        "pairs_from_training": from_training})
+                        "pairs_from_training": from_training, "pairs_from_crossval": from_crossval})
     return table
 
 
@@ -295,6 +320,12 @@ def conflict_threshold_rationale(threshold: float, chosen_by_default: bool, near
     return " ".join(parts)
 
 
+def last_where_missing(scores: np.ndarray) -> np.ndarray:
+    """Missing scores (a pair with a class the reference has no image of) rank last."""
+    finite = np.isfinite(scores)
+    return np.where(finite, scores, (scores[finite].min() - 1.0) if finite.any() else 0.0)
+
+
 def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
     """conflict.csv, its histogram and, with ground truth, its PR curve; returns the key figures."""
     inputs, options = analysis.inputs, analysis.options
@@ -305,8 +336,10 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
     if threshold is None:
         threshold = default_conflict_threshold(nearest)
     model = analysis.same_person
+    crossval = analysis.crossval
     table = conflict_table(centers, analysis.neighbours, threshold, inputs.labels, analysis.samples.top_label,
-                           pair_llr=None if model is None else model.pair_llr, training=analysis.training_margins[0])
+                           pair_llr=None if model is None else model.pair_llr, training=analysis.training_margins[0],
+                           crossval=crossval)
     write_csv(table, analysis.file("conflict.csv"))
     llr_positive_pairs = int((table["same_person_llr"] > 0).sum())
     scores: list[DetectionScore] = []
@@ -320,6 +353,9 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
             llr = table["same_person_llr"].to_numpy()
             llr = np.where(np.isnan(llr), -np.finfo(np.float64).max, llr)  # classes without images: last
             scores.append(score_detection("conflict by same-person LLR", llr, truth, llr > 0, total))
+        if crossval is not None:
+            scores.append(score_detection("conflict by cross-validated reference", last_where_missing(
+                table["crossval_similarity"].to_numpy()), truth, np.zeros(len(table), bool), total))
     confusion = table["training_confusion"].to_numpy()
     recorded = not np.isnan(confusion).all()
     confusion_ap = ({name: score_detection(f"conflict by {name}", table[name].to_numpy(), truth,
@@ -332,6 +368,7 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         "flagged pairs": int(table["flagged"].sum()),
         "flagged pairs found beyond the k nearest (range search)": table.attrs["pairs_beyond_k"],
         "pairs added because training confused them both ways": table.attrs["pairs_from_training"],
+        "pairs added as nearest under the cross-validated reference models": table.attrs["pairs_from_crossval"],
         "threshold (cosine)": threshold,
         "pairs with same-person LLR > 0 (the data favour one person)": llr_positive_pairs,
         "median nearest-other-center cosine": float(np.median(nearest)),
@@ -359,7 +396,13 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
            "ranked split pairs of 5+ images better than the cosine and far better than the LLR; on 12-epoch runs "
            "the cosine and the LLR rank better (docs/ANALYSIS.md)." if recorded else
            " `training_confusion` and `review_score` are empty: the run recorded no training dynamics (or they "
-           "are of other data)."))
+           "are of other data).")
+        + (" `crossval_similarity` is the cosine of the two classes' means averaged over the cross-validated "
+           f"reference models ({options.crossval}, analysis/crossval.py), which the analysed run's training did not "
+           "shape; each class's nearest under it join the candidates. On the detection benchmark it ranked split "
+           "pairs of 5+ images better than the run's own cosine, LLR and review score on long runs and DCQ runs "
+           "(docs/ANALYSIS.md): it is the order to review in." if crossval is not None else
+           " `crossval_similarity` is empty: no --crossval reference was given (python cli.py analyze crossval)."))
     report.figures(figures)
     warning = conflict_warning(threshold)
     if warning:
@@ -372,6 +415,10 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         report.paragraph("`true_split` (a column of the report, not of conflict.csv): the ground truth says the "
                          "pair is one person under two labels.")
     report.table(shown, "Most similar class pairs (conflict.csv)")
+    if crossval is not None:
+        report.table(shown.sort_values("crossval_similarity", ascending=False, kind="stable", na_position="last"),
+                     "Pairs most alike under the cross-validated reference models (conflict.csv sorted by "
+                     "crossval_similarity): the order in which to review them")
     if model is not None:
         report.table(shown.sort_values("same_person_llr", ascending=False, kind="stable", na_position="last"),
                      "Pairs most likely to be one person (conflict.csv sorted by same_person_llr): the order in "
@@ -408,6 +455,7 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
                "threshold": threshold, "threshold_rule": "default" if chosen_by_default else "--threshold",
                "centers": centers.source, "pairs_beyond_k": table.attrs["pairs_beyond_k"],
                "pairs_from_training": table.attrs["pairs_from_training"],
+               "pairs_from_crossval": table.attrs["pairs_from_crossval"],
                "llr_positive_pairs": llr_positive_pairs}
     if warning:
         summary["warning"] = warning
@@ -417,7 +465,9 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         if confusion_ap is not None:
             summary["ground_truth"].update({name + "_average_precision": round(value, 4)
                                             for name, value in confusion_ap.items()})
-        if len(scores) > 1:
+        if crossval is not None:
+            summary["ground_truth"]["crossval_similarity_average_precision"] = round(scores[-1].average_precision, 4)
+        if model is not None:
             llr_score = scores[1]
             summary["ground_truth"].update({
                 "same_person_llr_average_precision": round(llr_score.average_precision, 4),

@@ -38,12 +38,19 @@ if TYPE_CHECKING:
     from analysis.runner import Analysis
 
 NOISE_COLUMNS = ["index", "record", "path", "label", "own_similarity", "nearest_label", "nearest_similarity",
-                 "feature_score", "training_margin", "training_score", "score", "flagged"]
+                 "feature_score", "training_margin", "training_score", "crossval_score", "score", "flagged"]
 # What ranks noise.csv (its `score`): with the run's training margins, the sum of two robust z-scores (each signal
 # centred on its median and scaled by its robust sd, so neither's units dominate): distance from the own center
 # (-own_similarity) and the training score. Without them, the final-feature score alone.
 RANK_COMBINED = "own-center distance + training margins"
 RANK_FEATURES = "final features (nearest other - own similarity)"
+# With cross-validated reference evidence (analysis/crossval.py, --crossval): its robust z-score, plus the run's own
+# ranking above when the two agree, a Spearman rank correlation of at least RUN_AGREEMENT_TO_JOIN. Chosen on the
+# detection benchmark's development scenarios: there every Partial FC run agreed at 0.74-0.86 and the sum beat either
+# alone; every DCQ run agreed at 0.33-0.41 and pulled the reference down (its class means bunch; docs/ANALYSIS.md).
+RANK_CROSSVAL = "cross-validated reference models (held-out nearest other - own class mean)"
+RANK_CROSSVAL_AND_RUN = "cross-validated reference models + the run's own ranking"
+RUN_AGREEMENT_TO_JOIN = 0.6
 # Both default flags are fences this many robust standard deviations (1.4826 x MAD) from
 # the median of all samples: the score's above it, the own-center similarity's below it.
 # Four keeps a Gaussian's false-alarm rate near 3e-5 while the few percent of flipped
@@ -185,15 +192,17 @@ def robust_z(values: np.ndarray) -> np.ndarray:
 
 def noise_table(neighbours: SampleNeighbours, labels: np.ndarray, records: Optional[np.ndarray] = None,
                 paths: Optional[Sequence[str]] = None, threshold: Optional[float] = None,
-                outlier_similarity: Optional[float] = None, training: Optional[TrainingMargins] = None
-                ) -> pd.DataFrame:
+                outlier_similarity: Optional[float] = None, training: Optional[TrainingMargins] = None,
+                crossval: Optional[np.ndarray] = None) -> pd.DataFrame:
     """One row per sample (``NOISE_COLUMNS``), sorted by score, highest first.
 
-    ``score`` ranks by ``RANK_COMBINED`` when the run's ``training`` margins are given, else
-    by ``RANK_FEATURES`` (``feature_score``); ``table.attrs["ranking"]`` says which.
-    ``flagged``: a score above ``threshold`` (default: ``score_cutoff``), or an
-    ``own_similarity`` below ``outlier_similarity`` (default: ``outlier_cutoff``). The
-    values used are in ``table.attrs``.
+    ``score`` ranks by the run's own evidence: ``RANK_COMBINED`` when its ``training`` margins
+    are given, else ``RANK_FEATURES`` (``feature_score``). With ``crossval`` (the held-out
+    reference score per sample, NaN where it has none) the ranking is ``RANK_CROSSVAL``, joined
+    by the run's own when the two agree (``RUN_AGREEMENT_TO_JOIN``). ``table.attrs["ranking"]``
+    says which, ``attrs["agreement"]`` the rank correlation. ``flagged``: a score above
+    ``threshold`` (default: ``score_cutoff``), or an ``own_similarity`` below
+    ``outlier_similarity`` (default: ``outlier_cutoff``). The values used are in ``table.attrs``.
     """
     n = len(labels)
     cutoff = outlier_cutoff(neighbours.own_similarity) if outlier_similarity is None else outlier_similarity
@@ -201,9 +210,19 @@ def noise_table(neighbours: SampleNeighbours, labels: np.ndarray, records: Optio
     if training is not None:
         training_margin, training_score = training.mean_margin, training.suspicion(labels)
         score = robust_z(-neighbours.own_similarity.astype(np.float64)) + robust_z(training_score)
+        ranking = RANK_COMBINED
     else:
         training_margin = training_score = np.full(n, np.nan)
         score = feature_score
+        ranking = RANK_FEATURES
+    agreement = None
+    crossval_score = np.full(n, np.nan) if crossval is None else np.asarray(crossval, dtype=np.float64)
+    if crossval is not None:
+        reference = robust_z(_neutral_where_missing(crossval_score))
+        agreement = rank_correlation(reference, score)
+        joined = agreement >= RUN_AGREEMENT_TO_JOIN
+        score = reference + robust_z(score) if joined else reference
+        ranking = RANK_CROSSVAL_AND_RUN if joined else RANK_CROSSVAL
     if threshold is None:
         threshold = score_cutoff(score)
     flagged = (score > threshold) | (neighbours.own_similarity < cutoff)
@@ -218,13 +237,31 @@ def noise_table(neighbours: SampleNeighbours, labels: np.ndarray, records: Optio
         "feature_score": feature_score.round(6),
         "training_margin": np.round(training_margin, 6),
         "training_score": np.round(training_score, 6),
+        "crossval_score": np.round(crossval_score, 6),
         "score": score.round(6),
         "flagged": flagged,
     }, columns=NOISE_COLUMNS)
     table.attrs["outlier_similarity"] = cutoff
     table.attrs["threshold"] = threshold
-    table.attrs["ranking"] = RANK_COMBINED if training is not None else RANK_FEATURES
+    table.attrs["ranking"] = ranking
+    table.attrs["agreement"] = agreement
     return table.sort_values(["score", "index"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+def _neutral_where_missing(values: np.ndarray) -> np.ndarray:
+    """Samples the reference cannot judge (a class with no image in the other folds) sit at the median."""
+    present = np.isfinite(values)
+    return np.where(present, values, np.median(values[present]) if present.any() else 0.0)
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (ties share their mean rank)."""
+    from scipy.stats import rankdata
+
+    ranks_a, ranks_b = rankdata(a), rankdata(b)
+    if ranks_a.std() == 0 or ranks_b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
 
 
 @dataclass
@@ -245,6 +282,16 @@ RANKING_TEXT = {
                    "given); the margins over training still show the class it kept losing to.",
     RANK_FEATURES: "`score`, which ranks the table, is `feature_score`: the run recorded no training margins (or they "
                    "are of other data), so only the final features rank.",
+    RANK_CROSSVAL: "`score`, which ranks the table, is the robust z-score of `crossval_score`: each image read through a "
+                   "reference model that never trained on it (`analyze crossval`), its nearest other class mean minus "
+                   "its own. The run's own ranking disagreed with it (rank correlation below "
+                   f"{RUN_AGREEMENT_TO_JOIN}), so it was left out: a run whose class means bunch (DCQ) or whose "
+                   "features fitted the noise ranks worse than the reference.",
+    RANK_CROSSVAL_AND_RUN: "`score`, which ranks the table, adds the robust z-scores of `crossval_score` (each image "
+                           "read through a reference model that never trained on it, `analyze crossval`: its nearest "
+                           "other class mean minus its own) and of the run's own ranking (own-center distance + "
+                           "training margins, or the final features without margins), which agreed with it (rank "
+                           f"correlation at least {RUN_AGREEMENT_TO_JOIN}).",
 }
 # Of the samples the training margins find most suspect (this top share), how many the final features still place
 # nearer another class's center. 100 % on the main job's 12-epoch run, 60 % after 30 epochs (docs/ANALYSIS.md).
@@ -358,8 +405,10 @@ def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
     inputs, options = analysis.inputs, analysis.options
     sources = inputs.sources
     training, training_note = analysis.training_margins
+    crossval = analysis.crossval
     table = noise_table(analysis.samples, inputs.labels, sources.records, sources.paths, options.noise_threshold,
-                        options.outlier_similarity, training)
+                        options.outlier_similarity, training,
+                        crossval.noise_score if crossval is not None else None)
     ranking = table.attrs["ranking"]
     rows = table["index"].to_numpy()
     signals = analysis.noise_signals
@@ -376,6 +425,9 @@ def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         "flagged share (the estimated noise rate)": float(flagged.mean()),
         "ranked by": ranking,
         "training margins": training_note,
+        "cross-validated reference": (f"{crossval.folds} folds ({options.crossval}); its rank correlation with the "
+                                      f"run's own ranking: {table.attrs['agreement']:.2f}" if crossval is not None
+                                      else "none (python cli.py analyze crossval DATA --out DIR, then --crossval DIR)"),
         "score threshold": f"{threshold:.4f} ({rule})",
         "outlier cutoff (own similarity)": round(float(table.attrs["outlier_similarity"]), 4),
         "nearer another class's center than their own": int((table["feature_score"] > 0).sum()),
@@ -384,6 +436,8 @@ def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
     summary: dict[str, Any] = {"samples": len(table), "flagged": int(flagged.sum()),
                                "threshold": round(threshold, 6), "threshold_rule": rule, "ranking": ranking,
                                "outlier_similarity": float(table.attrs["outlier_similarity"])}
+    if crossval is not None:
+        summary["crossval_agreement"] = round(float(table.attrs["agreement"]), 4)
     fitted = memorisation(table) if training is not None else None
     if fitted is not None:
         figures["most suspect by training margins that the final features still place nearer another class"] = (
@@ -430,7 +484,8 @@ def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         "nearer another class and samples far from their own center rank first by the final features. "
         "`training_margin` is the sample's mean margin over training (its given class's cosine minus the best "
         "other column's, at every visit) and `training_score` the same against the rest of its class (higher: "
-        "more suspect); they are empty when the run recorded no margins. " + RANKING_TEXT[ranking] + " Flagged: "
+        "more suspect); they are empty when the run recorded no margins. `crossval_score` is the cross-validated "
+        "reference's score, empty without --crossval. " + RANKING_TEXT[ranking] + " Flagged: "
         "score above the threshold, or own similarity below the outlier cutoff. By default both are fences 4 "
         "robust standard deviations (1.4826 x MAD) from the median of all samples, the score's above it and at "
         "least 0, the own similarity's below it; the fences scale with how tightly this backbone clusters its "

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from analysis import plots
 from analysis.centers import Centers, choose_centers, class_sums
 from analysis.choices import DEFAULT_K
+from analysis.crossval import CrossValidation, load_crossval
 from analysis.conflict import CenterNeighbours, center_neighbours, conflict_section
 from analysis.dynamics import TrainingMargins, training_margins
 from analysis.groundtruth import DetectionScore
@@ -61,6 +62,7 @@ class AnalysisOptions:
     centers: str = "auto"
     progress: bool = True
     figure_format: str = "png"
+    crossval: Optional[Path] = None  # analyze crossval's output folder (analysis/crossval.py)
 
 
 @dataclass
@@ -136,6 +138,13 @@ class Analysis:
         """The run's per-sample margins over training when the analysed data is its training data, and a note."""
         inputs = self.inputs
         return training_margins(inputs.run, inputs.data_path, len(inputs.labels))
+
+    @functools.cached_property
+    def crossval(self) -> Optional[CrossValidation]:
+        """The cross-validated reference evidence for the analysed data, when --crossval names it."""
+        if self.options.crossval is None:
+            return None
+        return load_crossval(self.options.crossval, len(self.inputs.labels), self.inputs.num_classes)
 
     @functools.cached_property
     def noise_signals(self) -> list[NoiseSignal]:

@@ -111,6 +111,9 @@ class MethodSpec:
     noise_signals: Optional[str] = None  # "module:function" (tables, embeddings, labels) -> list of NoiseSignal
     peer_step: Optional[str] = None  # "module:Class": the peer's training step that `bench step` compares with
     bench_options: dict[str, Any] = field(default_factory=dict)  # option values the benchmarks default to
+    # option values under which the loss is the exact full softmax (analyze crossval's reference models train so);
+    # None: the method has no such setting
+    full_softmax_options: Optional[dict[str, Any]] = None
 
     def option_infos(self) -> list[OptionInfo]:
         hints = typing.get_type_hints(self.options)

@@ -37,11 +37,12 @@ STRATA = (("1", 1, 1), ("2-4", 2, 4), ("5+", 5, None))
 DOC_START, DOC_END = "<!-- detection:start -->", "<!-- detection:end -->"
 # Rankings of samples the benchmark scores (higher: more suspect): noise.csv's columns, and the combination the
 # default was chosen against.
-NOISE_SIGNALS = {"score": "default", "feature_score": "final features", "training_score": "training margins",
+NOISE_SIGNALS = {"score": "default", "run_score": "the run's own", "crossval_score": "reference",
+                 "feature_score": "final features", "training_score": "training margins",
                  "features_and_training": "final features + training margins"}
 # Rankings of candidate pairs: conflict.csv's columns.
-CONFLICT_RANKINGS = {"llr": "same_person_llr", "cosine": "similarity", "confusion": "training_confusion",
-                     "review": "review_score"}
+CONFLICT_RANKINGS = {"crossval": "crossval_similarity", "llr": "same_person_llr", "cosine": "similarity",
+                     "confusion": "training_confusion", "review": "review_score"}
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,16 @@ class Regime:
     baseline: bool = False
 
 
-BASELINE = Regime("baseline", "pfc", 12, {"sample_rate": 1.0, "margin": "cosface", "scale": 32.0, "margin_m": 0.3,
-                                          "embedding_size": 128}, baseline=True)
+def _baseline() -> Regime:
+    """The issue's baseline: analysis.crossval's reference recipe, trained once on all the data."""
+    from analysis.crossval import reference_values
+
+    values = reference_values()
+    method, epochs = values.pop("method"), values.pop("epochs")
+    return Regime("baseline", method, epochs, values, baseline=True)
+
+
+BASELINE = _baseline()
 REGIMES = (Regime("pfc-12", "pfc", 12), Regime("pfc-30", "pfc", 30), Regime("dcq-12", "dcq", 12), BASELINE)
 
 
@@ -217,6 +226,7 @@ def score_cell(analysis_dir: Path, inputs, baseline: bool) -> dict[str, Any]:
     import pandas as pd
     from sklearn.metrics import average_precision_score
 
+    from analysis.conflict import last_where_missing
     from analysis.groundtruth import noise_positives
     from analysis.noise import robust_z
 
@@ -235,33 +245,58 @@ def score_cell(analysis_dir: Path, inputs, baseline: bool) -> dict[str, Any]:
     noise_table = pd.read_csv(analysis_dir / "noise.csv").sort_values("index")
     truth = flipped[noise_table["index"].to_numpy()]
     candidates = {column: noise_table[column].to_numpy() for column in NOISE_SIGNALS if column in noise_table}
-    if not noise_table["training_score"].isna().all():  # the other combination the default was chosen against
-        candidates["features_and_training"] = (robust_z(noise_table["feature_score"].to_numpy())
-                                               + robust_z(noise_table["training_score"].to_numpy()))
+    own = -noise_table["own_similarity"].to_numpy(dtype=np.float64)
+    if not noise_table["training_score"].isna().all():  # the run's own ranking, and the other it was chosen against
+        training = noise_table["training_score"].to_numpy()
+        candidates["run_score"] = robust_z(own) + robust_z(training)
+        candidates["features_and_training"] = robust_z(noise_table["feature_score"].to_numpy()) + robust_z(training)
+    else:
+        candidates["run_score"] = noise_table["feature_score"].to_numpy()
+    if noise_table["crossval_score"].isna().all():
+        candidates.pop("crossval_score", None)
+    else:
+        candidates["crossval_score"] = last_where_missing(noise_table["crossval_score"].to_numpy())
     noise = {name: round(float(average_precision_score(truth, values)), 4) for name, values in candidates.items()}
     pairs = pd.read_csv(analysis_dir / "conflict.csv")
     a, b = pairs["label_a"].to_numpy(), pairs["label_b"].to_numpy()
     positive = np.isin(np.minimum(a, b) * num_classes + np.maximum(a, b), truth_keys)
     sizes = smaller_half(pairs["count_a"].to_numpy(), pairs["count_b"].to_numpy())
-    conflict = {name: _round(stratified_conflict_ap(_last_where_missing(pairs[column].to_numpy()), positive, sizes,
+    conflict = {name: _round(stratified_conflict_ap(last_where_missing(pairs[column].to_numpy()), positive, sizes,
                                                     truth_sizes))
                 for name, column in CONFLICT_RANKINGS.items() if not pairs[column].isna().all()}
     return {"noise": noise, "conflict": conflict, "noise_rate": round(float(truth.mean()), 4),
+            "noise_ranking": noise_table_ranking(analysis_dir),
             "strata_pairs": {name: int(stratum_mask(truth_sizes, low, high).sum()) for name, low, high in STRATA}}
-
-
-def _last_where_missing(scores: np.ndarray) -> np.ndarray:
-    """Missing scores (a pair whose class has no images for the same-person model) rank last."""
-    return np.nan_to_num(scores, nan=np.nanmin(scores) - 1.0)
 
 
 def _round(figures: dict[str, Optional[float]]) -> dict[str, Optional[float]]:
     return {key: None if value is None else round(float(value), 4) for key, value in figures.items()}
 
 
+def noise_table_ranking(analysis_dir: Path) -> Optional[str]:
+    """Which signal ranked the cell's noise.csv (the report's summary.json)."""
+    summary = analysis_dir / "summary.json"
+    return read_json(summary).get("noise", {}).get("ranking") if summary.is_file() else None
+
+
 # -- running ------------------------------------------------------------------------------
-def run_detection_cell(cell: Cell, scale: Scale, data: Path, cell_dir: Path, device: str = "cpu") -> dict[str, Any]:
-    """Train the cell's run, analyse it against the ground truth, score it, record it (result.json last)."""
+def crossval_root(out: Path, scenario: Scenario, scale: Scale, data: Path, device: str) -> Path:
+    """The scenario's cross-validated reference evidence (analysis/crossval.py), computed on first use and shared by
+    the scenario's cells: the reference recipe is the baseline's, on 3/4 of the data per fold."""
+    from analysis.crossval import RESULT_JSON, reference_recipe, run_crossval
+
+    root = out / "crossval" / scenario.name
+    if not (root / RESULT_JSON).is_file():
+        recipe = reference_recipe(epochs=max(2, round(BASELINE.epochs * scale.epoch_share)))
+        run_crossval(data, root, recipe.replace(checkpoint_every=500, val_every=10 ** 9), seed=scenario.seed,
+                     device=device, progress=False, echo=lambda line: None)
+    return root
+
+
+def run_detection_cell(cell: Cell, scale: Scale, data: Path, cell_dir: Path, device: str = "cpu",
+                       reference: Optional[Path] = None) -> dict[str, Any]:
+    """Train the cell's run, analyse it (with the cross-validated ``reference``, ``crossval_root``) against the
+    ground truth, score it, record it (result.json last)."""
     from analysis.inputs import load_analysis_input
     from analysis.runner import AnalysisOptions, run_analyses
     from core.config import TrainConfig
@@ -282,7 +317,7 @@ def run_detection_cell(cell: Cell, scale: Scale, data: Path, cell_dir: Path, dev
     inputs = load_analysis_input(run_dir, device=device, progress=False)
     analysis_dir = cell_dir / "analysis"
     if not regime.baseline:
-        run_analyses(inputs, analysis_dir, ("conflict", "noise"), AnalysisOptions(progress=False))
+        run_analyses(inputs, analysis_dir, ("conflict", "noise"), AnalysisOptions(progress=False, crossval=reference))
     result = {"scenario": cell.scenario.name, "held_out": cell.scenario.held_out, "regime": regime.name,
               "method": regime.method, "epochs": epochs, "scale": scale.name, "steps": trainer.step,
               "val_accuracy": round(float(metrics["val"]["accuracy"]), 4),
@@ -305,9 +340,12 @@ def run_detection(out: Path, scale: Scale, device: str = "cpu", echo: Callable[[
     """Run every unfinished cell (the first ``only`` when given); return every finished cell's result."""
     claim_setup(out, SETUP_FILE, {"scale": asdict(scale), "scenarios": [asdict(s) for s in SCENARIOS],
                                   "regimes": [asdict(r) for r in REGIMES]}, "detection benchmark")
-    run_unfinished(out, cells(scale)[:only],
-                   lambda cell, cell_dir: run_detection_cell(cell, scale, dataset_root(out, cell.scenario, scale),
-                                                             cell_dir, device), _cell_summary, echo)
+    def run_one(cell: Cell, cell_dir: Path) -> dict[str, Any]:
+        data = dataset_root(out, cell.scenario, scale)
+        reference = None if cell.regime.baseline else crossval_root(out, cell.scenario, scale, data, device)
+        return run_detection_cell(cell, scale, data, cell_dir, device, reference)
+
+    run_unfinished(out, cells(scale)[:only], run_one, _cell_summary, echo)
     return [read_json(path) for path in sorted((out / "cells").glob(f"*/{RESULT_FILE}"))]
 
 
@@ -326,6 +364,14 @@ def _mean(values: list[Optional[float]]) -> Optional[float]:
     return float(np.mean(present)) if present else None
 
 
+def _ranked_by(result: dict[str, Any]) -> str:
+    """Short name of the ranking noise.csv's default used in the cell."""
+    from analysis.noise import RANK_CROSSVAL, RANK_CROSSVAL_AND_RUN
+
+    return {RANK_CROSSVAL_AND_RUN: "reference + run", RANK_CROSSVAL: "reference"}.get(result.get("noise_ranking"),
+                                                                                         "run")
+
+
 def detection_table(results: list[dict[str, Any]]) -> str:
     """Markdown: one row per trained cell with its scenario's baseline beside it, then the averages."""
     baselines = {r["scenario"]: r for r in results if r["regime"] == BASELINE.name}
@@ -333,27 +379,32 @@ def detection_table(results: list[dict[str, Any]]) -> str:
     order = {s.name: i for i, s in enumerate(SCENARIOS)}
     regimes = {r.name: i for i, r in enumerate(REGIMES)}
     rows.sort(key=lambda r: (order.get(r["scenario"], 99), regimes.get(r["regime"], 99)))
-    header = ("| scenario | training | val | final loss | noise AP: default | final features | training margins "
-              "| baseline | conflict AP 5+: review score | LLR | cosine | baseline | conflict AP 2-4 / 1: review score "
-              "| baseline |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    header = ("| scenario | training | val | final loss | noise AP: default | ranked by | the run's own | reference "
+              "| final features | baseline | conflict AP 5+: reference | cosine | LLR | review score | baseline "
+              "| conflict AP 2-4 / 1: reference | baseline |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     columns: dict[str, list[list[Optional[float]]]] = {"dev": [], "held out": []}
     for r in rows:
         base = baselines[r["scenario"]]
-        figures = [r["noise"].get("score"), r["noise"].get("feature_score"), r["noise"].get("training_score"),
-                   base["noise"]["baseline"], r["conflict"].get("review", {}).get("5+"), r["conflict"]["llr"]["5+"],
-                   r["conflict"]["cosine"]["5+"], base["conflict"]["baseline"]["5+"]]
+        noise, conflict = r["noise"], r["conflict"]
+        reference = conflict.get("crossval", {})
+        figures = [noise.get("score"), noise.get("run_score"), noise.get("crossval_score"),
+                   noise.get("feature_score"), base["noise"]["baseline"], reference.get("5+"),
+                   conflict["cosine"]["5+"], conflict["llr"]["5+"], conflict.get("review", {}).get("5+"),
+                   base["conflict"]["baseline"]["5+"]]
         columns["held out" if r["held_out"] else "dev"].append(figures)
+        cells = [_fmt(v) for v in figures]
+        cells.insert(1, _ranked_by(r))
         lines.append(f"| {r['scenario']} | {r['regime']} ({r['epochs']} ep) | {r['val_accuracy']:.3f} | "
-                     f"{r['final_loss']:.2f} | " + " | ".join(_fmt(v) for v in figures) + " | "
-                     f"{_fmt(r['conflict'].get('review', {}).get('2-4'))} / "
-                     f"{_fmt(r['conflict'].get('review', {}).get('1'))} | "
+                     f"{r['final_loss']:.2f} | " + " | ".join(cells) + " | "
+                     f"{_fmt(reference.get('2-4'))} / {_fmt(reference.get('1'))} | "
                      f"{_fmt(base['conflict']['baseline']['2-4'])} / {_fmt(base['conflict']['baseline']['1'])} |")
     for name, block in columns.items():
         if block:
-            means = [_mean([row[i] for row in block]) for i in range(len(block[0]))]
-            lines.append(f"| **mean, {name}** ({len(block)} runs) | | | | "
-                         + " | ".join(f"**{_fmt(v)}**" for v in means) + " | | |")
+            means = [f"**{_fmt(_mean([row[i] for row in block]))}**" for i in range(len(block[0]))]
+            means.insert(1, "")
+            lines.append(f"| **mean, {name}** ({len(block)} runs) | | | | " + " | ".join(means) + " | | |")
     return header + "\n".join(lines) + "\n"
 
 

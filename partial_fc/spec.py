@@ -30,4 +30,5 @@ SPEC = MethodSpec(
     stored_centers="partial_fc.spec:stored_centers",
     peer_step="benchmarks.train_step:InsightfaceStylePFC",
     bench_options={"sample_rate": 0.1},
+    full_softmax_options={"sample_rate": 1.0},
 )

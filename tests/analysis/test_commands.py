@@ -415,3 +415,27 @@ def test_flags_that_contradict_a_run_are_refused_and_bare_weights_hint_a_fitting
                     "--threshold", "0.5")
     assert (f"Next: python cli.py train --method pfc --backbone tiny --embedding-size 16 --input-size "
             f"{loaded.input_size} --init {tmp_path / 'w.pth'} --data {tmp_path / 'clean.lst'}") in output
+
+
+def test_crossval_writes_reference_evidence_that_the_report_ranks_by(synthetic_run, synthetic_data, folder_run,
+                                                                     tmp_path):
+    recipe = tmp_path / "reference.yaml"
+    recipe.write_text("backbone: tiny\ninput_size: 16\nembedding_size: 16\nbatch_size: 8\nepochs: 5\nlr: 0.05\n"
+                      "workers: 0\ncheckpoint_every: 0\nsample_rate: 1.0\n")
+    result = CliRunner().invoke(analyze, ["crossval", str(synthetic_run), "--out", str(tmp_path / "cv"), "--folds",
+                                          "2", "--epochs", "2", "--config", str(recipe), "--device", "cpu",
+                                          "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "reference model 2 of 2" in result.output and "(2 epochs)" in result.output
+    assert f"--crossval {tmp_path / 'cv'}" in result.output  # the next command
+    output = invoke("report", synthetic_run, "--out", tmp_path / "report", "--crossval", tmp_path / "cv")
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["noise"]["ranking"].startswith("cross-validated reference models")
+    assert -1.0 <= summary["noise"]["crossval_agreement"] <= 1.0
+    assert "crossval_similarity_average_precision" in summary["conflict"]["ground_truth"]
+    noise = pd.read_csv(tmp_path / "report" / "noise.csv")
+    assert noise["crossval_score"].notna().sum() >= len(noise) - 15  # a class with one image has no other fold
+    assert pd.read_csv(tmp_path / "report" / "conflict.csv")["crossval_similarity"].notna().all()
+    assert "cross-validated" in (tmp_path / "report" / "report.md").read_text() and "Noise:" in output
+    with pytest.raises(DataError, match="analysed data has 48 images of 6"):
+        invoke("noise", folder_run, "--out", tmp_path / "x", "--crossval", tmp_path / "cv")

@@ -1,4 +1,5 @@
-"""A run that memorises its flipped labels: the final features stop finding them, the default ranking does not.
+"""A run that memorises its flipped labels: the final features stop finding them, the default ranking does not, and
+neither do cross-validated reference models (analyze crossval), which never train on the images they judge.
 
 A small MLP (not the CNN: on 16-pixel patterns it cannot fit noise) trained to near-zero loss on data whose
 clean images vary in contrast, so that some clean images are hard. By the end every flipped image sits in the
@@ -55,6 +56,7 @@ def _memorising_data(root):
 def memorised(tmp_path_factory):
     import core.backbones
     import core.trainer
+    from analysis.crossval import run_crossval
     from analysis.inputs import load_analysis_input
     from analysis.runner import AnalysisOptions, run_analyses
     from core.config import TrainConfig
@@ -73,23 +75,41 @@ def memorised(tmp_path_factory):
         Trainer(config, root / "run", progress=False).fit()
         inputs = load_analysis_input(root / "run", device="cpu", progress=False, workers=0)
         analysis = run_analyses(inputs, root / "out", ("noise",), AnalysisOptions(progress=False))
+        # two reference models, each trained on half of every class for a third as long
+        run_crossval(root / "data", root / "crossval", config.replace(epochs=EPOCHS // 3), folds=2, device="cpu",
+                     progress=False, echo=lambda line: None)
+        with_reference = run_analyses(inputs, root / "out-crossval", ("noise",),
+                                      AnalysisOptions(progress=False, crossval=root / "crossval"))
     finally:
         patch.undo()
     table = pd.read_csv(root / "out" / "noise.csv").sort_values("index")
-    return table, is_flipped[table["index"].to_numpy()], pd.read_csv(root / "run" / "log.csv"), analysis.summary
+    crossval_table = pd.read_csv(root / "out-crossval" / "noise.csv").sort_values("index")
+    return (table, is_flipped[table["index"].to_numpy()], pd.read_csv(root / "run" / "log.csv"), analysis.summary,
+            crossval_table, with_reference.summary)
 
 
 def test_the_run_fitted_its_flipped_labels(memorised):
-    table, is_flipped, log, _ = memorised
+    table, is_flipped, log, *_ = memorised
     assert log["loss"].iloc[-1] < 0.01
     assert is_flipped.sum() == int(FLIPPED_SHARE * CLASSES * PER_CLASS)
 
 
 def test_final_features_miss_the_memorised_flips_and_the_default_ranking_finds_them(memorised):
-    table, is_flipped, _, summary = memorised
+    table, is_flipped, _, summary, *_ = memorised
     final_features = average_precision_score(is_flipped, table["feature_score"])
     default = average_precision_score(is_flipped, table["score"])
     assert final_features < 0.75
     assert default > 0.85 and default > final_features + 0.1
     assert summary["noise"]["ranking"] == "own-center distance + training margins"
     assert "fitted part of the noise" in summary["noise"]["warning"]
+
+
+def test_the_cross_validated_reference_finds_the_memorised_flips(memorised):
+    table, is_flipped, _, _, crossval_table, summary = memorised
+    assert np.array_equal(table["index"], crossval_table["index"])
+    reference = average_precision_score(is_flipped, crossval_table["crossval_score"])
+    default = average_precision_score(is_flipped, crossval_table["score"])
+    final_features = average_precision_score(is_flipped, crossval_table["feature_score"])
+    assert reference > 0.85 and reference > final_features + 0.1
+    assert default > 0.85
+    assert summary["noise"]["ranking"].startswith("cross-validated reference models")

@@ -32,7 +32,8 @@ def test_noise_csv_columns_and_order(noisy):
     table = noise_table(samples, labels, records=np.arange(1, len(labels) + 1))
     assert list(table.columns) == NOISE_COLUMNS == ["index", "record", "path", "label", "own_similarity",
                                                     "nearest_label", "nearest_similarity", "feature_score",
-                                                    "training_margin", "training_score", "score", "flagged"]
+                                                    "training_margin", "training_score", "crossval_score", "score",
+                                                    "flagged"]
     assert table["score"].is_monotonic_decreasing
     assert table[["training_margin", "training_score"]].isna().all().all()  # no run margins given
     assert table.attrs["ranking"] == RANK_FEATURES and (table["score"] == table["feature_score"]).all()

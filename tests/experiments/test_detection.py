@@ -45,7 +45,7 @@ def test_baseline_scores_are_best_other_mean_minus_own_mean_and_mean_cosines():
 
 def test_the_split_is_fixed_and_both_renderers_and_noise_kinds_are_held_out():
     held = [s for s in SCENARIOS if s.held_out]
-    assert len(held) >= 4 and len(SCENARIOS) - len(held) == 2
+    assert len(held) >= 4 and all(s.name.startswith("held-") == s.held_out for s in SCENARIOS)
     assert {s.renderer for s in held} == {"faces", "shapes"}
     assert {s.flip_target for s in held if s.flip_noise} == {"uniform", "lookalike"} and any(s.open_set for s in held)
     assert len({s.seed for s in SCENARIOS}) == len(SCENARIOS)
@@ -61,15 +61,20 @@ def _result(scenario, regime, noise, conflict, held_out=True):
 def test_the_table_puts_each_baseline_beside_its_scenario_and_averages_by_split(tmp_path):
     strata = {"all": 0.5, "1": None, "2-4": 0.2, "5+": 0.8}
     results = [_result("held-a", "baseline", {"baseline": 0.7}, {"baseline": dict(strata, **{"5+": 0.6})}),
-               _result("held-a", "pfc-12", {"score": 0.9, "feature_score": 0.8, "training_score": 0.85},
-                       {"llr": strata, "cosine": dict(strata, **{"5+": 0.7})}),
+               _result("held-a", "pfc-12", {"score": 0.9, "run_score": 0.85, "crossval_score": 0.8,
+                                            "feature_score": 0.75},
+                       {"crossval": dict(strata, **{"5+": 0.9}), "llr": strata, "cosine": dict(strata, **{"5+": 0.7})}),
                _result("held-b", "baseline", {"baseline": 0.5}, {"baseline": strata}),
-               _result("held-b", "pfc-12", {"score": 0.7, "feature_score": 0.6, "training_score": 0.65},
-                       {"llr": strata, "cosine": strata})]
+               _result("held-b", "pfc-12", {"score": 0.7, "run_score": 0.65, "crossval_score": 0.6,
+                                            "feature_score": 0.55},
+                       {"crossval": strata, "llr": strata, "cosine": strata})]
+    results[1]["noise_ranking"] = "cross-validated reference models + the run's own ranking"
     table = detection_table(results)
-    assert "| held-a | pfc-12 (12 ep) | 0.900 | 1.50 | 0.900 | 0.800 | 0.850 | 0.700 | – | 0.800 | 0.700 | 0.600 |" \
-        in table  # no review score (no training confusion recorded): a dash
-    assert "| **mean, held out** (2 runs) | | | | **0.800** | **0.700** | **0.750** | **0.600** | **–** |" in table
+    assert ("| held-a | pfc-12 (12 ep) | 0.900 | 1.50 | 0.900 | reference + run | 0.850 | 0.800 | 0.750 | 0.700 | "
+            "0.900 | 0.700 | 0.800 | – | 0.600 | 0.200 / – | 0.200 / – |") in table  # no review score: a dash
+    assert "| held-b | pfc-12 (12 ep) | 0.900 | 1.50 | 0.700 | run |" in table  # no ranking recorded: the run's
+    assert ("| **mean, held out** (2 runs) | | | | **0.800** |  | **0.750** | **0.700** | **0.650** | **0.600** | "
+            "**0.850** |") in table
     doc = tmp_path / "ANALYSIS.md"
     doc.write_text(f"intro\n{detection.DOC_START}\nold\n{detection.DOC_END}\noutro\n")
     write_detection_report(tmp_path, results, doc)
@@ -89,8 +94,11 @@ def test_two_cells_train_analyse_score_and_resume(tmp_path, monkeypatch):
     results = detection.run_detection(tmp_path, tiny, echo=echoed.append)
     assert [r["regime"] for r in results] == ["baseline", "pfc-12"]
     base, run = results
-    assert set(base["noise"]) == {"baseline"} and set(run["noise"]) >= {"score", "feature_score", "training_score"}
-    assert set(run["conflict"]) == {"llr", "cosine", "confusion", "review"}  # it recorded its class-pair confusions
+    assert set(base["noise"]) == {"baseline"}
+    assert set(run["noise"]) >= {"score", "run_score", "crossval_score", "feature_score", "training_score"}
+    assert set(run["conflict"]) == {"crossval", "llr", "cosine", "confusion", "review"}  # confusions were recorded
+    assert run["noise_ranking"].startswith("cross-validated reference models")
+    assert (tmp_path / "crossval" / "dev-faces-uniform" / "crossval.npz").is_file()
     for value in [*run["noise"].values(), base["noise"]["baseline"]]:
         assert run["noise_rate"] < value <= 1.0  # every signal ranks above chance
     assert run["strata_pairs"]["5+"] + run["strata_pairs"]["2-4"] + run["strata_pairs"]["1"] == 3  # 5 % of 60

@@ -1,0 +1,154 @@
+"""Cross-validated reference evidence: stratified folds, held-out scores and ensemble cosines as known answers, the
+file round trip and its refusals, and how noise.csv and conflict.csv use it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from analysis.conflict import center_neighbours, conflict_table
+from analysis.centers import Centers
+from analysis.crossval import (RESULT_ARRAYS, RESULT_JSON, CrossValidation, assign_folds, held_out_evidence,
+                               load_crossval, reference_recipe)
+from analysis.noise import (RANK_COMBINED, RANK_CROSSVAL, RANK_CROSSVAL_AND_RUN, RANK_FEATURES, SampleNeighbours,
+                            noise_table, rank_correlation, robust_z)
+from core.errors import ConfigError, DataError
+from core.io import atomic_write_json
+
+
+def test_folds_deal_each_class_evenly_and_repeat_with_the_seed():
+    labels = np.repeat(np.arange(5), [1, 2, 4, 7, 9])
+    fold = assign_folds(labels, 4, seed=3)
+    for c in range(5):
+        counts = np.bincount(fold[labels == c], minlength=4)
+        assert counts.max() - counts.min() <= 1 and counts.sum() == (labels == c).sum()
+    assert np.array_equal(fold, assign_folds(labels, 4, seed=3))
+    assert not np.array_equal(fold, assign_folds(labels, 4, seed=4))
+    with pytest.raises(ConfigError, match="--folds must be >= 2"):
+        assign_folds(labels, 1)
+
+
+def _two_fold_world():
+    """Classes 0 and 1 at directions e0 and e1 under both fold models; image 5 (class 1's label) looks like class 0."""
+    e0, e1 = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    fold = np.array([0, 1, 0, 1, 0, 1])
+    rows = np.stack([e0, e0, e0, e1, e1, e0])
+    return rows, labels, fold
+
+
+def test_held_out_scores_compare_each_image_with_means_of_images_its_model_trained_on():
+    rows, labels, fold = _two_fold_world()
+    evidence = held_out_evidence([rows, rows], labels, fold, 2)
+    # image 5 (held out in fold 1) against the means of fold 0's images: class 0 = e0, class 1 = e1 (image 4)
+    assert evidence.noise_score[5] == pytest.approx(1.0 - 0.0)
+    assert evidence.nearest_label[5] == 0
+    # a clean image of class 1 held out in fold 1 (image 3): its own mean (image 4) is e1
+    assert evidence.noise_score[3] == pytest.approx(0.0 - 1.0)
+    # image 4 (fold 0) against fold 1's class-1 mean, images 3 and 5: (e1 + e0) / sqrt(2)
+    assert evidence.noise_score[4] == pytest.approx(0.0 - 1 / np.sqrt(2))
+    assert evidence.noise_score.argmax() == 5
+
+
+def test_an_image_whose_class_has_no_other_fold_gets_no_score():
+    rows = np.eye(3)
+    evidence = held_out_evidence([rows, rows], np.array([0, 1, 2]), np.array([0, 1, 0]), 3)
+    assert np.isnan(evidence.noise_score).all()
+
+
+def test_pair_similarity_is_the_cosine_of_class_means_averaged_over_the_fold_models():
+    labels = np.array([0, 1])
+    fold = np.array([0, 1])
+    model_a = np.array([[1.0, 0.0], [1.0, 0.0]])  # one model sees the two classes as one
+    model_b = np.array([[1.0, 0.0], [0.0, 1.0]])  # the other as orthogonal
+    evidence = held_out_evidence([model_a, model_b], labels, fold, 3)  # class 2 has no image
+    assert evidence.pair_similarity(np.array([0]), np.array([1]))[0] == pytest.approx(0.5)
+    assert np.isnan(evidence.pair_similarity(np.array([0]), np.array([2]))[0])
+
+
+def _write(folder, evidence: CrossValidation, num_samples: int, num_classes: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / RESULT_ARRAYS, fold=evidence.fold, noise_score=evidence.noise_score,
+             nearest_label=evidence.nearest_label, class_vectors=evidence.class_vectors)
+    atomic_write_json(folder / RESULT_JSON, {"data": "d", "num_samples": num_samples, "num_classes": num_classes,
+                                             "folds": evidence.folds})
+
+
+def test_the_saved_evidence_reads_back_and_other_data_is_refused(tmp_path):
+    rows, labels, fold = _two_fold_world()
+    evidence = held_out_evidence([rows, rows], labels, fold, 2)
+    _write(tmp_path / "cv", evidence, 6, 2)
+    back = load_crossval(tmp_path / "cv", 6, 2)
+    assert np.array_equal(back.noise_score, evidence.noise_score) and back.folds == 2
+    assert np.array_equal(back.class_vectors, evidence.class_vectors)
+    with pytest.raises(DataError, match="6 images of 2 classes.*7 images of 2"):
+        load_crossval(tmp_path / "cv", 7, 2)
+    with pytest.raises(ConfigError, match="analyze crossval"):
+        load_crossval(tmp_path / "missing", 6, 2)
+
+
+def test_a_crossval_file_holding_objects_is_refused_not_unpickled(tmp_path):
+    folder = tmp_path / "cv"
+    folder.mkdir()
+    np.savez(folder / RESULT_ARRAYS, fold=np.zeros(2, int), noise_score=np.array([{"x": 1}, None], dtype=object),
+             nearest_label=np.zeros(2, int), class_vectors=np.zeros((1, 2)))
+    atomic_write_json(folder / RESULT_JSON, {"num_samples": 2, "num_classes": 1, "folds": 2})
+    with pytest.raises(DataError, match="not a readable cross-validation result"):
+        load_crossval(folder, 2, 1)
+
+
+def test_the_default_recipe_is_the_full_softmax_baseline():
+    recipe = reference_recipe()
+    assert (recipe.margin, recipe.scale, recipe.margin_m, recipe.embedding_size, recipe.epochs) == (
+        "cosface", 32.0, 0.3, 128, 12)
+    assert recipe.spec.full_softmax_options.items() <= recipe.method_options.items()
+    assert reference_recipe(epochs=3).epochs == 3
+
+
+def _neighbours(own: np.ndarray) -> SampleNeighbours:
+    n = len(own)
+    return SampleNeighbours(own_similarity=own.astype(np.float32), nearest_label=np.zeros(n, np.int64),
+                            nearest_similarity=np.full(n, 0.5, np.float32), leave_one_out=True)
+
+
+def test_the_run_s_ranking_joins_the_reference_only_when_the_two_agree():
+    rng = np.random.default_rng(0)
+    own = rng.uniform(0.2, 0.9, 200)
+    labels = np.zeros(200, np.int64)
+    run_score = 0.5 - own  # feature_score: the run's own ranking without training margins
+    agreeing = run_score + rng.normal(0, 0.02, 200)
+    table = noise_table(_neighbours(own), labels, crossval=agreeing).sort_values("index")
+    assert table.attrs["ranking"] == RANK_CROSSVAL_AND_RUN and table.attrs["agreement"] > 0.9
+    assert np.allclose(table["score"], robust_z(agreeing) + robust_z(run_score), atol=1e-5)
+    disagreeing = rng.normal(0, 1, 200)
+    disagreeing[:3] = np.nan  # images the reference could not judge sit at its median
+    table = noise_table(_neighbours(own), labels, crossval=disagreeing).sort_values("index")
+    assert table.attrs["ranking"] == RANK_CROSSVAL and table.attrs["agreement"] < 0.6
+    filled = np.where(np.isnan(disagreeing), np.nanmedian(disagreeing), disagreeing)
+    assert np.allclose(table["score"], robust_z(filled), atol=1e-5)
+    assert table["crossval_score"].isna().sum() == 3
+    assert noise_table(_neighbours(own), labels).attrs["ranking"] == RANK_FEATURES != RANK_COMBINED
+
+
+def test_rank_correlation_is_spearman():
+    assert rank_correlation(np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 300.0])) == pytest.approx(1.0)
+    assert rank_correlation(np.array([1.0, 2.0, 3.0]), np.array([3.0, 2.0, 1.0])) == pytest.approx(-1.0)
+    assert rank_correlation(np.ones(3), np.array([1.0, 2.0, 3.0])) == 0.0
+
+
+def test_conflict_pairs_carry_the_reference_cosine_and_its_nearest_pairs_join_the_candidates():
+    # the run's centers: 0~1 and 2~3 close; the reference models see 0 and 3 as one person
+    vectors = np.array([[1.0, 0.0, 0.0, 0.0], [0.9, 0.1, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.9, 0.1]])
+    centers = Centers(vectors=vectors.astype(np.float32), source="means", counts=np.full(4, 5))
+    neighbours = center_neighbours(centers, k=1)
+    reference = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.96, 0.28, 0.0]], np.float32)
+    crossval = CrossValidation(folds=1, fold=np.zeros(0, np.int64), noise_score=np.zeros(0, np.float32),
+                               nearest_label=np.zeros(0, np.int64), class_vectors=reference)
+    without = conflict_table(centers, neighbours, threshold=0.99)
+    table = conflict_table(centers, neighbours, threshold=0.99, crossval=crossval)
+    pairs = set(zip(table["label_a"], table["label_b"]))
+    assert (0, 3) in pairs and (0, 3) not in set(zip(without["label_a"], without["label_b"]))
+    assert table.attrs["pairs_from_crossval"] == len(table) - len(without) >= 1
+    row = table[(table["label_a"] == 0) & (table["label_b"] == 3)].iloc[0]
+    assert row["crossval_similarity"] == pytest.approx(0.96, abs=1e-5)
+    assert without["crossval_similarity"].isna().all()
