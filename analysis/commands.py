@@ -52,7 +52,8 @@ def _common(function: Callable) -> Callable:
 
 def crossval_option(function: Callable) -> Callable:
     return click.option("--crossval", type=click.Path(file_okay=False), default=None,
-                        help="The folder analyze crossval wrote for this data: the cross-validated reference models' "
+                        help="The folder analyze crossval wrote for this data (default: RUN/crossval when it was "
+                             "computed on this data): the cross-validated reference models' "
                              "evidence ranks noise and conflicts (recommended for long runs and DCQ runs).")(function)
 
 
@@ -250,7 +251,8 @@ def report(k: int, threshold: Optional[float], noise_threshold: Optional[float],
 @click.argument("run", type=click.Path(), metavar="MODEL")
 @click.option("--data", default=None,
               help="Dataset the reference models train on (default: the run's own training data).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Output directory (default: RUN/crossval, which every analyze command of the run then uses).")
 @click.option("--folds", default=DEFAULT_FOLDS, show_default=True, type=int,
               help="Reference models: each trains on all folds but one and reads the held-out one.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
@@ -260,18 +262,22 @@ def report(k: int, threshold: Optional[float], noise_threshold: Optional[float],
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the folds and of the models.")
 @click.option("--device", default="auto", show_default=True, help="Device that trains and embeds.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def crossval(run: str, data: Optional[str], out: str, folds: int, config_file: Optional[str], epochs: Optional[int],
+def crossval(run: str, data: Optional[str], out: Optional[str], folds: int, config_file: Optional[str], epochs: Optional[int],
              seed: int, device: str, quiet: bool) -> None:
     """Evidence on every label from models that never trained on it (INCV): survives memorisation -> --crossval."""
     from analysis.centers import load_run, resolve_data_path
-    from analysis.crossval import reference_recipe, run_crossval
+    from analysis.crossval import crossval_for, default_crossval_dir, reference_recipe, run_crossval
 
-    data_path = resolve_data_path(load_run(run), data)
-    evidence = run_crossval(data_path, Path(out), reference_recipe(config_file, epochs), folds=folds, seed=seed,
+    info = load_run(run)
+    data_path = resolve_data_path(info, data)
+    folder = Path(out) if out is not None else default_crossval_dir(info.checkpoint)
+    evidence = run_crossval(data_path, folder, reference_recipe(config_file, epochs), folds=folds, seed=seed,
                             device=device, progress=not quiet, echo=click.echo)
     judged = int(np.isfinite(evidence.noise_score).sum())
-    click.echo(f"Wrote {Path(out) / 'crossval.npz'} and crossval.json: {evidence.folds} reference models; "
+    click.echo(f"Wrote {folder / 'crossval.npz'} and crossval.json: {evidence.folds} reference models; "
                f"{judged:,} of {len(evidence.noise_score):,} images judged by a model that never trained on them.")
+    found = crossval_for(info.checkpoint, data_path) == folder
     click.echo(f"Next: python cli.py analyze report {shlex.quote(run)}"
                + (f" --data {shlex.quote(data)}" if data else "")
-               + f" --out {shlex.quote(str(Path(out) / 'report'))} --crossval {shlex.quote(out)}")
+               + f" --out {shlex.quote(str(folder.parent / 'analysis' if found else folder / 'report'))}"
+               + ("" if found else f" --crossval {shlex.quote(str(folder))}"))

@@ -206,6 +206,21 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
     return evidence
 
 
+def default_crossval_dir(checkpoint: Path) -> Path:
+    """Where ``analyze crossval`` writes without --out, and where every analyze command looks without --crossval:
+    beside the run's checkpoint."""
+    return Path(checkpoint).parent / "crossval"
+
+
+def crossval_for(checkpoint: Path, data_path: Path) -> Optional[Path]:
+    """The run's default cross-validation folder when it holds a result computed on ``data_path``, else None."""
+    folder = default_crossval_dir(checkpoint)
+    if not (folder / RESULT_JSON).is_file():
+        return None
+    computed_on = read_json(folder / RESULT_JSON).get("data")
+    return folder if computed_on and Path(computed_on).resolve() == Path(data_path).resolve() else None
+
+
 def load_crossval(path: str | Path, num_samples: int, num_classes: int) -> CrossValidation:
     """``analyze crossval``'s output, checked to describe data of this size (arrays only: nothing here runs code)."""
     folder = Path(path)

@@ -305,23 +305,29 @@ def memorisation_sample(samples: int) -> int:
     return min(samples, max(10, int(MEMORISATION_SHARE * samples)))
 
 
-def memorisation(table: pd.DataFrame) -> Optional[float]:
-    """The share of the most suspect samples by training margins that still sit nearer another class in the final
-    features; None without training margins."""
-    training = table["training_score"].to_numpy(dtype=np.float64)
-    if np.isnan(training).all():
+# The evidence the memorisation figure trusts, by noise.csv column: what the final features have not shaped.
+MEMORISATION_REFERENCES = {"crossval_score": "the cross-validated reference models",
+                           "training_score": "the training margins"}
+
+
+def memorisation(table: pd.DataFrame, reference: str = "training_score") -> Optional[float]:
+    """The share of the most suspect samples by ``reference`` (a ``MEMORISATION_REFERENCES`` column) that still sit
+    nearer another class in the final features; None when the column is empty."""
+    values = table[reference].to_numpy(dtype=np.float64)
+    if np.isnan(values).all():
         return None
-    top = np.argsort(-np.nan_to_num(training, nan=-np.inf), kind="stable")[:memorisation_sample(len(table))]
+    top = np.argsort(-np.nan_to_num(values, nan=-np.inf), kind="stable")[:memorisation_sample(len(table))]
     return float((table["feature_score"].to_numpy()[top] > 0).mean())
 
 
-def memorisation_warning(agreement: Optional[float]) -> Optional[str]:
+def memorisation_warning(agreement: Optional[float], reference: str = "training_score") -> Optional[str]:
     if agreement is None or agreement >= MEMORISED_BELOW:
         return None
-    return (f"the final features have fitted part of the noise: of the samples the training margins find most "
+    source = MEMORISATION_REFERENCES[reference]
+    return (f"the final features have fitted part of the noise: of the samples {source} find most "
             f"suspect (the top {MEMORISATION_SHARE:.0%}), only {agreement:.0%} still sit nearer another class's "
-            "center, so a ranking by final features alone (feature_score) would miss the rest; the default score "
-            "ranks by the training margins too")
+            f"center, so a ranking by final features alone (feature_score) would miss the rest; the default score "
+            f"ranks by {source} too")
 
 
 def noise_warning(flagged_share: float) -> Optional[str]:
@@ -438,13 +444,14 @@ def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
                                "outlier_similarity": float(table.attrs["outlier_similarity"])}
     if crossval is not None:
         summary["crossval_agreement"] = round(float(table.attrs["agreement"]), 4)
-    fitted = memorisation(table) if training is not None else None
+    reference = "crossval_score" if crossval is not None else "training_score"
+    fitted = memorisation(table, reference)
     if fitted is not None:
-        figures["most suspect by training margins that the final features still place nearer another class"] = (
-            f"{fitted:.0%} (of the top {memorisation_sample(len(table)):,})")
+        figures[f"most suspect by {MEMORISATION_REFERENCES[reference]} that the final features still place nearer "
+                "another class"] = f"{fitted:.0%} (of the top {memorisation_sample(len(table)):,})"
         summary["final_features_agree"] = round(fitted, 4)
     not_credible = noise_warning(float(flagged.mean()))
-    warning = not_credible or memorisation_warning(fitted)  # a memorised run's flags, by the default, still hold
+    warning = not_credible or memorisation_warning(fitted, reference)  # a memorised run's flags, by the default, still hold
     if warning:
         summary["warning"] = warning
     if options.write_clean is not None and not_credible:

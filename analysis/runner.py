@@ -21,7 +21,7 @@ from tqdm import tqdm
 from analysis import plots
 from analysis.centers import Centers, choose_centers, class_sums
 from analysis.choices import DEFAULT_K
-from analysis.crossval import CrossValidation, load_crossval
+from analysis.crossval import CrossValidation, crossval_for, load_crossval
 from analysis.conflict import CenterNeighbours, center_neighbours, conflict_section
 from analysis.dynamics import TrainingMargins, training_margins
 from analysis.groundtruth import DetectionScore
@@ -141,7 +141,10 @@ class Analysis:
 
     @functools.cached_property
     def crossval(self) -> Optional[CrossValidation]:
-        """The cross-validated reference evidence for the analysed data, when --crossval names it."""
+        """The cross-validated reference evidence for the analysed data: --crossval, else the run's own
+        ``crossval`` folder when it was computed on this data (``analyze crossval RUN`` without --out)."""
+        if self.options.crossval is None:
+            self.options.crossval = crossval_for(self.inputs.run.checkpoint, self.inputs.data_path)
         if self.options.crossval is None:
             return None
         return load_crossval(self.options.crossval, len(self.inputs.labels), self.inputs.num_classes)
@@ -316,9 +319,12 @@ def _ground_truth_clause(section: dict[str, Any], truth: str) -> str:
     if "ground_truth" not in section:
         return ""
     g = section["ground_truth"]
-    llr = g.get("same_person_llr_average_precision")
+    others = [f"{name}: {g[key]:.3f}" for name, key in (("same-person LLR", "same_person_llr_average_precision"),
+                                                          ("cross-validated reference",
+                                                           "crossval_similarity_average_precision"))
+              if g.get(key) is not None]
     return (f"; against {truth} AP {g['average_precision']:.3f}"
-            + ("" if llr is None else f" (ranked by same-person LLR: {llr:.3f})")
+            + (f" (ranked by {', '.join(others)})" if others else "")
             + f", precision {g['precision']:.3f}, recall {g['recall']:.3f}")
 
 

@@ -419,16 +419,18 @@ def test_flags_that_contradict_a_run_are_refused_and_bare_weights_hint_a_fitting
 
 def test_crossval_writes_reference_evidence_that_the_report_ranks_by(synthetic_run, synthetic_data, folder_run,
                                                                      tmp_path):
+    run = tmp_path / "run"  # a copy: the evidence lands beside its checkpoint, where every analyze command looks
+    shutil.copytree(synthetic_run, run)
     recipe = tmp_path / "reference.yaml"
     recipe.write_text("backbone: tiny\ninput_size: 16\nembedding_size: 16\nbatch_size: 8\nepochs: 5\nlr: 0.05\n"
                       "workers: 0\ncheckpoint_every: 0\nsample_rate: 1.0\n")
-    result = CliRunner().invoke(analyze, ["crossval", str(synthetic_run), "--out", str(tmp_path / "cv"), "--folds",
-                                          "2", "--epochs", "2", "--config", str(recipe), "--device", "cpu",
-                                          "--quiet"], catch_exceptions=False)
+    result = CliRunner().invoke(analyze, ["crossval", str(run), "--folds", "2", "--epochs", "2", "--config",
+                                          str(recipe), "--device", "cpu", "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "reference model 2 of 2" in result.output and "(2 epochs)" in result.output
-    assert f"--crossval {tmp_path / 'cv'}" in result.output  # the next command
-    output = invoke("report", synthetic_run, "--out", tmp_path / "report", "--crossval", tmp_path / "cv")
+    assert (run / "crossval" / "crossval.npz").is_file()
+    assert f"analyze report {run} --out {run / 'analysis'}" in result.output  # found without --crossval
+    output = invoke("report", run, "--out", tmp_path / "report")
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["noise"]["ranking"].startswith("cross-validated reference models")
     assert -1.0 <= summary["noise"]["crossval_agreement"] <= 1.0
@@ -437,5 +439,10 @@ def test_crossval_writes_reference_evidence_that_the_report_ranks_by(synthetic_r
     assert noise["crossval_score"].notna().sum() >= len(noise) - 15  # a class with one image has no other fold
     assert pd.read_csv(tmp_path / "report" / "conflict.csv")["crossval_similarity"].notna().all()
     assert "cross-validated" in (tmp_path / "report" / "report.md").read_text() and "Noise:" in output
+    assert "ranked by same-person LLR: " in output and ", cross-validated reference: " in output
+    invoke("noise", run, "--data", write_rec(tmp_path / "other", classes=15, per_class=2), "--out",
+           tmp_path / "other-report")  # the run's evidence describes other data: not used
+    other = json.loads((tmp_path / "other-report" / "summary.json").read_text())["noise"]
+    assert other["ranking"].startswith("final features") and "crossval_agreement" not in other
     with pytest.raises(DataError, match="analysed data has 48 images of 6"):
-        invoke("noise", folder_run, "--out", tmp_path / "x", "--crossval", tmp_path / "cv")
+        invoke("noise", folder_run, "--out", tmp_path / "x", "--crossval", run / "crossval")

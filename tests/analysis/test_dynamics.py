@@ -64,6 +64,9 @@ def test_memorisation_is_how_many_training_suspects_the_final_features_still_pla
     assert memorisation(fitted.iloc[:100]) == pytest.approx(1.0)  # at least 10 samples: rows 0-9
     assert "only 50%" in memorisation_warning(0.5) and memorisation_warning(0.9) is None
     assert memorisation(fitted.assign(training_score=np.nan)) is None
+    by_reference = fitted.assign(crossval_score=training[::-1])  # the reference suspects the other end: rows 980-999
+    assert memorisation(by_reference, "crossval_score") == pytest.approx(0.0)
+    assert "cross-validated reference models find most" in memorisation_warning(0.0, "crossval_score")
 
 
 class _Run:

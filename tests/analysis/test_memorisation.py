@@ -113,3 +113,4 @@ def test_the_cross_validated_reference_finds_the_memorised_flips(memorised):
     assert reference > 0.85 and reference > final_features + 0.1
     assert default > 0.85
     assert summary["noise"]["ranking"].startswith("cross-validated reference models")
+    assert "the cross-validated reference models find most suspect" in summary["noise"]["warning"]
