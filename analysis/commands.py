@@ -262,8 +262,8 @@ def report(k: int, threshold: Optional[float], noise_threshold: Optional[float],
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the folds and of the models.")
 @click.option("--device", default="auto", show_default=True, help="Device that trains and embeds.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def crossval(run: str, data: Optional[str], out: Optional[str], folds: int, config_file: Optional[str], epochs: Optional[int],
-             seed: int, device: str, quiet: bool) -> None:
+def crossval(run: str, data: Optional[str], out: Optional[str], folds: int, config_file: Optional[str],
+             epochs: Optional[int], seed: int, device: str, quiet: bool) -> None:
     """Evidence on every label from models that never trained on it (INCV): survives memorisation -> --crossval."""
     from analysis.centers import load_run, resolve_data_path
     from analysis.crossval import crossval_for, default_crossval_dir, reference_recipe, run_crossval

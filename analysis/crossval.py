@@ -23,7 +23,7 @@ since only the ranking is kept.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -76,39 +76,37 @@ def assign_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
     return fold
 
 
-def _unit_means(embeddings: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    sums = np.zeros((num_classes, embeddings.shape[1]), dtype=np.float64)
-    np.add.at(sums, labels, embeddings)
-    return sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-
-
 def held_out_evidence(fold_embeddings: list[np.ndarray], labels: np.ndarray, fold: np.ndarray, num_classes: int
                       ) -> CrossValidation:
-    """The evidence from each fold model's embeddings of every image (unit rows), see the module docstring."""
+    """The evidence from each fold model's embeddings of every image (``[N, D]``, a memory map will do), see the
+    module docstring. The nearest other class comes from one kNN search (analysis/noise.py's
+    ``sample_neighbours``) per fold, so no ``[N, C]`` block is ever formed."""
+    from analysis.centers import Centers, class_sums
+    from analysis.index import normalize_rows
+    from analysis.noise import sample_neighbours
+
     labels = np.asarray(labels, dtype=np.int64)
+    fold = np.asarray(fold, dtype=np.int64)
     folds = len(fold_embeddings)
     score = np.full(len(labels), np.nan, dtype=np.float32)
     nearest = np.full(len(labels), -1, dtype=np.int64)
     vectors = []
     for f, embeddings in enumerate(fold_embeddings):
-        embeddings = np.asarray(embeddings, dtype=np.float64)
-        trained, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        means = _unit_means(embeddings[trained], labels[trained], num_classes)
-        has_mean = np.bincount(labels[trained], minlength=num_classes) > 0
-        similarity = embeddings[held] @ means.T
-        similarity[:, ~has_mean] = -np.inf
-        rows = np.arange(len(held))
-        own = similarity[rows, labels[held]].copy()
-        similarity[rows, labels[held]] = -np.inf
-        best = similarity.argmax(axis=1)
-        best_similarity = similarity[rows, best]
-        valid = np.isfinite(own) & np.isfinite(best_similarity)
-        score[held[valid]] = (best_similarity - own)[valid]
-        nearest[held] = np.where(np.isfinite(best_similarity), best, -1)
-        vectors.append(_unit_means(embeddings, labels, num_classes))
+        held = np.flatnonzero(fold == f)
+        # one pass: the held-out images are summed into a spare class C, the rest into their own
+        sums = class_sums(embeddings, np.where(fold == f, num_classes, labels), num_classes + 1, unit_rows=True)
+        trained_counts = np.bincount(labels[fold != f], minlength=num_classes)
+        means = Centers(vectors=sums[:num_classes], source="means", counts=trained_counts)
+        held_rows = np.asarray(embeddings[held])
+        found = sample_neighbours(held_rows, labels[held], means, leave_one_out=False)
+        judged = (trained_counts[labels[held]] > 0) & (found.nearest_label >= 0)
+        score[held[judged]] = (found.nearest_similarity - found.own_similarity)[judged]
+        nearest[held] = found.nearest_label
+        every_image = sums[:num_classes] + class_sums(held_rows, labels[held], num_classes, unit_rows=True)
+        vectors.append(normalize_rows(every_image))
     class_vectors = (np.concatenate(vectors, axis=1) / math.sqrt(folds)).astype(np.float32)
-    return CrossValidation(folds=folds, fold=np.asarray(fold, dtype=np.int64), noise_score=score,
-                           nearest_label=nearest, class_vectors=class_vectors)
+    return CrossValidation(folds=folds, fold=fold, noise_score=score, nearest_label=nearest,
+                           class_vectors=class_vectors)
 
 
 # -- training the reference models ---------------------------------------------------------
@@ -190,10 +188,8 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
             trainer.fit()
             run = load_run(run_dir)
             embedded = open_dataset(data_path, transform=ModelInputTransform(run.input_size))
-            embeddings, _, _ = cached_embeddings(run, data_path, embedded, resolve_device(device), progress=progress)
-            with atomic_path(stored) as tmp:
-                with open(tmp, "wb") as handle:
-                    np.save(handle, np.asarray(embeddings, dtype=np.float32))
+            _, cache_file, _ = cached_embeddings(run, data_path, embedded, resolve_device(device), progress=progress)
+            cache_file.replace(stored)  # the fold is done once its embeddings are in place
         fold_embeddings.append(np.load(stored, mmap_mode="r"))
     evidence = held_out_evidence(fold_embeddings, labels, fold, num_classes)
     with atomic_path(out / RESULT_ARRAYS) as tmp:
@@ -202,7 +198,7 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
                      nearest_label=evidence.nearest_label, class_vectors=evidence.class_vectors)
     atomic_write_json(out / RESULT_JSON, {"data": str(data_path), "num_samples": len(labels),
                                           "num_classes": num_classes, "folds": folds, "seed": seed,
-                                          "recipe": {k: v for k, v in recipe.__dict__.items() if k != "out"}})
+                                          "recipe": {k: v for k, v in asdict(recipe).items() if k != "out"}})
     return evidence
 
 

@@ -108,14 +108,16 @@ class SampleNeighbours:
 
 def sample_neighbours(embeddings: np.ndarray, labels: np.ndarray, centers: Centers,
                       index_builder: IndexBuilder = build_index, progress: bool = False,
-                      chunk_rows: int = SAMPLE_CHUNK_ROWS, unit_sums: Optional[np.ndarray] = None
-                      ) -> SampleNeighbours:
+                      chunk_rows: int = SAMPLE_CHUNK_ROWS, unit_sums: Optional[np.ndarray] = None,
+                      leave_one_out: Optional[bool] = None) -> SampleNeighbours:
     """Similarities of every sample to its own center and to the nearest other center.
 
     One kNN search (k=2) over the centers answers "nearest other" for all samples: the
     own center can take at most one of the two places. Samples are read ``chunk_rows`` at
     a time, so ``embeddings`` may be a memory map far larger than memory. ``unit_sums``:
     per-class sums of the L2-normalised rows, when the caller already has them.
+    ``leave_one_out`` (default: when the centers are class means) takes each sample out of
+    its own class mean; False for means of other samples (analysis/crossval.py).
     """
     labels = np.asarray(labels, dtype=np.int64)
     if len(embeddings) != len(labels):
@@ -129,7 +131,8 @@ def sample_neighbours(embeddings: np.ndarray, labels: np.ndarray, centers: Cente
     present = np.flatnonzero(centers.present)
     index = index_builder(unit[present])
     k = min(2, len(present))
-    leave_one_out = centers.source == "means"
+    if leave_one_out is None:
+        leave_one_out = centers.source == "means"
     if leave_one_out:
         sums = (class_sums(embeddings, labels, num_classes, chunk_rows=chunk_rows, unit_rows=True)
                 if unit_sums is None else unit_sums)
@@ -282,11 +285,11 @@ RANKING_TEXT = {
                    "given); the margins over training still show the class it kept losing to.",
     RANK_FEATURES: "`score`, which ranks the table, is `feature_score`: the run recorded no training margins (or they "
                    "are of other data), so only the final features rank.",
-    RANK_CROSSVAL: "`score`, which ranks the table, is the robust z-score of `crossval_score`: each image read through a "
-                   "reference model that never trained on it (`analyze crossval`), its nearest other class mean minus "
-                   "its own. The run's own ranking disagreed with it (rank correlation below "
-                   f"{RUN_AGREEMENT_TO_JOIN}), so it was left out: a run whose class means bunch (DCQ) or whose "
-                   "features fitted the noise ranks worse than the reference.",
+    RANK_CROSSVAL: "`score`, which ranks the table, is the robust z-score of `crossval_score`: each image read through "
+                   "a reference model that never trained on it (`analyze crossval`), its nearest other class mean "
+                   "minus its own. The run's own ranking disagreed with it (rank correlation below "
+                   f"{RUN_AGREEMENT_TO_JOIN}), so it was left out: on the detection benchmark the runs that disagree "
+                   "are the ones whose class means bunch (DCQ), and they rank worse than the reference alone.",
     RANK_CROSSVAL_AND_RUN: "`score`, which ranks the table, adds the robust z-scores of `crossval_score` (each image "
                            "read through a reference model that never trained on it, `analyze crossval`: its nearest "
                            "other class mean minus its own) and of the run's own ranking (own-center distance + "
@@ -451,7 +454,8 @@ def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
                 "another class"] = f"{fitted:.0%} (of the top {memorisation_sample(len(table)):,})"
         summary["final_features_agree"] = round(fitted, 4)
     not_credible = noise_warning(float(flagged.mean()))
-    warning = not_credible or memorisation_warning(fitted, reference)  # a memorised run's flags, by the default, still hold
+    # a memorised run's flags, by the default, still hold
+    warning = not_credible or memorisation_warning(fitted, reference)
     if warning:
         summary["warning"] = warning
     if options.write_clean is not None and not_credible:
