@@ -47,9 +47,7 @@ class CrossValidation:
     """The reference evidence for one dataset, in dataset order."""
 
     folds: int
-    fold: np.ndarray  # int64 [N] the fold each image was held out in
     noise_score: np.ndarray  # float32 [N] held-out nearest other mean - own mean; NaN: no own mean to compare with
-    nearest_label: np.ndarray  # int64 [N] the held-out image's nearest other class (-1: none)
     class_vectors: np.ndarray  # float32 [C, K*D] see the module docstring; zero rows: a class with no image
 
     def pair_similarity(self, label_a: np.ndarray, label_b: np.ndarray) -> np.ndarray:
@@ -89,7 +87,6 @@ def held_out_evidence(fold_embeddings: list[np.ndarray], labels: np.ndarray, fol
     fold = np.asarray(fold, dtype=np.int64)
     folds = len(fold_embeddings)
     score = np.full(len(labels), np.nan, dtype=np.float32)
-    nearest = np.full(len(labels), -1, dtype=np.int64)
     vectors = []
     for f, embeddings in enumerate(fold_embeddings):
         held = np.flatnonzero(fold == f)
@@ -101,12 +98,10 @@ def held_out_evidence(fold_embeddings: list[np.ndarray], labels: np.ndarray, fol
         found = sample_neighbours(held_rows, labels[held], means, leave_one_out=False)
         judged = (trained_counts[labels[held]] > 0) & (found.nearest_label >= 0)
         score[held[judged]] = (found.nearest_similarity - found.own_similarity)[judged]
-        nearest[held] = found.nearest_label
         every_image = sums[:num_classes] + class_sums(held_rows, labels[held], num_classes, unit_rows=True)
         vectors.append(normalize_rows(every_image))
     class_vectors = (np.concatenate(vectors, axis=1) / math.sqrt(folds)).astype(np.float32)
-    return CrossValidation(folds=folds, fold=fold, noise_score=score, nearest_label=nearest,
-                           class_vectors=class_vectors)
+    return CrossValidation(folds=folds, noise_score=score, class_vectors=class_vectors)
 
 
 # -- training the reference models ---------------------------------------------------------
@@ -194,8 +189,7 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
     evidence = held_out_evidence(fold_embeddings, labels, fold, num_classes)
     with atomic_path(out / RESULT_ARRAYS) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, fold=evidence.fold, noise_score=evidence.noise_score,
-                     nearest_label=evidence.nearest_label, class_vectors=evidence.class_vectors)
+            np.savez(handle, fold=fold, noise_score=evidence.noise_score, class_vectors=evidence.class_vectors)
     atomic_write_json(out / RESULT_JSON, {"data": str(data_path), "num_samples": len(labels),
                                           "num_classes": num_classes, "folds": folds, "seed": seed,
                                           "recipe": {k: v for k, v in asdict(recipe).items() if k != "out"}})
@@ -223,7 +217,7 @@ def load_crossval(path: str | Path, num_samples: int, num_classes: int) -> Cross
     where = f"--crossval {folder}"
     if not (folder / RESULT_JSON).is_file() or not (folder / RESULT_ARRAYS).is_file():
         raise ConfigError(f"{where}: holds no {RESULT_JSON} and {RESULT_ARRAYS}; write them with "
-                          f"python cli.py analyze crossval DATA --out {folder}")
+                          f"python cli.py analyze crossval RUN --out {folder}")
     meta = read_json(folder / RESULT_JSON)
     if meta.get("num_samples") != num_samples or meta.get("num_classes") != num_classes:
         raise DataError(f"{where}: was computed on {meta.get('num_samples')} images of {meta.get('num_classes')} "
@@ -231,8 +225,7 @@ def load_crossval(path: str | Path, num_samples: int, num_classes: int) -> Cross
                         f"{num_classes}; run analyze crossval on this data")
     try:
         with np.load(folder / RESULT_ARRAYS, allow_pickle=False) as arrays:
-            evidence = CrossValidation(folds=int(meta["folds"]), fold=arrays["fold"],
-                                       noise_score=arrays["noise_score"], nearest_label=arrays["nearest_label"],
+            evidence = CrossValidation(folds=int(meta["folds"]), noise_score=arrays["noise_score"],
                                        class_vectors=arrays["class_vectors"])
     except (KeyError, ValueError, OSError) as exc:
         raise DataError(f"{where}/{RESULT_ARRAYS}: not a readable cross-validation result ({exc})") from exc

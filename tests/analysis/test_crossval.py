@@ -42,7 +42,6 @@ def test_held_out_scores_compare_each_image_with_means_of_images_its_model_train
     evidence = held_out_evidence([rows, rows], labels, fold, 2)
     # image 5 (held out in fold 1) against the means of fold 0's images: class 0 = e0, class 1 = e1 (image 4)
     assert evidence.noise_score[5] == pytest.approx(1.0 - 0.0)
-    assert evidence.nearest_label[5] == 0
     # a clean image of class 1 held out in fold 1 (image 3): its own mean (image 4) is e1
     assert evidence.noise_score[3] == pytest.approx(0.0 - 1.0)
     # image 4 (fold 0) against fold 1's class-1 mean, images 3 and 5: (e1 + e0) / sqrt(2)
@@ -68,8 +67,7 @@ def test_pair_similarity_is_the_cosine_of_class_means_averaged_over_the_fold_mod
 
 def _write(folder, evidence: CrossValidation, num_samples: int, num_classes: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / RESULT_ARRAYS, fold=evidence.fold, noise_score=evidence.noise_score,
-             nearest_label=evidence.nearest_label, class_vectors=evidence.class_vectors)
+    np.savez(folder / RESULT_ARRAYS, noise_score=evidence.noise_score, class_vectors=evidence.class_vectors)
     atomic_write_json(folder / RESULT_JSON, {"data": "d", "num_samples": num_samples, "num_classes": num_classes,
                                              "folds": evidence.folds})
 
@@ -90,8 +88,8 @@ def test_the_saved_evidence_reads_back_and_other_data_is_refused(tmp_path):
 def test_a_crossval_file_holding_objects_is_refused_not_unpickled(tmp_path):
     folder = tmp_path / "cv"
     folder.mkdir()
-    np.savez(folder / RESULT_ARRAYS, fold=np.zeros(2, int), noise_score=np.array([{"x": 1}, None], dtype=object),
-             nearest_label=np.zeros(2, int), class_vectors=np.zeros((1, 2)))
+    np.savez(folder / RESULT_ARRAYS, noise_score=np.array([{"x": 1}, None], dtype=object),
+             class_vectors=np.zeros((1, 2)))
     atomic_write_json(folder / RESULT_JSON, {"num_samples": 2, "num_classes": 1, "folds": 2})
     with pytest.raises(DataError, match="not a readable cross-validation result"):
         load_crossval(folder, 2, 1)
@@ -142,8 +140,7 @@ def test_conflict_pairs_carry_the_reference_cosine_and_its_nearest_pairs_join_th
     centers = Centers(vectors=vectors.astype(np.float32), source="means", counts=np.full(4, 5))
     neighbours = center_neighbours(centers, k=1)
     reference = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.96, 0.28, 0.0]], np.float32)
-    crossval = CrossValidation(folds=1, fold=np.zeros(0, np.int64), noise_score=np.zeros(0, np.float32),
-                               nearest_label=np.zeros(0, np.int64), class_vectors=reference)
+    crossval = CrossValidation(folds=1, noise_score=np.zeros(0, np.float32), class_vectors=reference)
     without = conflict_table(centers, neighbours, threshold=0.99)
     table = conflict_table(centers, neighbours, threshold=0.99, crossval=crossval)
     pairs = set(zip(table["label_a"], table["label_b"]))
