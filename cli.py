@@ -129,6 +129,9 @@ def train(config_file: Optional[str], quiet: bool, **options: Any) -> None:
         run_dir = Path(config.out or f"runs/{config.method}-{time.strftime('%Y%m%d-%H%M%S')}")
         if (run_dir / "checkpoint.pt").exists():
             raise FaceQueueError(f"--out {run_dir} already holds a run; use --resume {run_dir} or another --out")
+        existing = next(path for path in (run_dir.absolute(), *run_dir.absolute().parents) if path.exists())
+        if not existing.is_dir():  # said before any image is decoded or rendered
+            raise FaceQueueError(f"--out {run_dir}: {existing} is a file, so the run directory cannot be made there")
     started = time.perf_counter()
     trainer = Trainer(config, run_dir, progress=not quiet)
     if config.resume:
