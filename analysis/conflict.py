@@ -398,8 +398,8 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
            " `training_confusion` and `review_score` are empty: the run recorded no training dynamics (or they "
            "are of other data).")
         + (" `crossval_similarity` is the cosine of the two classes' means averaged over the cross-validated "
-           f"reference models ({options.crossval}, analysis/crossval.py), which the analysed run's training did not "
-           "shape; each class's nearest under it join the candidates. On the detection benchmark it ranked split "
+           f"reference models ({analysis.crossval_dir}, analysis/crossval.py), which the analysed run's training did "
+           "not shape; each class's nearest under it join the candidates. On the detection benchmark it ranked split "
            "pairs of 5+ images better than the run's own cosine, LLR and review score on long runs and DCQ runs "
            "(docs/ANALYSIS.md): it is the order to review in." if crossval is not None else
            " `crossval_similarity` is empty: no --crossval reference was given (python cli.py analyze crossval)."))

@@ -212,12 +212,9 @@ def noise_table(neighbours: SampleNeighbours, labels: np.ndarray, records: Optio
     feature_score = neighbours.nearest_similarity - neighbours.own_similarity
     if training is not None:
         training_margin, training_score = training.mean_margin, training.suspicion(labels)
-        score = robust_z(-neighbours.own_similarity.astype(np.float64)) + robust_z(training_score)
-        ranking = RANK_COMBINED
     else:
         training_margin = training_score = np.full(n, np.nan)
-        score = feature_score
-        ranking = RANK_FEATURES
+    score, ranking = run_ranking(neighbours.own_similarity, feature_score, training_score)
     agreement = None
     crossval_score = np.full(n, np.nan) if crossval is None else np.asarray(crossval, dtype=np.float64)
     if crossval is not None:
@@ -249,6 +246,15 @@ def noise_table(neighbours: SampleNeighbours, labels: np.ndarray, records: Optio
     table.attrs["ranking"] = ranking
     table.attrs["agreement"] = agreement
     return table.sort_values(["score", "index"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+def run_ranking(own_similarity: np.ndarray, feature_score: np.ndarray, training_score: np.ndarray
+                ) -> tuple[np.ndarray, str]:
+    """The run's own noise score and its name: ``RANK_COMBINED`` from the own-center distance and the training
+    score, or ``RANK_FEATURES`` (``feature_score``) when the training score is empty (all NaN)."""
+    if np.isnan(training_score).all():
+        return np.asarray(feature_score), RANK_FEATURES
+    return robust_z(-np.asarray(own_similarity, dtype=np.float64)) + robust_z(training_score), RANK_COMBINED
 
 
 def _neutral_where_missing(values: np.ndarray) -> np.ndarray:
@@ -434,9 +440,9 @@ def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         "flagged share (the estimated noise rate)": float(flagged.mean()),
         "ranked by": ranking,
         "training margins": training_note,
-        "cross-validated reference": (f"{crossval.folds} folds ({options.crossval}); its rank correlation with the "
-                                      f"run's own ranking: {table.attrs['agreement']:.2f}" if crossval is not None
-                                      else "none (python cli.py analyze crossval DATA --out DIR, then --crossval DIR)"),
+        "cross-validated reference": (f"{crossval.folds} folds ({analysis.crossval_dir}); its rank correlation with "
+                                      f"the run's own ranking: {table.attrs['agreement']:.2f}" if crossval is not None
+                                      else "none (python cli.py analyze crossval RUN, then analyze again)"),
         "score threshold": f"{threshold:.4f} ({rule})",
         "outlier cutoff (own similarity)": round(float(table.attrs["outlier_similarity"]), 4),
         "nearer another class's center than their own": int((table["feature_score"] > 0).sum()),

@@ -140,14 +140,19 @@ class Analysis:
         return training_margins(inputs.run, inputs.data_path, len(inputs.labels))
 
     @functools.cached_property
+    def crossval_dir(self) -> Optional[Path]:
+        """--crossval, else the run's own ``crossval`` folder when it was computed on this data (``analyze crossval
+        RUN`` without --out)."""
+        if self.options.crossval is not None:
+            return self.options.crossval
+        return crossval_for(self.inputs.run.checkpoint, self.inputs.data_path)
+
+    @functools.cached_property
     def crossval(self) -> Optional[CrossValidation]:
-        """The cross-validated reference evidence for the analysed data: --crossval, else the run's own
-        ``crossval`` folder when it was computed on this data (``analyze crossval RUN`` without --out)."""
-        if self.options.crossval is None:
-            self.options.crossval = crossval_for(self.inputs.run.checkpoint, self.inputs.data_path)
-        if self.options.crossval is None:
+        """The cross-validated reference evidence for the analysed data (from ``crossval_dir``), if any."""
+        if self.crossval_dir is None:
             return None
-        return load_crossval(self.options.crossval, len(self.inputs.labels), self.inputs.num_classes)
+        return load_crossval(self.crossval_dir, len(self.inputs.labels), self.inputs.num_classes)
 
     @functools.cached_property
     def noise_signals(self) -> list[NoiseSignal]:

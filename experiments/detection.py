@@ -228,7 +228,7 @@ def score_cell(analysis_dir: Path, inputs, baseline: bool) -> dict[str, Any]:
 
     from analysis.conflict import last_where_missing
     from analysis.groundtruth import noise_positives
-    from analysis.noise import robust_z
+    from analysis.noise import robust_z, run_ranking
 
     labels, num_classes = inputs.labels, inputs.num_classes
     counts = np.bincount(labels, minlength=num_classes)
@@ -245,13 +245,11 @@ def score_cell(analysis_dir: Path, inputs, baseline: bool) -> dict[str, Any]:
     noise_table = pd.read_csv(analysis_dir / "noise.csv").sort_values("index")
     truth = flipped[noise_table["index"].to_numpy()]
     candidates = {column: noise_table[column].to_numpy() for column in NOISE_SIGNALS if column in noise_table}
-    own = -noise_table["own_similarity"].to_numpy(dtype=np.float64)
-    if not noise_table["training_score"].isna().all():  # the run's own ranking, and the other it was chosen against
-        training = noise_table["training_score"].to_numpy()
-        candidates["run_score"] = robust_z(own) + robust_z(training)
+    training = noise_table["training_score"].to_numpy()
+    candidates["run_score"] = run_ranking(noise_table["own_similarity"].to_numpy(),
+                                          noise_table["feature_score"].to_numpy(), training)[0]
+    if not np.isnan(training).all():  # the other combination the run's own ranking was chosen against
         candidates["features_and_training"] = robust_z(noise_table["feature_score"].to_numpy()) + robust_z(training)
-    else:
-        candidates["run_score"] = noise_table["feature_score"].to_numpy()
     if noise_table["crossval_score"].isna().all():
         candidates.pop("crossval_score", None)
     else:
@@ -265,18 +263,11 @@ def score_cell(analysis_dir: Path, inputs, baseline: bool) -> dict[str, Any]:
                                                     truth_sizes))
                 for name, column in CONFLICT_RANKINGS.items() if not pairs[column].isna().all()}
     return {"noise": noise, "conflict": conflict, "noise_rate": round(float(truth.mean()), 4),
-            "noise_ranking": noise_table_ranking(analysis_dir),
             "strata_pairs": {name: int(stratum_mask(truth_sizes, low, high).sum()) for name, low, high in STRATA}}
 
 
 def _round(figures: dict[str, Optional[float]]) -> dict[str, Optional[float]]:
     return {key: None if value is None else round(float(value), 4) for key, value in figures.items()}
-
-
-def noise_table_ranking(analysis_dir: Path) -> Optional[str]:
-    """Which signal ranked the cell's noise.csv (the report's summary.json)."""
-    summary = analysis_dir / "summary.json"
-    return read_json(summary).get("noise", {}).get("ranking") if summary.is_file() else None
 
 
 # -- running ------------------------------------------------------------------------------
@@ -316,13 +307,16 @@ def run_detection_cell(cell: Cell, scale: Scale, data: Path, cell_dir: Path, dev
     train_seconds = time.perf_counter() - started
     inputs = load_analysis_input(run_dir, device=device, progress=False)
     analysis_dir = cell_dir / "analysis"
+    ranking = {}
     if not regime.baseline:
-        run_analyses(inputs, analysis_dir, ("conflict", "noise"), AnalysisOptions(progress=False, crossval=reference))
+        analysis = run_analyses(inputs, analysis_dir, ("conflict", "noise"),
+                                AnalysisOptions(progress=False, crossval=reference))
+        ranking = {"noise_ranking": analysis.summary["noise"]["ranking"]}
     result = {"scenario": cell.scenario.name, "held_out": cell.scenario.held_out, "regime": regime.name,
               "method": regime.method, "epochs": epochs, "scale": scale.name, "steps": trainer.step,
               "val_accuracy": round(float(metrics["val"]["accuracy"]), 4),
               "final_loss": _final_loss(run_dir / "log.csv"), "train_seconds": round(train_seconds, 1),
-              **score_cell(analysis_dir, inputs, regime.baseline)}
+              **score_cell(analysis_dir, inputs, regime.baseline), **ranking}
     if inputs.cache_file is not None:
         inputs.cache_file.unlink(missing_ok=True)
     atomic_write_json(cell_dir / RESULT_FILE, result)
