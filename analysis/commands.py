@@ -254,7 +254,8 @@ def report(k: int, threshold: Optional[float], noise_threshold: Optional[float],
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Output directory (default: RUN/crossval, which every analyze command of the run then uses).")
 @click.option("--folds", default=DEFAULT_FOLDS, show_default=True, type=int,
-              help="Reference models: each trains on all folds but one and reads the held-out one.")
+              help="Fold reference models: each trains on all folds but one and reads the held-out one (one more "
+                   "trains on all the data).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="A train config (YAML or arcface_torch .py) for the reference models; default: a full softmax "
                    "with CosFace s=32 m=0.3, 128-d embeddings, 12 epochs, train's default backbone.")
@@ -273,9 +274,10 @@ def crossval(run: str, data: Optional[str], out: Optional[str], folds: int, conf
     folder = Path(out) if out is not None else default_crossval_dir(info.checkpoint)
     evidence = run_crossval(data_path, folder, reference_recipe(config_file, epochs), folds=folds, seed=seed,
                             device=device, progress=not quiet, echo=click.echo)
-    judged = int(np.isfinite(evidence.noise_score).sum())
-    click.echo(f"Wrote {folder / 'crossval.npz'} and crossval.json: {evidence.folds} reference models; "
-               f"{judged:,} of {len(evidence.noise_score):,} images judged by a model that never trained on them.")
+    judged = int(np.isfinite(evidence.held_out_score).sum())
+    click.echo(f"Wrote {folder / 'crossval.npz'} and crossval.json: {evidence.folds} fold models and one on all the "
+               f"data; {judged:,} of {len(evidence.held_out_score):,} images judged by a model that never trained on "
+               "them.")
     found = crossval_for(info.checkpoint, data_path) == folder
     click.echo(f"Next: python cli.py analyze report {shlex.quote(run)}"
                + (f" --data {shlex.quote(data)}" if data else "")

@@ -125,7 +125,7 @@ def confused_pairs(training: TrainingMargins, num_classes: int) -> np.ndarray:
 
 
 def crossval_candidates(crossval: CrossValidation, k: int) -> np.ndarray:
-    """Keys ``min * C + max`` of each class's k nearest other classes by the reference models' averaged cosine: a
+    """Keys ``min * C + max`` of each class's k nearest other classes by the reference models' cosine: a
     split person whose labels the analysed run pulled apart (or whose DCQ means bunch) is near under them."""
     present = np.flatnonzero(np.abs(crossval.class_vectors).sum(axis=1) > 0)
     if len(present) < 2:
@@ -186,7 +186,7 @@ def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Op
     weighs how many images stand behind each center. ``training`` (the run's recorded
     dynamics, with ``labels``) fills ``training_confusion`` and adds the pairs confused both
     ways during training to the candidates. ``crossval`` (analysis/crossval.py) fills
-    ``crossval_similarity``, the pair's cosine averaged over the reference models, and adds
+    ``crossval_similarity``, the pair's cosine under the reference models, and adds
     each class's k nearest under it to the candidates. ``threshold`` None:
     ``default_conflict_threshold`` of this run.
     """
@@ -397,11 +397,12 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
            "the cosine and the LLR rank better (docs/ANALYSIS.md)." if recorded else
            " `training_confusion` and `review_score` are empty: the run recorded no training dynamics (or they "
            "are of other data).")
-        + (" `crossval_similarity` is the cosine of the two classes' means averaged over the cross-validated "
-           f"reference models ({analysis.crossval_dir}, analysis/crossval.py), which the analysed run's training did "
-           "not shape; each class's nearest under it join the candidates. On the detection benchmark it ranked split "
-           "pairs of 5+ images better than the run's own cosine, LLR and review score on long runs and DCQ runs "
-           "(docs/ANALYSIS.md): it is the order to review in." if crossval is not None else
+        + (" `crossval_similarity` is the cosine of the two classes' means under the reference models of "
+           f"`analyze crossval` ({analysis.crossval_dir}, analysis/crossval.py), half averaged over the fold models "
+           "and half the model trained on all the data, none of them shaped by the analysed run's training; each "
+           "class's nearest under it join the candidates. On the detection benchmark it ranked split pairs of 5+ "
+           "images better than the run's own cosine, LLR and review score (docs/ANALYSIS.md): it is the order to "
+           "review in." if crossval is not None else
            " `crossval_similarity` is empty: no --crossval reference was given (python cli.py analyze crossval)."))
     report.figures(figures)
     warning = conflict_warning(threshold)

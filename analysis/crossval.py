@@ -5,19 +5,28 @@ method keeps no exact centers (DCQ) gives class means that bunch: in both cases 
 itself is a poor judge of its own labels. Cross-validation (INCV, Chen et al. 2019)
 sidesteps both. Each class's images are dealt into K folds; K reference models are
 trained, each on the other K-1 folds, and each image is read through the model that
-never saw it:
+never saw it. One more reference model, trained on all the images with the same recipe
+(the detection benchmark's simple baseline), sees every image of both halves of a split
+identity, which the fold models see only three quarters of:
 
-- ``noise_score``: the held-out image's similarity to the nearest other class mean minus
-  its similarity to its own class mean, both means taken over the images that model
+- ``held_out_score``: the held-out image's similarity to the nearest other class mean minus
+  its similarity to its own class mean, both means taken over the images that fold model
   trained on. A flipped image lands near its true identity whatever its label says.
-- ``class_vectors``: per class, the unit class means of all its images under each fold
-  model, concatenated and scaled by 1/sqrt(K), so that one inner product is the cosine of
-  two classes' means averaged over the K models (an ensemble; the conflict ranking).
+- ``all_data_score``: the same under the all-data model, the image inside its own mean.
+- ``noise_score``: the sum of the two robust z-scores, what noise.csv's ``crossval_score`` holds.
+- ``class_vectors``: per class, the unit class means of all its images under each model,
+  concatenated and scaled so that one inner product is the cosine of two classes' means,
+  half from the fold models (averaged) and half from the all-data model (the conflict ranking).
+
+The all-data model and its equal share were chosen on the detection benchmark's first six
+development scenarios and confirmed on the four after them (docs/ANALYSIS.md): noise AP
+0.822 -> 0.850 and 0.855 -> 0.876 for the runs' default ranking, conflict AP 5+ 0.681 ->
+0.680 and 0.862 -> 0.908, where the all-data model alone had 0.631 and 0.928.
 
 The reference models depend on the data only, not on the analysed run, so one
 ``analyze crossval`` serves every run trained on that data (``analyze ... --crossval DIR``).
-Its cost is K trainings on (K-1)/K of the data; a cheaper recipe (``--config``) is fine,
-since only the ranking is kept.
+Its cost is K trainings on (K-1)/K of the data and one on all of it; a cheaper recipe
+(``--config``) is fine, since only the rankings are kept.
 """
 
 from __future__ import annotations
@@ -47,14 +56,28 @@ class CrossValidation:
     """The reference evidence for one dataset, in dataset order."""
 
     folds: int
-    noise_score: np.ndarray  # float32 [N] held-out nearest other mean - own mean; NaN: no own mean to compare with
-    class_vectors: np.ndarray  # float32 [C, K*D] see the module docstring; zero rows: a class with no image
+    held_out_score: np.ndarray  # float32 [N] fold models: held-out nearest other mean - own; NaN: no own mean
+    all_data_score: np.ndarray  # float32 [N] all-data model: nearest other mean - own mean (the image inside it)
+    class_vectors: np.ndarray  # float32 [C, (K+1)*D] see the module docstring; zero rows: a class with no image
+
+    @property
+    def noise_score(self) -> np.ndarray:
+        """The robust z-scores of the two scores summed (an image neither judged sits at the median)."""
+        from analysis.noise import neutral_where_missing, robust_z
+
+        return robust_z(neutral_where_missing(self.held_out_score)) + robust_z(
+            neutral_where_missing(self.all_data_score))
 
     def pair_similarity(self, label_a: np.ndarray, label_b: np.ndarray) -> np.ndarray:
-        """Cosine of the two classes' means averaged over the fold models (NaN where a class has no image)."""
+        """Cosine of the two classes' means, half averaged over the fold models and half the all-data model's (NaN
+        where a class has no image)."""
         a, b = self.class_vectors[label_a], self.class_vectors[label_b]
         present = (np.abs(a).sum(axis=1) > 0) & (np.abs(b).sum(axis=1) > 0)
         return np.where(present, np.einsum("ij,ij->i", a, b), np.nan).astype(np.float32)
+
+
+# The all-data model's share of the pair cosine (the fold models share the rest equally).
+ALL_DATA_SHARE = 0.5
 
 
 def assign_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
@@ -74,34 +97,46 @@ def assign_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
     return fold
 
 
-def held_out_evidence(fold_embeddings: list[np.ndarray], labels: np.ndarray, fold: np.ndarray, num_classes: int
-                      ) -> CrossValidation:
-    """The evidence from each fold model's embeddings of every image (``[N, D]``, a memory map will do), see the
-    module docstring. The nearest other class comes from one kNN search (analysis/noise.py's
-    ``sample_neighbours``) per fold, so no ``[N, C]`` block is ever formed."""
-    from analysis.centers import Centers, class_sums
-    from analysis.index import normalize_rows
+def _nearest_other_minus_own(rows: np.ndarray, labels: np.ndarray, sums: np.ndarray, counts: np.ndarray
+                             ) -> np.ndarray:
+    """Per row: its similarity to the nearest other class mean minus to its own (NaN: its class has no mean, or
+    there is no other class). One kNN search (analysis/noise.py's ``sample_neighbours``), so no ``[N, C]`` block
+    is ever formed."""
+    from analysis.centers import Centers
     from analysis.noise import sample_neighbours
+
+    found = sample_neighbours(rows, labels, Centers(vectors=sums, source="means", counts=counts), leave_one_out=False)
+    judged = (counts[labels] > 0) & (found.nearest_label >= 0)
+    return np.where(judged, found.nearest_similarity - found.own_similarity, np.nan).astype(np.float32)
+
+
+def held_out_evidence(fold_embeddings: list[np.ndarray], all_data_embeddings: np.ndarray, labels: np.ndarray,
+                      fold: np.ndarray, num_classes: int) -> CrossValidation:
+    """The evidence from each fold model's embeddings of every image and the all-data model's (``[N, D]``, a memory
+    map will do), see the module docstring."""
+    from analysis.centers import class_sums
+    from analysis.index import normalize_rows
 
     labels = np.asarray(labels, dtype=np.int64)
     fold = np.asarray(fold, dtype=np.int64)
     folds = len(fold_embeddings)
-    score = np.full(len(labels), np.nan, dtype=np.float32)
+    held_out_score = np.full(len(labels), np.nan, dtype=np.float32)
     vectors = []
     for f, embeddings in enumerate(fold_embeddings):
         held = np.flatnonzero(fold == f)
         # one pass: the held-out images are summed into a spare class C, the rest into their own
         sums = class_sums(embeddings, np.where(fold == f, num_classes, labels), num_classes + 1, unit_rows=True)
         trained_counts = np.bincount(labels[fold != f], minlength=num_classes)
-        means = Centers(vectors=sums[:num_classes], source="means", counts=trained_counts)
         held_rows = np.asarray(embeddings[held])
-        found = sample_neighbours(held_rows, labels[held], means, leave_one_out=False)
-        judged = (trained_counts[labels[held]] > 0) & (found.nearest_label >= 0)
-        score[held[judged]] = (found.nearest_similarity - found.own_similarity)[judged]
+        held_out_score[held] = _nearest_other_minus_own(held_rows, labels[held], sums[:num_classes], trained_counts)
         every_image = sums[:num_classes] + class_sums(held_rows, labels[held], num_classes, unit_rows=True)
-        vectors.append(normalize_rows(every_image))
-    class_vectors = (np.concatenate(vectors, axis=1) / math.sqrt(folds)).astype(np.float32)
-    return CrossValidation(folds=folds, noise_score=score, class_vectors=class_vectors)
+        vectors.append(normalize_rows(every_image) * math.sqrt((1 - ALL_DATA_SHARE) / folds))
+    all_sums = class_sums(all_data_embeddings, labels, num_classes, unit_rows=True)
+    all_data_score = _nearest_other_minus_own(np.asarray(all_data_embeddings), labels, all_sums,
+                                              np.bincount(labels, minlength=num_classes))
+    vectors.append(normalize_rows(all_sums) * math.sqrt(ALL_DATA_SHARE))
+    return CrossValidation(folds=folds, held_out_score=held_out_score, all_data_score=all_data_score,
+                           class_vectors=np.concatenate(vectors, axis=1).astype(np.float32))
 
 
 # -- training the reference models ---------------------------------------------------------
@@ -144,18 +179,41 @@ def _list_entries(dataset, data_path: Path) -> list[str]:
     return [str(Path(path).absolute()) for path in sources.paths]
 
 
-def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS, seed: int = 0,
-                 device: str = "auto", progress: bool = True, echo: Callable[[str], None] = print
-                 ) -> CrossValidation:
-    """Train the K reference models on ``data`` with ``recipe`` (a TrainConfig), embed every image under each, and
-    write ``out/crossval.npz`` and ``out/crossval.json`` (last). Resumable: a fold with embeddings is skipped, a fold
-    with a checkpoint resumes."""
+def _reference_embeddings(model_dir: Path, training_data: str, recipe, seed: int, device: str, progress: bool,
+                          data_path: Path, announce: Callable[[int], None]) -> np.ndarray:
+    """One reference model trained on ``training_data`` (a --data value) and every image of ``data_path`` embedded by
+    it, as ``model_dir/embeddings.npy`` (a memory map). Resumable: stored embeddings are reused, a checkpoint
+    resumes. ``announce(epochs)`` is called before training."""
     from analysis.centers import cached_embeddings, load_run
-    from core.data.folder import write_list
     from core.data.loader import open_dataset
     from core.data.transforms import ModelInputTransform
     from core.distributed import resolve_device
     from core.trainer import Trainer
+
+    stored = model_dir / "embeddings.npy"
+    if not stored.is_file():
+        run_dir = model_dir / "run"
+        config = recipe.replace(data=training_data, out=str(run_dir), seed=seed, device=device,
+                                record_dynamics=False).validate()
+        announce(config.epochs)
+        trainer = Trainer(config, run_dir, progress=progress)
+        if (run_dir / "checkpoint.pt").exists():
+            trainer.resume(run_dir)
+        trainer.fit()
+        run = load_run(run_dir)
+        embedded = open_dataset(data_path, transform=ModelInputTransform(run.input_size))
+        _, cache_file, _ = cached_embeddings(run, data_path, embedded, resolve_device(device), progress=progress)
+        cache_file.replace(stored)  # the model is done once its embeddings are in place
+    return np.load(stored, mmap_mode="r")
+
+
+def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS, seed: int = 0,
+                 device: str = "auto", progress: bool = True, echo: Callable[[str], None] = print
+                 ) -> CrossValidation:
+    """Train the K fold models and the all-data model on ``data`` with ``recipe`` (a TrainConfig), embed every image
+    under each, and write ``out/crossval.npz`` and ``out/crossval.json`` (last). Resumable model by model."""
+    from core.data.folder import write_list
+    from core.data.loader import open_dataset
 
     out = Path(out)
     data_path = Path(data).expanduser().absolute()
@@ -164,32 +222,28 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
     num_classes = int(dataset.num_classes)
     fold = assign_folds(labels, folds, seed)
     entries = _list_entries(dataset, data_path)
+    models = folds + 1
+
+    def announcer(number: int, images: int, model_dir: Path) -> Callable[[int], None]:
+        return lambda epochs: echo(f"cross-validation: reference model {number} of {models} on {images:,} of "
+                                   f"{len(labels):,} images ({epochs} epochs) -> {model_dir / 'run'}")
+
     fold_embeddings = []
     for f in range(folds):
         fold_dir = out / f"fold{f}"
-        stored = fold_dir / "embeddings.npy"
-        if not stored.is_file():
-            trained = np.flatnonzero(fold != f)
-            fold_dir.mkdir(parents=True, exist_ok=True)
-            write_list(fold_dir / "train.txt", [entries[i] for i in trained], labels[trained].tolist())
-            run_dir = fold_dir / "run"
-            config = recipe.replace(data=str(fold_dir / "train.txt"), out=str(run_dir), seed=seed + f,
-                                    device=device, record_dynamics=False).validate()
-            echo(f"cross-validation: reference model {f + 1} of {folds} on {len(trained):,} of {len(labels):,} "
-                 f"images ({config.epochs} epochs) -> {run_dir}")
-            trainer = Trainer(config, run_dir, progress=progress)
-            if (run_dir / "checkpoint.pt").exists():
-                trainer.resume(run_dir)
-            trainer.fit()
-            run = load_run(run_dir)
-            embedded = open_dataset(data_path, transform=ModelInputTransform(run.input_size))
-            _, cache_file, _ = cached_embeddings(run, data_path, embedded, resolve_device(device), progress=progress)
-            cache_file.replace(stored)  # the fold is done once its embeddings are in place
-        fold_embeddings.append(np.load(stored, mmap_mode="r"))
-    evidence = held_out_evidence(fold_embeddings, labels, fold, num_classes)
+        trained = np.flatnonzero(fold != f)
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        write_list(fold_dir / "train.txt", [entries[i] for i in trained], labels[trained].tolist())
+        fold_embeddings.append(_reference_embeddings(fold_dir, str(fold_dir / "train.txt"), recipe, seed + f, device,
+                                                     progress, data_path, announcer(f + 1, len(trained), fold_dir)))
+    all_dir = out / "all"
+    all_data = _reference_embeddings(all_dir, str(data_path), recipe, seed + folds, device, progress, data_path,
+                                     announcer(models, len(labels), all_dir))
+    evidence = held_out_evidence(fold_embeddings, all_data, labels, fold, num_classes)
     with atomic_path(out / RESULT_ARRAYS) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, fold=fold, noise_score=evidence.noise_score, class_vectors=evidence.class_vectors)
+            np.savez(handle, fold=fold, held_out_score=evidence.held_out_score,
+                     all_data_score=evidence.all_data_score, class_vectors=evidence.class_vectors)
     atomic_write_json(out / RESULT_JSON, {"data": str(data_path), "num_samples": len(labels),
                                           "num_classes": num_classes, "folds": folds, "seed": seed,
                                           "recipe": {k: v for k, v in asdict(recipe).items() if k != "out"}})
@@ -225,11 +279,13 @@ def load_crossval(path: str | Path, num_samples: int, num_classes: int) -> Cross
                         f"{num_classes}; run analyze crossval on this data")
     try:
         with np.load(folder / RESULT_ARRAYS, allow_pickle=False) as arrays:
-            evidence = CrossValidation(folds=int(meta["folds"]), noise_score=arrays["noise_score"],
-                                       class_vectors=arrays["class_vectors"])
+            evidence = CrossValidation(folds=int(meta["folds"]), held_out_score=arrays["held_out_score"],
+                                       all_data_score=arrays["all_data_score"], class_vectors=arrays["class_vectors"])
     except (KeyError, ValueError, OSError) as exc:
-        raise DataError(f"{where}/{RESULT_ARRAYS}: not a readable cross-validation result ({exc})") from exc
-    if len(evidence.noise_score) != num_samples or len(evidence.class_vectors) != num_classes:
+        raise DataError(f"{where}/{RESULT_ARRAYS}: not a readable cross-validation result ({exc}); write it again "
+                        "with python cli.py analyze crossval") from exc
+    sizes = {len(evidence.held_out_score), len(evidence.all_data_score)}
+    if sizes != {num_samples} or len(evidence.class_vectors) != num_classes:
         raise DataError(f"{where}/{RESULT_ARRAYS}: its arrays do not match {RESULT_JSON} "
-                        f"({len(evidence.noise_score)} images, {len(evidence.class_vectors)} classes)")
+                        f"({sorted(sizes)} images, {len(evidence.class_vectors)} classes)")
     return evidence

@@ -44,11 +44,12 @@ NOISE_COLUMNS = ["index", "record", "path", "label", "own_similarity", "nearest_
 # (-own_similarity) and the training score. Without them, the final-feature score alone.
 RANK_COMBINED = "own-center distance + training margins"
 RANK_FEATURES = "final features (nearest other - own similarity)"
-# With cross-validated reference evidence (analysis/crossval.py, --crossval): its robust z-score, plus the run's own
-# ranking above when the two agree, a Spearman rank correlation of at least RUN_AGREEMENT_TO_JOIN. Chosen on the
-# detection benchmark's development scenarios: there every Partial FC run agreed at 0.74-0.86 and the sum beat either
-# alone; every DCQ run agreed at 0.33-0.41 and pulled the reference down (its class means bunch; docs/ANALYSIS.md).
-RANK_CROSSVAL = "cross-validated reference models (held-out nearest other - own class mean)"
+# With cross-validated reference evidence (analysis/crossval.py, --crossval): its score (held-out and all-data models'
+# robust z-scores summed), plus the run's own ranking above when the two agree, a Spearman rank correlation of at least
+# RUN_AGREEMENT_TO_JOIN. Chosen on the detection benchmark's development scenarios: there every Partial FC run agreed
+# at 0.71-0.82 and the sum beat either alone; every DCQ run agreed at 0.23-0.39 and pulled the reference down (its
+# class means bunch; docs/ANALYSIS.md).
+RANK_CROSSVAL = "cross-validated reference models (held-out and all-data nearest other - own class mean)"
 RANK_CROSSVAL_AND_RUN = "cross-validated reference models + the run's own ranking"
 RUN_AGREEMENT_TO_JOIN = 0.6
 # Both default flags are fences this many robust standard deviations (1.4826 x MAD) from
@@ -218,7 +219,7 @@ def noise_table(neighbours: SampleNeighbours, labels: np.ndarray, records: Optio
     agreement = None
     crossval_score = np.full(n, np.nan) if crossval is None else np.asarray(crossval, dtype=np.float64)
     if crossval is not None:
-        reference = robust_z(_neutral_where_missing(crossval_score))
+        reference = robust_z(neutral_where_missing(crossval_score))
         agreement = rank_correlation(reference, score)
         joined = agreement >= RUN_AGREEMENT_TO_JOIN
         score = reference + robust_z(score) if joined else reference
@@ -257,8 +258,8 @@ def run_ranking(own_similarity: np.ndarray, feature_score: np.ndarray, training_
     return robust_z(-np.asarray(own_similarity, dtype=np.float64)) + robust_z(training_score), RANK_COMBINED
 
 
-def _neutral_where_missing(values: np.ndarray) -> np.ndarray:
-    """Samples the reference cannot judge (a class with no image in the other folds) sit at the median."""
+def neutral_where_missing(values: np.ndarray) -> np.ndarray:
+    """Samples a score cannot judge (NaN: no own class mean to compare with) sit at its median."""
     present = np.isfinite(values)
     return np.where(present, values, np.median(values[present]) if present.any() else 0.0)
 
@@ -291,14 +292,16 @@ RANKING_TEXT = {
                    "given); the margins over training still show the class it kept losing to.",
     RANK_FEATURES: "`score`, which ranks the table, is `feature_score`: the run recorded no training margins (or they "
                    "are of other data), so only the final features rank.",
-    RANK_CROSSVAL: "`score`, which ranks the table, is the robust z-score of `crossval_score`: each image read through "
-                   "a reference model that never trained on it (`analyze crossval`), its nearest other class mean "
-                   "minus its own. The run's own ranking disagreed with it (rank correlation below "
-                   f"{RUN_AGREEMENT_TO_JOIN}), so it was left out: on the detection benchmark the runs that disagree "
-                   "are the ones whose class means bunch (DCQ), and they rank worse than the reference alone.",
-    RANK_CROSSVAL_AND_RUN: "`score`, which ranks the table, adds the robust z-scores of `crossval_score` (each image "
-                           "read through a reference model that never trained on it, `analyze crossval`: its nearest "
-                           "other class mean minus its own) and of the run's own ranking (own-center distance + "
+    RANK_CROSSVAL: "`score`, which ranks the table, is `crossval_score` (`analyze crossval`): the robust z-scores of "
+                   "each image's nearest other class mean minus its own, read through a reference model that never "
+                   "trained on it and through one trained on all the data, summed. The run's own ranking disagreed "
+                   f"with it (rank correlation below {RUN_AGREEMENT_TO_JOIN}), so it was left out: on the detection "
+                   "benchmark the runs that disagree are the ones whose class means bunch (DCQ), and they rank worse "
+                   "than the reference alone.",
+    RANK_CROSSVAL_AND_RUN: "`score`, which ranks the table, adds the robust z-scores of `crossval_score` (`analyze "
+                           "crossval`: each image's nearest other class mean minus its own, read through a reference "
+                           "model that never trained on it and through one trained on all the data) and of the run's "
+                           "own ranking (own-center distance + "
                            "training margins, or the final features without margins), which agreed with it (rank "
                            f"correlation at least {RUN_AGREEMENT_TO_JOIN}).",
 }

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from analysis.commands import analyze
 from analysis.conflict import CONFLICT_COLUMNS
+from analysis.crossval import load_crossval
 from analysis.longtail import LONGTAIL_COLUMNS
 from analysis.noise import NOISE_COLUMNS
 from core.data.folder import ListDataset
@@ -427,7 +428,9 @@ def test_crossval_writes_reference_evidence_that_the_report_ranks_by(synthetic_r
     result = CliRunner().invoke(analyze, ["crossval", str(run), "--folds", "2", "--epochs", "2", "--config",
                                           str(recipe), "--device", "cpu", "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "reference model 2 of 2" in result.output and "(2 epochs)" in result.output
+    assert "reference model 2 of 3" in result.output and "(2 epochs)" in result.output
+    assert "reference model 3 of 3 on 62 of 62 images" in result.output  # the all-data model
+    assert "2 fold models and one on all the data" in result.output
     assert (run / "crossval" / "crossval.npz").is_file()
     assert f"analyze report {run} --out {run / 'analysis'}" in result.output  # found without --crossval
     output = invoke("report", run, "--out", tmp_path / "report")
@@ -435,8 +438,11 @@ def test_crossval_writes_reference_evidence_that_the_report_ranks_by(synthetic_r
     assert summary["noise"]["ranking"].startswith("cross-validated reference models")
     assert -1.0 <= summary["noise"]["crossval_agreement"] <= 1.0
     assert "crossval_similarity_average_precision" in summary["conflict"]["ground_truth"]
-    noise = pd.read_csv(tmp_path / "report" / "noise.csv")
-    assert noise["crossval_score"].notna().sum() >= len(noise) - 15  # a class with one image has no other fold
+    noise = pd.read_csv(tmp_path / "report" / "noise.csv").sort_values("index")
+    evidence = load_crossval(run / "crossval", len(noise),
+                             json.loads((run / "crossval" / "crossval.json").read_text())["num_classes"])
+    assert np.allclose(noise["crossval_score"], evidence.noise_score, atol=1e-5)
+    assert noise["crossval_score"].notna().all()
     assert pd.read_csv(tmp_path / "report" / "conflict.csv")["crossval_similarity"].notna().all()
     assert "cross-validated" in (tmp_path / "report" / "report.md").read_text() and "Noise:" in output
     assert "ranked by same-person LLR: " in output and ", cross-validated reference: " in output

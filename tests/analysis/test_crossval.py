@@ -1,5 +1,5 @@
-"""Cross-validated reference evidence: stratified folds, held-out scores and ensemble cosines as known answers, the
-file round trip and its refusals, and how noise.csv and conflict.csv use it."""
+"""Cross-validated reference evidence: stratified folds, held-out and all-data scores and the pair cosine as known
+answers, the file round trip and its refusals, and how noise.csv and conflict.csv use it."""
 
 from __future__ import annotations
 
@@ -39,45 +39,71 @@ def _two_fold_world():
 
 def test_held_out_scores_compare_each_image_with_means_of_images_its_model_trained_on():
     rows, labels, fold = _two_fold_world()
-    evidence = held_out_evidence([rows, rows], labels, fold, 2)
+    evidence = held_out_evidence([rows, rows], rows, labels, fold, 2)
     # image 5 (held out in fold 1) against the means of fold 0's images: class 0 = e0, class 1 = e1 (image 4)
-    assert evidence.noise_score[5] == pytest.approx(1.0 - 0.0)
+    assert evidence.held_out_score[5] == pytest.approx(1.0 - 0.0)
     # a clean image of class 1 held out in fold 1 (image 3): its own mean (image 4) is e1
-    assert evidence.noise_score[3] == pytest.approx(0.0 - 1.0)
+    assert evidence.held_out_score[3] == pytest.approx(0.0 - 1.0)
     # image 4 (fold 0) against fold 1's class-1 mean, images 3 and 5: (e1 + e0) / sqrt(2)
-    assert evidence.noise_score[4] == pytest.approx(0.0 - 1 / np.sqrt(2))
-    assert evidence.noise_score.argmax() == 5
+    assert evidence.held_out_score[4] == pytest.approx(0.0 - 1 / np.sqrt(2))
+    assert evidence.held_out_score.argmax() == 5
 
 
-def test_an_image_whose_class_has_no_other_fold_gets_no_score():
+def test_the_all_data_score_keeps_each_image_inside_its_own_mean():
+    rows, labels, fold = _two_fold_world()
+    evidence = held_out_evidence([rows, rows], rows, labels, fold, 2)
+    # class 1's mean over images 3-5 is (2 e1 + e0) / sqrt(5); class 0's is e0
+    own_mean_1 = np.array([1.0, 2.0, 0.0]) / np.sqrt(5)
+    assert evidence.all_data_score[5] == pytest.approx(1.0 - own_mean_1[0])
+    assert evidence.all_data_score[3] == pytest.approx(0.0 - own_mean_1[1])
+    assert evidence.all_data_score[0] == pytest.approx(own_mean_1[0] - 1.0)
+
+
+def test_the_noise_score_sums_the_two_robust_z_scores_and_judges_the_unjudged_at_the_median():
+    rng = np.random.default_rng(1)
+    held, whole = rng.normal(0, 1, 50).astype(np.float32), rng.normal(0, 3, 50).astype(np.float32)
+    held[:4] = np.nan
+    evidence = CrossValidation(folds=2, held_out_score=held, all_data_score=whole, class_vectors=np.zeros((1, 2)))
+    filled = np.where(np.isnan(held), np.nanmedian(held), held)
+    assert np.allclose(evidence.noise_score, robust_z(filled) + robust_z(whole))
+    assert np.allclose(evidence.noise_score[:4], robust_z(whole)[:4], atol=1e-6)
+
+
+def test_an_image_whose_class_has_no_other_fold_gets_no_held_out_score():
     rows = np.eye(3)
-    evidence = held_out_evidence([rows, rows], np.array([0, 1, 2]), np.array([0, 1, 0]), 3)
-    assert np.isnan(evidence.noise_score).all()
+    evidence = held_out_evidence([rows, rows], rows, np.array([0, 1, 2]), np.array([0, 1, 0]), 3)
+    assert np.isnan(evidence.held_out_score).all()
+    assert np.allclose(evidence.all_data_score, -1.0)  # the all-data model has every class's mean
 
 
-def test_pair_similarity_is_the_cosine_of_class_means_averaged_over_the_fold_models():
+def test_pair_similarity_is_half_the_fold_models_average_and_half_the_all_data_model():
     labels = np.array([0, 1])
     fold = np.array([0, 1])
-    model_a = np.array([[1.0, 0.0], [1.0, 0.0]])  # one model sees the two classes as one
-    model_b = np.array([[1.0, 0.0], [0.0, 1.0]])  # the other as orthogonal
-    evidence = held_out_evidence([model_a, model_b], labels, fold, 3)  # class 2 has no image
-    assert evidence.pair_similarity(np.array([0]), np.array([1]))[0] == pytest.approx(0.5)
+    merged = np.array([[1.0, 0.0], [1.0, 0.0]])  # sees the two classes as one
+    apart = np.array([[1.0, 0.0], [0.0, 1.0]])  # sees them as orthogonal
+    evidence = held_out_evidence([merged, apart], apart, labels, fold, 3)  # class 2 has no image
+    assert evidence.pair_similarity(np.array([0]), np.array([1]))[0] == pytest.approx(0.5 * 0.5 + 0.5 * 0.0)
+    evidence = held_out_evidence([merged, apart], merged, labels, fold, 3)
+    assert evidence.pair_similarity(np.array([0]), np.array([1]))[0] == pytest.approx(0.5 * 0.5 + 0.5 * 1.0)
+    assert evidence.pair_similarity(np.array([1]), np.array([1]))[0] == pytest.approx(1.0)
     assert np.isnan(evidence.pair_similarity(np.array([0]), np.array([2]))[0])
 
 
 def _write(folder, evidence: CrossValidation, num_samples: int, num_classes: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / RESULT_ARRAYS, noise_score=evidence.noise_score, class_vectors=evidence.class_vectors)
+    np.savez(folder / RESULT_ARRAYS, held_out_score=evidence.held_out_score, all_data_score=evidence.all_data_score,
+             class_vectors=evidence.class_vectors)
     atomic_write_json(folder / RESULT_JSON, {"data": "d", "num_samples": num_samples, "num_classes": num_classes,
                                              "folds": evidence.folds})
 
 
 def test_the_saved_evidence_reads_back_and_other_data_is_refused(tmp_path):
     rows, labels, fold = _two_fold_world()
-    evidence = held_out_evidence([rows, rows], labels, fold, 2)
+    evidence = held_out_evidence([rows, rows], rows, labels, fold, 2)
     _write(tmp_path / "cv", evidence, 6, 2)
     back = load_crossval(tmp_path / "cv", 6, 2)
-    assert np.array_equal(back.noise_score, evidence.noise_score) and back.folds == 2
+    assert np.array_equal(back.held_out_score, evidence.held_out_score, equal_nan=True) and back.folds == 2
+    assert np.array_equal(back.all_data_score, evidence.all_data_score)
     assert np.array_equal(back.class_vectors, evidence.class_vectors)
     with pytest.raises(DataError, match="6 images of 2 classes.*7 images of 2"):
         load_crossval(tmp_path / "cv", 7, 2)
@@ -88,10 +114,13 @@ def test_the_saved_evidence_reads_back_and_other_data_is_refused(tmp_path):
 def test_a_crossval_file_holding_objects_is_refused_not_unpickled(tmp_path):
     folder = tmp_path / "cv"
     folder.mkdir()
-    np.savez(folder / RESULT_ARRAYS, noise_score=np.array([{"x": 1}, None], dtype=object),
-             class_vectors=np.zeros((1, 2)))
+    np.savez(folder / RESULT_ARRAYS, held_out_score=np.array([{"x": 1}, None], dtype=object),
+             all_data_score=np.zeros(2), class_vectors=np.zeros((1, 2)))
     atomic_write_json(folder / RESULT_JSON, {"num_samples": 2, "num_classes": 1, "folds": 2})
     with pytest.raises(DataError, match="not a readable cross-validation result"):
+        load_crossval(folder, 2, 1)
+    np.savez(folder / RESULT_ARRAYS, noise_score=np.zeros(2), class_vectors=np.zeros((1, 2)))  # an older layout
+    with pytest.raises(DataError, match="held_out_score.*write it again with python cli.py analyze crossval"):
         load_crossval(folder, 2, 1)
 
 
@@ -140,7 +169,8 @@ def test_conflict_pairs_carry_the_reference_cosine_and_its_nearest_pairs_join_th
     centers = Centers(vectors=vectors.astype(np.float32), source="means", counts=np.full(4, 5))
     neighbours = center_neighbours(centers, k=1)
     reference = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.96, 0.28, 0.0]], np.float32)
-    crossval = CrossValidation(folds=1, noise_score=np.zeros(0, np.float32), class_vectors=reference)
+    crossval = CrossValidation(folds=1, held_out_score=np.zeros(0, np.float32), all_data_score=np.zeros(0, np.float32),
+                               class_vectors=reference)
     without = conflict_table(centers, neighbours, threshold=0.99)
     table = conflict_table(centers, neighbours, threshold=0.99, crossval=crossval)
     pairs = set(zip(table["label_a"], table["label_b"]))

@@ -55,6 +55,7 @@ def _memorising_data(root):
 @pytest.fixture(scope="module")
 def memorised(tmp_path_factory):
     import core.backbones
+    import core.models
     import core.trainer
     from analysis.crossval import run_crossval
     from analysis.inputs import load_analysis_input
@@ -66,7 +67,8 @@ def memorised(tmp_path_factory):
     is_flipped = _memorising_data(root / "data")
     patch = pytest.MonkeyPatch()
     patch.setattr(core.trainer, "build_backbone", _mlp)
-    patch.setattr(core.backbones, "build_backbone", _mlp)  # the analysis rebuilds the run's network
+    patch.setattr(core.backbones, "build_backbone", _mlp)  # the analysis rebuilds the run's network...
+    patch.setattr(core.models, "build_backbone", _mlp)  # ...through core.models, patched by name so the patch ends
     try:
         config = TrainConfig(data=str(root / "data"), val=[], backbone="tiny", input_size=SIZE, embedding_size=32,
                              batch_size=12, epochs=EPOCHS, lr=0.05, weight_decay=0.0, margin="cosface", margin_m=0.0,
