@@ -7,7 +7,7 @@ sidesteps both. Each class's images are dealt into K folds; K reference models a
 trained, each on the other K-1 folds, and each image is read through the model that
 never saw it. One more reference model, trained on all the images with the same recipe
 (the detection benchmark's simple baseline), sees every image of both halves of a split
-identity, which the fold models see only three quarters of:
+identity, of which each fold model sees (K-1)/K:
 
 - ``held_out_score``: the held-out image's similarity to the nearest other class mean minus
   its similarity to its own class mean, both means taken over the images that fold model
@@ -18,10 +18,8 @@ identity, which the fold models see only three quarters of:
   concatenated and scaled so that one inner product is the cosine of two classes' means,
   half from the fold models (averaged) and half from the all-data model (the conflict ranking).
 
-The all-data model and its equal share were chosen on the detection benchmark's first six
-development scenarios and confirmed on the four after them (docs/ANALYSIS.md): noise AP
-0.822 -> 0.850 and 0.855 -> 0.876 for the runs' default ranking, conflict AP 5+ 0.681 ->
-0.680 and 0.862 -> 0.908, where the all-data model alone had 0.631 and 0.928.
+The all-data model and its equal share were chosen on the detection benchmark's development
+scenarios, against the fold models alone and the all-data model alone (docs/ANALYSIS.md).
 
 The reference models depend on the data only, not on the analysed run, so one
 ``analyze crossval`` serves every run trained on that data (``analyze ... --crossval DIR``).

@@ -77,8 +77,8 @@ def test_kill_9_anywhere_then_resume_equals_the_uninterrupted_run(data, uninterr
     killed = _python("-m", "tests.cli.fault_driver", *moment, "--", *_train_command(data, run))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     again = _train_command(data, run) if moment == ["step", "1"] else ["train", "--resume", str(run), "--quiet"]
-    resumed = _python("cli.py", *again)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = CliRunner().invoke(main, again)  # in this process: only the kill needs a process of its own
+    assert resumed.exit_code == 0, resumed.output[-2000:]
     (step, mine), (_, theirs) = _final_state(run), _final_state(uninterrupted)
     assert step == 12 and mine.keys() == theirs.keys()
     assert all(torch.equal(mine[key], theirs[key]) for key in mine)
@@ -117,8 +117,8 @@ def _alive(pid: int) -> bool:
 
 def _resume_two_more_steps(run: Path) -> None:
     step = _final_state(run)[0]
-    resumed = _python("cli.py", "train", "--resume", run, "--max-steps", step + 2, "--quiet")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = CliRunner().invoke(main, ["train", "--resume", str(run), "--max-steps", str(step + 2), "--quiet"])
+    assert resumed.exit_code == 0, resumed.output[-2000:]
     assert _final_state(run)[0] == step + 2
 
 
