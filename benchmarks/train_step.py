@@ -87,18 +87,21 @@ def ours_step(job: dict[str, Any], run_dir: str):
     return (lambda: trainer.train_step(stream)), trainer
 
 
-def dynamics_cost(trainer, step, device: torch.device, blocks: int = 10, steps_per_block: int = 5) -> float:
+def dynamics_cost(trainer, step, device: torch.device, blocks: int = 30, steps_per_block: int = 5) -> float:
     """The step-time share of recording training dynamics (core/dynamics.py), measured in one process: blocks of
-    steps with it on and off, interleaved, so drift in the machine's speed falls on both alike."""
-    recorder, times = trainer.dynamics, {True: [], False: []}
+    steps with it on and off, interleaved, and the median of each on block's time over the off block beside it, so
+    drift in the machine's speed falls on both alike (on a 2-core CPU ten blocks left a spread of several points)."""
+    recorder, ratios = trainer.dynamics, []
     try:
-        for block in range(2 * blocks):
-            on = block % 2 == 0
-            trainer.dynamics, trainer.criterion.record_margins = (recorder if on else None), on
-            times[on].append(time_steps(step, device, 1, steps_per_block))
+        for _ in range(blocks):
+            times = {}
+            for on in (True, False):
+                trainer.dynamics, trainer.criterion.record_margins = (recorder if on else None), on
+                times[on] = time_steps(step, device, 1, steps_per_block)
+            ratios.append(times[True] / times[False])
     finally:
         trainer.dynamics, trainer.criterion.record_margins = recorder, recorder is not None
-    return statistics.median(times[True]) / statistics.median(times[False]) - 1
+    return statistics.median(ratios) - 1
 
 
 def scaled_update(loss: torch.Tensor, scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer,
