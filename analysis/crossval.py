@@ -47,6 +47,8 @@ DEFAULT_FOLDS = 4
 # detection benchmark's baseline, so the cross-validated figures and the baseline column differ only by the folds.
 REFERENCE_LOSS = {"margin": "cosface", "scale": 32.0, "margin_m": 0.3, "embedding_size": 128}
 REFERENCE_EPOCHS = 12
+# The all-data model's share of the pair cosine (the fold models share the rest equally).
+ALL_DATA_SHARE = 0.5
 
 
 @dataclass
@@ -72,10 +74,6 @@ class CrossValidation:
         a, b = self.class_vectors[label_a], self.class_vectors[label_b]
         present = (np.abs(a).sum(axis=1) > 0) & (np.abs(b).sum(axis=1) > 0)
         return np.where(present, np.einsum("ij,ij->i", a, b), np.nan).astype(np.float32)
-
-
-# The all-data model's share of the pair cosine (the fold models share the rest equally).
-ALL_DATA_SHARE = 0.5
 
 
 def assign_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:

@@ -47,7 +47,7 @@ RANK_FEATURES = "final features (nearest other - own similarity)"
 # With cross-validated reference evidence (analysis/crossval.py, --crossval): its score (held-out and all-data models'
 # robust z-scores summed), plus the run's own ranking above when the two agree, a Spearman rank correlation of at least
 # RUN_AGREEMENT_TO_JOIN. Chosen on the detection benchmark's development scenarios: there every Partial FC run agreed
-# at 0.71-0.82 and the sum beat either alone; every DCQ run agreed at 0.23-0.39 and pulled the reference down (its
+# at 0.67-0.83 and the sum beat either alone; every DCQ run agreed at 0.23-0.39 and pulled the reference down (its
 # class means bunch; docs/ANALYSIS.md).
 RANK_CROSSVAL = "cross-validated reference models (held-out and all-data nearest other - own class mean)"
 RANK_CROSSVAL_AND_RUN = "cross-validated reference models + the run's own ranking"
@@ -201,8 +201,8 @@ def noise_table(neighbours: SampleNeighbours, labels: np.ndarray, records: Optio
     """One row per sample (``NOISE_COLUMNS``), sorted by score, highest first.
 
     ``score`` ranks by the run's own evidence: ``RANK_COMBINED`` when its ``training`` margins
-    are given, else ``RANK_FEATURES`` (``feature_score``). With ``crossval`` (the held-out
-    reference score per sample, NaN where it has none) the ranking is ``RANK_CROSSVAL``, joined
+    are given, else ``RANK_FEATURES`` (``feature_score``). With ``crossval`` (the reference
+    score per sample, analysis/crossval.py's ``noise_score``; NaN: none) the ranking is ``RANK_CROSSVAL``, joined
     by the run's own when the two agree (``RUN_AGREEMENT_TO_JOIN``). ``table.attrs["ranking"]``
     says which, ``attrs["agreement"]`` the rank correlation. ``flagged``: a score above
     ``threshold`` (default: ``score_cutoff``), or an ``own_similarity`` below
@@ -301,9 +301,8 @@ RANKING_TEXT = {
     RANK_CROSSVAL_AND_RUN: "`score`, which ranks the table, adds the robust z-scores of `crossval_score` (`analyze "
                            "crossval`: each image's nearest other class mean minus its own, read through a reference "
                            "model that never trained on it and through one trained on all the data) and of the run's "
-                           "own ranking (own-center distance + "
-                           "training margins, or the final features without margins), which agreed with it (rank "
-                           f"correlation at least {RUN_AGREEMENT_TO_JOIN}).",
+                           "own ranking (own-center distance + training margins, or the final features without "
+                           f"margins), which agreed with it (rank correlation at least {RUN_AGREEMENT_TO_JOIN}).",
 }
 # Of the samples the training margins find most suspect (this top share), how many the final features still place
 # nearer another class's center. 100 % on the main job's 12-epoch run, 60 % after 30 epochs (docs/ANALYSIS.md).
