@@ -88,8 +88,9 @@ def test_kill_9_anywhere_then_resume_equals_the_uninterrupted_run(data, uninterr
 
 
 def _spawn_torchrun(data, run, epochs):
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "cli.py", "train", "--data",
-               str(data), "--out", str(run), *FLAGS, "--epochs", str(epochs), "--checkpoint-every", "2",
+    # --standalone: a rendezvous on a free port of its own, so runs of two pytest workers (-n 2) never meet
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "cli.py", "train",
+               "--data", str(data), "--out", str(run), *FLAGS, "--epochs", str(epochs), "--checkpoint-every", "2",
                "--batch-size", "4"]  # the later flags win: 2 x 4 images a step, a checkpoint every 2 steps
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -25,7 +25,9 @@ def _torchrun(*args, timeout=240):
     such a start-up crash is retried up to twice, after clearing the run directory it
     may have created. Errors the command reports itself are never retried.
     """
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "cli.py", *map(str, args)]
+    # --standalone: a rendezvous on a free port of its own, so runs of two pytest workers (-n 2) never meet
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "cli.py",
+               *map(str, args)]
     out = Path(args[list(args).index("--out") + 1]) if "--out" in args else None
     for attempt in range(3):
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
