@@ -3,6 +3,11 @@
 import os
 from pathlib import Path
 
+# Under pytest-xdist (-n 2) two workers share the cores: OpenMP threads that wait passively instead of spinning
+# leave them to the other worker (set before anything loads OpenMP; it changes no result, only idle behaviour).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import numpy as np
 import pytest
 
