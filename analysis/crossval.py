@@ -228,8 +228,9 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
     for f in range(folds):
         fold_dir = out / f"fold{f}"
         trained = np.flatnonzero(fold != f)
-        fold_dir.mkdir(parents=True, exist_ok=True)
-        write_list(fold_dir / "train.txt", [entries[i] for i in trained], labels[trained].tolist())
+        if not (fold_dir / "embeddings.npy").is_file():  # a finished fold needs no list (a million lines at scale)
+            fold_dir.mkdir(parents=True, exist_ok=True)
+            write_list(fold_dir / "train.txt", [entries[i] for i in trained], labels[trained].tolist())
         fold_embeddings.append(_reference_embeddings(fold_dir, str(fold_dir / "train.txt"), recipe, seed + f, device,
                                                      progress, data_path, announcer(f + 1, len(trained), fold_dir)))
     all_dir = out / "all"
