@@ -79,7 +79,8 @@ class Scenario:
 # Each round of development moves the held-out scenarios it has reported into the development set and writes
 # fresh ones here before any of them is rendered: the first two were session 8's development set, the next
 # four its held-out set (developed on in session 10), the four after them session 10's held-out set (reported,
-# so seen, and moved here in session 11), and the last four the held-out set written in session 11.
+# so seen, and moved here in session 11), the four after them session 11's held-out set (moved here in session
+# 12), and the last four the held-out set written in session 12.
 SCENARIOS = (
     Scenario("dev-faces-uniform", False, "faces", 0.05, "uniform", 0.0, 0.05, 400, 2, 60, 1.25, seed=11),
     Scenario("dev-shapes-lookalike", False, "shapes", 0.05, "lookalike", 0.02, 0.08, 400, 2, 60, 1.0, seed=12),
@@ -92,13 +93,19 @@ SCENARIOS = (
     Scenario("dev-shapes-open-flat", False, "shapes", 0.03, "uniform", 0.05, 0.06, 350, 4, 50, 0.9, seed=32),
     Scenario("dev-faces-lookalike-steep", False, "faces", 0.06, "lookalike", 0.01, 0.05, 450, 2, 80, 1.6, seed=33),
     Scenario("dev-shapes-uniform-split", False, "shapes", 0.04, "uniform", 0.02, 0.10, 400, 3, 60, 1.2, seed=34),
-    Scenario("held-faces-lookalike-open-flat", True, "faces", 0.05, "lookalike", 0.03, 0.06, 350, 3, 50, 1.0,
+    Scenario("dev-faces-lookalike-open-flat", False, "faces", 0.05, "lookalike", 0.03, 0.06, 350, 3, 50, 1.0,
              seed=41),
-    Scenario("held-shapes-uniform-long", True, "shapes", 0.07, "uniform", 0.0, 0.07, 400, 2, 100, 1.3, seed=42),
-    Scenario("held-faces-uniform-open-steep", True, "faces", 0.04, "uniform", 0.04, 0.08, 450, 2, 80, 1.5,
+    Scenario("dev-shapes-uniform-long", False, "shapes", 0.07, "uniform", 0.0, 0.07, 400, 2, 100, 1.3, seed=42),
+    Scenario("dev-faces-uniform-open-steep", False, "faces", 0.04, "uniform", 0.04, 0.08, 450, 2, 80, 1.5,
              seed=43),
-    Scenario("held-shapes-lookalike-split", True, "shapes", 0.05, "lookalike", 0.01, 0.10, 400, 3, 60, 1.1,
+    Scenario("dev-shapes-lookalike-split", False, "shapes", 0.05, "lookalike", 0.01, 0.10, 400, 3, 60, 1.1,
              seed=44),
+    Scenario("held-faces-uniform-split-flat", True, "faces", 0.05, "uniform", 0.02, 0.09, 380, 3, 60, 0.95,
+             seed=51),
+    Scenario("held-shapes-lookalike-long", True, "shapes", 0.06, "lookalike", 0.0, 0.06, 420, 2, 90, 1.35, seed=52),
+    Scenario("held-faces-lookalike-heavy-steep", True, "faces", 0.07, "lookalike", 0.02, 0.07, 400, 2, 70, 1.4,
+             seed=53),
+    Scenario("held-shapes-open-split", True, "shapes", 0.03, "uniform", 0.04, 0.08, 360, 4, 50, 1.05, seed=54),
 )
 
 
@@ -138,8 +145,8 @@ class Scale:
 
 
 FULL = Scale("full", 1.0, 1.0)
-QUICK = Scale("quick", 0.35, 0.5, scenarios=("dev-faces-uniform", "held-shapes-uniform-long",
-                                             "held-faces-lookalike-open-flat"),
+QUICK = Scale("quick", 0.35, 0.5, scenarios=("dev-faces-uniform", "held-shapes-lookalike-long",
+                                             "held-faces-uniform-split-flat"),
               regimes=("baseline", "pfc-12", "pfc-30"))
 
 
