@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 CONFLICT_COLUMNS = ["label_a", "label_b", "similarity", "count_a", "count_b", "flagged",
                     "a_samples_nearest_b", "b_samples_nearest_a", "same_person_llr", "training_confusion",
-                    "review_score", "crossval_similarity"]
+                    "review_score", "crossval_similarity", "crossval_separation", "crossval_score"]
 # review_score, when the run recorded its training dynamics: the mean of the pair's rank by cosine and by training
 # confusion, as a share of the pairs. Chosen on the detection benchmark's development scenarios, where it ranked
 # split pairs of 5+ images better than either alone; on the held-out ones it did so on 30-epoch runs only
@@ -186,8 +186,10 @@ def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Op
     weighs how many images stand behind each center. ``training`` (the run's recorded
     dynamics, with ``labels``) fills ``training_confusion`` and adds the pairs confused both
     ways during training to the candidates. ``crossval`` (analysis/crossval.py) fills
-    ``crossval_similarity``, the pair's cosine under the reference models, and adds
-    each class's k nearest under it to the candidates. ``threshold`` None:
+    ``crossval_similarity`` (the pair's cosine under the reference models),
+    ``crossval_separation`` (how well the fold models tell the two labels' held-out images
+    apart) and ``crossval_score`` (the two combined over the candidates), and adds each
+    class's k nearest under it to the candidates. ``threshold`` None:
     ``default_conflict_threshold`` of this run.
     """
     num_classes = len(centers.vectors)
@@ -256,7 +258,12 @@ def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Op
                                    training_confusion(training, labels, num_classes, label_a, label_b).round(6))
     table["review_score"] = ((table["similarity"].rank() + table["training_confusion"].rank()) / (2 * len(table))
                              ).round(6)
-    table["crossval_similarity"] = np.nan if crossval is None else crossval.pair_similarity(label_a, label_b).round(6)
+    if crossval is None:
+        table[["crossval_similarity", "crossval_separation", "crossval_score"]] = np.nan
+    else:
+        table["crossval_similarity"] = crossval.pair_similarity(label_a, label_b).round(6)
+        table["crossval_separation"] = crossval.pair_separation(label_a, label_b).round(6)
+        table["crossval_score"] = crossval.pair_score(label_a, label_b).round(6)
     table = table[CONFLICT_COLUMNS].sort_values(["similarity", "label_a", "label_b"], ascending=[False, True, True],
                                                 kind="stable").reset_index(drop=True)
     table.attrs.update({"k": k, "threshold": threshold, "pairs_beyond_k": beyond_k,
@@ -355,7 +362,7 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
             scores.append(score_detection("conflict by same-person LLR", llr, truth, llr > 0, total))
         if crossval is not None:
             scores.append(score_detection("conflict by cross-validated reference", last_where_missing(
-                table["crossval_similarity"].to_numpy()), truth, np.zeros(len(table), bool), total))
+                table["crossval_score"].to_numpy()), truth, np.zeros(len(table), bool), total))
     confusion = table["training_confusion"].to_numpy()
     recorded = not np.isnan(confusion).all()
     confusion_ap = ({name: score_detection(f"conflict by {name}", table[name].to_numpy(), truth,
@@ -400,10 +407,14 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         + (" `crossval_similarity` is the cosine of the two classes' means under the reference models of "
            f"`analyze crossval` ({analysis.crossval_dir}, analysis/crossval.py), half averaged over the fold models "
            "and half the model trained on all the data, none of them shaped by the analysed run's training; each "
-           "class's nearest under it join the candidates. On the detection benchmark it ranked split pairs of 5+ "
-           "images better than the run's own cosine, LLR and review score (docs/ANALYSIS.md): it is the order to "
-           "review in." if crossval is not None else
-           " `crossval_similarity` is empty: no --crossval reference was given (python cli.py analyze crossval)."))
+           "class's nearest under it join the candidates. `crossval_separation` is, over both labels' held-out "
+           "images, the mean of min(0, similarity to the other label's fold mean minus to its own): near 0 when "
+           "the fold models cannot tell a new image of one label from the other (one person), negative when they "
+           "can. `crossval_score` adds the two as robust z-scores over the candidates. On the detection benchmark "
+           "it ranked split pairs of 5+ images better than the cosines and the LLR (docs/ANALYSIS.md): it is the "
+           "order to review in." if crossval is not None else
+           " The `crossval_` columns are empty: no --crossval reference was given (python cli.py analyze "
+           "crossval)."))
     report.figures(figures)
     warning = conflict_warning(threshold)
     if warning:
@@ -417,9 +428,9 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
                          "pair is one person under two labels.")
     report.table(shown, "Most similar class pairs (conflict.csv)")
     if crossval is not None:
-        report.table(shown.sort_values("crossval_similarity", ascending=False, kind="stable", na_position="last"),
-                     "Pairs most alike under the cross-validated reference models (conflict.csv sorted by "
-                     "crossval_similarity): the order in which to review them")
+        report.table(shown.sort_values("crossval_score", ascending=False, kind="stable", na_position="last"),
+                     "Pairs most likely one person under the cross-validated reference models (conflict.csv sorted "
+                     "by crossval_score): the order in which to review them")
     if model is not None:
         report.table(shown.sort_values("same_person_llr", ascending=False, kind="stable", na_position="last"),
                      "Pairs most likely to be one person (conflict.csv sorted by same_person_llr): the order in "
@@ -467,7 +478,7 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
             summary["ground_truth"].update({name + "_average_precision": round(value, 4)
                                             for name, value in confusion_ap.items()})
         if crossval is not None:
-            summary["ground_truth"]["crossval_similarity_average_precision"] = round(scores[-1].average_precision, 4)
+            summary["ground_truth"]["crossval_score_average_precision"] = round(scores[-1].average_precision, 4)
         if model is not None:
             llr_score = scores[1]
             summary["ground_truth"].update({

@@ -16,10 +16,19 @@ identity, of which each fold model sees (K-1)/K:
 - ``noise_score``: the sum of the two robust z-scores, what noise.csv's ``crossval_score`` holds.
 - ``class_vectors``: per class, the unit class means of all its images under each model,
   concatenated and scaled so that one inner product is the cosine of two classes' means,
-  half from the fold models (averaged) and half from the all-data model (the conflict ranking).
+  half from the fold models (averaged) and half from the all-data model.
+- ``pair_separation``: for two labels, the mean over both labels' held-out images of
+  min(0, similarity to the other label's fold mean - to its own). A model that trained on
+  part of a split person under each label cannot tell a new image of one label from the
+  other (near 0), however far apart training pushed the two means; two look-alike people
+  it can (negative). A flipped image prefers another label by a wide margin, hence the
+  clip at 0: it would otherwise outweigh its label's correct images.
+- ``pair_score``: the conflict ranking, the robust z-score of the pair cosine plus that of
+  the separation, over the pairs ranked together.
 
 The all-data model and its equal share were chosen on the detection benchmark's development
-scenarios, against the fold models alone and the all-data model alone (docs/ANALYSIS.md).
+scenarios, against the fold models alone and the all-data model alone; the separation and its
+equal weight on 14 development scenarios, against the cosine alone (docs/ANALYSIS.md).
 
 The reference models depend on the data only, not on the analysed run, so one
 ``analyze crossval`` serves every run trained on that data (``analyze ... --crossval DIR``).
@@ -49,16 +58,25 @@ REFERENCE_LOSS = {"margin": "cosface", "scale": 32.0, "margin_m": 0.3, "embeddin
 REFERENCE_EPOCHS = 12
 # The all-data model's share of the pair cosine (the fold models share the rest equally).
 ALL_DATA_SHARE = 0.5
+SAVED_ARRAYS = ("labels", "fold", "held_out_score", "all_data_score", "class_vectors", "fold_means",
+                "held_out_embeddings")
 
 
 @dataclass
 class CrossValidation:
     """The reference evidence for one dataset, in dataset order."""
 
-    folds: int
+    labels: np.ndarray  # int64 [N]
+    fold: np.ndarray  # int64 [N] the fold model that never trained on the image
     held_out_score: np.ndarray  # float32 [N] fold models: held-out nearest other mean - own; NaN: no own mean
     all_data_score: np.ndarray  # float32 [N] all-data model: nearest other mean - own mean (the image inside it)
     class_vectors: np.ndarray  # float32 [C, (K+1)*D] see the module docstring; zero rows: a class with no image
+    fold_means: np.ndarray  # float32 [K, C, D] unit means of the images each fold model trained on; zero: none
+    held_out_embeddings: np.ndarray  # float32 [N, D] each image, unit, under the fold model that never saw it
+
+    @property
+    def folds(self) -> int:
+        return len(self.fold_means)
 
     @property
     def noise_score(self) -> np.ndarray:
@@ -74,6 +92,50 @@ class CrossValidation:
         a, b = self.class_vectors[label_a], self.class_vectors[label_b]
         present = (np.abs(a).sum(axis=1) > 0) & (np.abs(b).sum(axis=1) > 0)
         return np.where(present, np.einsum("ij,ij->i", a, b), np.nan).astype(np.float32)
+
+    def pair_separation(self, label_a: np.ndarray, label_b: np.ndarray, chunk: int = 1 << 17) -> np.ndarray:
+        """Per pair, the mean over both labels' held-out images of min(0, similarity to the other label's fold mean
+        minus to its own), see the module docstring (NaN: no image of either has both means in its fold). Work and
+        memory grow with the pairs' images, ``chunk`` image-pair rows at a time, never with C x C."""
+        label_a, label_b = np.asarray(label_a, dtype=np.int64), np.asarray(label_b, dtype=np.int64)
+        trained = np.abs(self.fold_means).sum(axis=2) > 0  # [K, C]
+        own = np.full(len(self.labels), np.nan)
+        for begin in range(0, len(own), chunk):
+            folds, labels = self.fold[begin:begin + chunk], self.labels[begin:begin + chunk]
+            own[begin:begin + chunk] = np.where(trained[folds, labels], np.einsum(
+                "ij,ij->i", self.held_out_embeddings[begin:begin + chunk], self.fold_means[folds, labels]), np.nan)
+        order = np.argsort(self.labels, kind="stable")
+        counts = np.bincount(self.labels, minlength=self.fold_means.shape[1])
+        starts = np.cumsum(counts) - counts
+        totals = np.zeros(len(label_a))
+        judged = np.zeros(len(label_a))
+        for given, other in ((label_a, label_b), (label_b, label_a)):
+            per_pair = counts[given]
+            pair = np.repeat(np.arange(len(given)), per_pair)
+            image = order[np.repeat(starts[given], per_pair) + np.arange(len(pair)) - np.repeat(
+                np.cumsum(per_pair) - per_pair, per_pair)]
+            for begin in range(0, len(pair), chunk):
+                rows, images = pair[begin:begin + chunk], image[begin:begin + chunk]
+                folds, others = self.fold[images], other[rows]
+                similarity = np.einsum("ij,ij->i", self.held_out_embeddings[images], self.fold_means[folds, others])
+                margin = np.minimum(similarity - own[images], 0.0)
+                ok = np.isfinite(margin) & trained[folds, others]
+                totals += np.bincount(rows[ok], margin[ok], minlength=len(given))
+                judged += np.bincount(rows[ok], minlength=len(given))
+        return np.where(judged > 0, totals / np.maximum(judged, 1), np.nan).astype(np.float32)
+
+    def pair_score(self, label_a: np.ndarray, label_b: np.ndarray) -> np.ndarray:
+        """The conflict ranking: robust z of the pair cosine plus robust z of the separation, both over these pairs
+        (a pair the separation cannot judge sits at its median; NaN: a class with no image)."""
+        from analysis.noise import neutral_where_missing, robust_z
+
+        similarity = self.pair_similarity(label_a, label_b)
+        present = np.isfinite(similarity)
+        score = np.full(len(similarity), np.nan, dtype=np.float32)
+        if present.any():
+            separation = self.pair_separation(label_a[present], label_b[present])
+            score[present] = robust_z(similarity[present]) + robust_z(neutral_where_missing(separation))
+        return score
 
 
 def assign_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
@@ -118,6 +180,9 @@ def held_out_evidence(fold_embeddings: list[np.ndarray], all_data_embeddings: np
     folds = len(fold_embeddings)
     held_out_score = np.full(len(labels), np.nan, dtype=np.float32)
     vectors = []
+    dimension = fold_embeddings[0].shape[1]
+    fold_means = np.zeros((folds, num_classes, dimension), dtype=np.float32)
+    held_out_embeddings = np.zeros((len(labels), dimension), dtype=np.float32)
     for f, embeddings in enumerate(fold_embeddings):
         held = np.flatnonzero(fold == f)
         # one pass: the held-out images are summed into a spare class C, the rest into their own
@@ -127,12 +192,15 @@ def held_out_evidence(fold_embeddings: list[np.ndarray], all_data_embeddings: np
         held_out_score[held] = _nearest_other_minus_own(held_rows, labels[held], sums[:num_classes], trained_counts)
         every_image = sums[:num_classes] + class_sums(held_rows, labels[held], num_classes, unit_rows=True)
         vectors.append(normalize_rows(every_image) * math.sqrt((1 - ALL_DATA_SHARE) / folds))
+        fold_means[f] = normalize_rows(sums[:num_classes])
+        held_out_embeddings[held] = normalize_rows(held_rows)
     all_sums = class_sums(all_data_embeddings, labels, num_classes, unit_rows=True)
     all_data_score = _nearest_other_minus_own(np.asarray(all_data_embeddings), labels, all_sums,
                                               np.bincount(labels, minlength=num_classes))
     vectors.append(normalize_rows(all_sums) * math.sqrt(ALL_DATA_SHARE))
-    return CrossValidation(folds=folds, held_out_score=held_out_score, all_data_score=all_data_score,
-                           class_vectors=np.concatenate(vectors, axis=1).astype(np.float32))
+    return CrossValidation(labels=labels, fold=fold, held_out_score=held_out_score, all_data_score=all_data_score,
+                           class_vectors=np.concatenate(vectors, axis=1).astype(np.float32), fold_means=fold_means,
+                           held_out_embeddings=held_out_embeddings)
 
 
 # -- training the reference models ---------------------------------------------------------
@@ -239,8 +307,7 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
     evidence = held_out_evidence(fold_embeddings, all_data, labels, fold, num_classes)
     with atomic_path(out / RESULT_ARRAYS) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, fold=fold, held_out_score=evidence.held_out_score,
-                     all_data_score=evidence.all_data_score, class_vectors=evidence.class_vectors)
+            np.savez(handle, **{name: getattr(evidence, name) for name in SAVED_ARRAYS})
     atomic_write_json(out / RESULT_JSON, {"data": str(data_path), "num_samples": len(labels),
                                           "num_classes": num_classes, "folds": folds, "seed": seed,
                                           "recipe": {k: v for k, v in asdict(recipe).items() if k != "out"}})
@@ -276,13 +343,16 @@ def load_crossval(path: str | Path, num_samples: int, num_classes: int) -> Cross
                         f"{num_classes}; run analyze crossval on this data")
     try:
         with np.load(folder / RESULT_ARRAYS, allow_pickle=False) as arrays:
-            evidence = CrossValidation(folds=int(meta["folds"]), held_out_score=arrays["held_out_score"],
-                                       all_data_score=arrays["all_data_score"], class_vectors=arrays["class_vectors"])
+            evidence = CrossValidation(**{name: arrays[name] for name in SAVED_ARRAYS})
     except (KeyError, ValueError, OSError) as exc:
         raise DataError(f"{where}/{RESULT_ARRAYS}: not a readable cross-validation result ({exc}); write it again "
                         "with python cli.py analyze crossval") from exc
-    sizes = {len(evidence.held_out_score), len(evidence.all_data_score)}
-    if sizes != {num_samples} or len(evidence.class_vectors) != num_classes:
+    sizes = {len(getattr(evidence, name)) for name in ("labels", "fold", "held_out_score", "all_data_score",
+                                                        "held_out_embeddings")}
+    classes = {len(evidence.class_vectors), evidence.fold_means.shape[1]}
+    if (sizes != {num_samples} or classes != {num_classes} or evidence.folds != meta["folds"]
+            or evidence.labels.min(initial=0) < 0 or evidence.labels.max(initial=0) >= num_classes
+            or evidence.fold.min(initial=0) < 0 or evidence.fold.max(initial=0) >= evidence.folds):
         raise DataError(f"{where}/{RESULT_ARRAYS}: its arrays do not match {RESULT_JSON} "
-                        f"({sorted(sizes)} images, {len(evidence.class_vectors)} classes)")
+                        f"({sorted(sizes)} images, {sorted(classes)} classes, {evidence.folds} folds)")
     return evidence

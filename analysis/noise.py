@@ -189,9 +189,14 @@ def score_cutoff(score: np.ndarray, mads: float = OUTLIER_MADS) -> float:
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:
-    """``(values - median) / robust sd``: signals in different units on one scale, unmoved by a few percent of noise."""
-    median, robust_sd = _median_and_robust_sd(np.asarray(values, dtype=np.float64))
-    return (values - median) / max(robust_sd, 1e-12)
+    """``(values - median) / robust sd``: signals in different units on one scale, unmoved by a few percent of noise.
+    When more than half the values are equal (no robust spread) the standard deviation scales instead, so one signal
+    never swamps the others it is summed with."""
+    values = np.asarray(values, dtype=np.float64)
+    median, robust_sd = _median_and_robust_sd(values)
+    if robust_sd <= 0:
+        robust_sd = float(np.std(values)) or 1.0
+    return (values - median) / robust_sd
 
 
 def noise_table(neighbours: SampleNeighbours, labels: np.ndarray, records: Optional[np.ndarray] = None,

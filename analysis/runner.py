@@ -326,7 +326,7 @@ def _ground_truth_clause(section: dict[str, Any], truth: str) -> str:
     g = section["ground_truth"]
     others = [f"{name}: {g[key]:.3f}" for name, key in (("same-person LLR", "same_person_llr_average_precision"),
                                                           ("cross-validated reference",
-                                                           "crossval_similarity_average_precision"))
+                                                           "crossval_score_average_precision"))
               if g.get(key) is not None]
     return (f"; against {truth} AP {g['average_precision']:.3f}"
             + (f" (ranked by {', '.join(others)})" if others else "")

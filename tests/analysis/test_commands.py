@@ -437,13 +437,16 @@ def test_crossval_writes_reference_evidence_that_the_report_ranks_by(synthetic_r
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["noise"]["ranking"].startswith("cross-validated reference models")
     assert -1.0 <= summary["noise"]["crossval_agreement"] <= 1.0
-    assert "crossval_similarity_average_precision" in summary["conflict"]["ground_truth"]
+    assert "crossval_score_average_precision" in summary["conflict"]["ground_truth"]
     noise = pd.read_csv(tmp_path / "report" / "noise.csv").sort_values("index")
     evidence = load_crossval(run / "crossval", len(noise),
                              json.loads((run / "crossval" / "crossval.json").read_text())["num_classes"])
     assert np.allclose(noise["crossval_score"], evidence.noise_score, atol=1e-5)
     assert noise["crossval_score"].notna().all()
-    assert pd.read_csv(tmp_path / "report" / "conflict.csv")["crossval_similarity"].notna().all()
+    pairs = pd.read_csv(tmp_path / "report" / "conflict.csv")
+    assert pairs[["crossval_similarity", "crossval_score"]].notna().all().all()
+    assert np.allclose(pairs["crossval_score"], evidence.pair_score(pairs["label_a"].to_numpy(),
+                                                                    pairs["label_b"].to_numpy()), atol=1e-4)
     assert "cross-validated" in (tmp_path / "report" / "report.md").read_text() and "Noise:" in output
     assert "ranked by same-person LLR: " in output and ", cross-validated reference: " in output
     invoke("noise", run, "--data", write_rec(tmp_path / "other", classes=15, per_class=2), "--out",

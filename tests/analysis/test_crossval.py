@@ -8,8 +8,8 @@ import pytest
 
 from analysis.conflict import center_neighbours, conflict_table
 from analysis.centers import Centers
-from analysis.crossval import (RESULT_ARRAYS, RESULT_JSON, CrossValidation, assign_folds, held_out_evidence,
-                               load_crossval, reference_recipe)
+from analysis.crossval import (RESULT_ARRAYS, RESULT_JSON, SAVED_ARRAYS, CrossValidation, assign_folds,
+                               held_out_evidence, load_crossval, reference_recipe)
 from analysis.noise import (RANK_COMBINED, RANK_CROSSVAL, RANK_CROSSVAL_AND_RUN, RANK_FEATURES, SampleNeighbours,
                             noise_table, rank_correlation, robust_z)
 from core.errors import ConfigError, DataError
@@ -63,7 +63,8 @@ def test_the_noise_score_sums_the_two_robust_z_scores_and_judges_the_unjudged_at
     rng = np.random.default_rng(1)
     held, whole = rng.normal(0, 1, 50).astype(np.float32), rng.normal(0, 3, 50).astype(np.float32)
     held[:4] = np.nan
-    evidence = CrossValidation(folds=2, held_out_score=held, all_data_score=whole, class_vectors=np.zeros((1, 2)))
+    evidence = held_out_evidence([np.eye(50, 2)] * 2, np.eye(50, 2), np.zeros(50, np.int64), np.arange(50) % 2, 1)
+    evidence.held_out_score, evidence.all_data_score = held, whole
     filled = np.where(np.isnan(held), np.nanmedian(held), held)
     assert np.allclose(evidence.noise_score, robust_z(filled) + robust_z(whole))
     assert np.allclose(evidence.noise_score[:4], robust_z(whole)[:4], atol=1e-6)
@@ -89,10 +90,84 @@ def test_pair_similarity_is_half_the_fold_models_average_and_half_the_all_data_m
     assert np.isnan(evidence.pair_similarity(np.array([0]), np.array([2]))[0])
 
 
+def _split_world():
+    """Classes 0 and 1: one person (every image at e0); class 2 another at v = (0.6, 0.8); two folds, both models
+    alike. Class 3 has a single image, so no fold model trained on it."""
+    e0, v = np.array([1.0, 0.0]), np.array([0.6, 0.8])
+    labels = np.array([0, 0, 1, 1, 2, 2, 3])
+    fold = np.array([0, 1, 0, 1, 0, 1, 0])
+    rows = np.stack([e0, e0, e0, e0, v, v, v])
+    return held_out_evidence([rows, rows], rows, labels, fold, 4)
+
+
+def test_the_separation_is_zero_for_one_person_and_negative_for_two():
+    evidence = _split_world()
+    separation = evidence.pair_separation(np.array([0, 0, 1, 0]), np.array([1, 2, 2, 3]))
+    assert separation[0] == pytest.approx(0.0)  # no held-out image prefers its own label over the other
+    assert separation[1] == pytest.approx(0.6 - 1.0) and separation[2] == pytest.approx(0.6 - 1.0)
+    # class 3's image has no own fold mean, and class 0's images see no class-3 mean in their own folds but fold 1's
+    # (image 1: 0.6 - 1)
+    assert separation[3] == pytest.approx(0.6 - 1.0)
+    assert np.isnan(evidence.pair_separation(np.array([3]), np.array([3]))[0])
+
+
+def _reference_separation(evidence: CrossValidation, a: int, b: int) -> float:
+    """The definition, one image at a time."""
+    margins = []
+    for given, other in ((a, b), (b, a)):
+        for i in np.flatnonzero(evidence.labels == given):
+            own_mean, other_mean = evidence.fold_means[evidence.fold[i], given], evidence.fold_means[evidence.fold[i],
+                                                                                                     other]
+            if np.abs(own_mean).sum() > 0 and np.abs(other_mean).sum() > 0:
+                row = evidence.held_out_embeddings[i]
+                margins.append(min(0.0, row @ other_mean - row @ own_mean))
+    return float(np.mean(margins)) if margins else float("nan")
+
+
+def test_the_separation_matches_its_definition_and_ignores_the_chunk_size():
+    rng = np.random.default_rng(4)
+    labels = np.concatenate([np.arange(12), rng.integers(0, 12, 60)])
+    fold = assign_folds(labels, 3, seed=1)
+    evidence = held_out_evidence([rng.normal(size=(72, 5)) for _ in range(3)], rng.normal(size=(72, 5)), labels,
+                                 fold, 13)  # class 12 has no image
+    a, b = np.triu_indices(13, k=1)
+    expected = [_reference_separation(evidence, x, y) for x, y in zip(a, b)]
+    assert np.allclose(evidence.pair_separation(a, b), expected, atol=1e-5, equal_nan=True)
+    assert np.allclose(evidence.pair_separation(a, b, chunk=7), expected, atol=1e-5, equal_nan=True)
+    # a flipped image prefers the other label: its margin counts as 0, never as a positive that outweighs the rest
+    assert (evidence.pair_separation(a, b)[b < 12] <= 0).all()
+
+
+def test_the_pair_score_adds_robust_z_of_cosine_and_separation_and_leaves_absent_classes_unscored():
+    rng = np.random.default_rng(5)
+    labels = np.concatenate([np.arange(20), rng.integers(0, 20, 100)])
+    evidence = held_out_evidence([rng.normal(size=(120, 4)) for _ in range(2)], rng.normal(size=(120, 4)), labels,
+                                 assign_folds(labels, 2), 21)
+    a, b = np.triu_indices(21, k=1)
+    score = evidence.pair_score(a, b)
+    present = b < 20
+    separation = evidence.pair_separation(a[present], b[present])
+    filled = np.where(np.isnan(separation), np.nanmedian(separation), separation)
+    expected = robust_z(evidence.pair_similarity(a, b)[present]) + robust_z(filled)
+    assert np.allclose(score[present], expected, atol=1e-5) and np.isnan(score[~present]).all()
+
+
+def test_a_one_person_pair_outranks_a_look_alike_pair_with_the_same_cosine():
+    # fold models that trained on part of each label: the split person's held-out images fall between its two
+    # labels, the look-alikes' stay with their own
+    e = np.eye(3)
+    labels = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    fold = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    rows = np.stack([e[0], e[0], e[0], e[0], e[1], e[1], 0.8 * e[1] + 0.6 * e[2], 0.8 * e[1] + 0.6 * e[2]])
+    evidence = held_out_evidence([rows, rows], rows, labels, fold, 4)
+    evidence.class_vectors = np.array([[1.0, 0.0], [0.8, 0.6], [1.0, 0.0], [0.8, 0.6]], np.float32)  # cosine 0.8
+    score = evidence.pair_score(np.array([0, 2, 0]), np.array([1, 3, 2]))
+    assert score[0] > score[1]
+
+
 def _write(folder, evidence: CrossValidation, num_samples: int, num_classes: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / RESULT_ARRAYS, held_out_score=evidence.held_out_score, all_data_score=evidence.all_data_score,
-             class_vectors=evidence.class_vectors)
+    np.savez(folder / RESULT_ARRAYS, **{name: getattr(evidence, name) for name in SAVED_ARRAYS})
     atomic_write_json(folder / RESULT_JSON, {"data": "d", "num_samples": num_samples, "num_classes": num_classes,
                                              "folds": evidence.folds})
 
@@ -104,7 +179,8 @@ def test_the_saved_evidence_reads_back_and_other_data_is_refused(tmp_path):
     back = load_crossval(tmp_path / "cv", 6, 2)
     assert np.array_equal(back.held_out_score, evidence.held_out_score, equal_nan=True) and back.folds == 2
     assert np.array_equal(back.all_data_score, evidence.all_data_score)
-    assert np.array_equal(back.class_vectors, evidence.class_vectors)
+    for name in SAVED_ARRAYS:
+        assert np.array_equal(getattr(back, name), getattr(evidence, name), equal_nan=True), name
     with pytest.raises(DataError, match="6 images of 2 classes.*7 images of 2"):
         load_crossval(tmp_path / "cv", 7, 2)
     with pytest.raises(ConfigError, match="analyze crossval"):
@@ -114,14 +190,16 @@ def test_the_saved_evidence_reads_back_and_other_data_is_refused(tmp_path):
 def test_a_crossval_file_holding_objects_is_refused_not_unpickled(tmp_path):
     folder = tmp_path / "cv"
     folder.mkdir()
-    np.savez(folder / RESULT_ARRAYS, held_out_score=np.array([{"x": 1}, None], dtype=object),
-             all_data_score=np.zeros(2), class_vectors=np.zeros((1, 2)))
-    atomic_write_json(folder / RESULT_JSON, {"num_samples": 2, "num_classes": 1, "folds": 2})
+    rows, labels, fold = _two_fold_world()
+    arrays = {name: getattr(held_out_evidence([rows, rows], rows, labels, fold, 2), name) for name in SAVED_ARRAYS}
+    np.savez(folder / RESULT_ARRAYS, **dict(arrays, held_out_score=np.array([{"x": 1}, None], dtype=object)))
+    atomic_write_json(folder / RESULT_JSON, {"num_samples": 6, "num_classes": 2, "folds": 2})
     with pytest.raises(DataError, match="not a readable cross-validation result"):
-        load_crossval(folder, 2, 1)
-    np.savez(folder / RESULT_ARRAYS, noise_score=np.zeros(2), class_vectors=np.zeros((1, 2)))  # an older layout
-    with pytest.raises(DataError, match="held_out_score.*write it again with python cli.py analyze crossval"):
-        load_crossval(folder, 2, 1)
+        load_crossval(folder, 6, 2)
+    older = {name: arrays[name] for name in ("fold", "held_out_score", "all_data_score", "class_vectors")}
+    np.savez(folder / RESULT_ARRAYS, **older)  # session 11's layout: no fold means or held-out embeddings
+    with pytest.raises(DataError, match="labels.*write it again with python cli.py analyze crossval"):
+        load_crossval(folder, 6, 2)
 
 
 def test_the_default_recipe_is_the_full_softmax_baseline():
@@ -169,8 +247,9 @@ def test_conflict_pairs_carry_the_reference_cosine_and_its_nearest_pairs_join_th
     centers = Centers(vectors=vectors.astype(np.float32), source="means", counts=np.full(4, 5))
     neighbours = center_neighbours(centers, k=1)
     reference = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.96, 0.28, 0.0]], np.float32)
-    crossval = CrossValidation(folds=1, held_out_score=np.zeros(0, np.float32), all_data_score=np.zeros(0, np.float32),
-                               class_vectors=reference)
+    labels = np.repeat(np.arange(4), 2)
+    crossval = held_out_evidence([reference[labels]] * 2, reference[labels], labels, np.tile([0, 1], 4), 4)
+    crossval.class_vectors = reference
     without = conflict_table(centers, neighbours, threshold=0.99)
     table = conflict_table(centers, neighbours, threshold=0.99, crossval=crossval)
     pairs = set(zip(table["label_a"], table["label_b"]))
@@ -178,4 +257,7 @@ def test_conflict_pairs_carry_the_reference_cosine_and_its_nearest_pairs_join_th
     assert table.attrs["pairs_from_crossval"] == len(table) - len(without) >= 1
     row = table[(table["label_a"] == 0) & (table["label_b"] == 3)].iloc[0]
     assert row["crossval_similarity"] == pytest.approx(0.96, abs=1e-5)
-    assert without["crossval_similarity"].isna().all()
+    assert row["crossval_separation"] == pytest.approx(0.96 - 1.0, abs=1e-5)
+    assert np.allclose(table["crossval_score"], crossval.pair_score(table["label_a"].to_numpy(),
+                                                                    table["label_b"].to_numpy()), atol=1e-5)
+    assert without[["crossval_similarity", "crossval_separation", "crossval_score"]].isna().all().all()
