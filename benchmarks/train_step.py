@@ -5,9 +5,9 @@ loops: arcface_torch (PartialFC_V2 semantics: one SGD over backbone and every ce
 fp16 autocast with a GradScaler, gradient clipping) and the official DCQ code (a query
 network, a key network updated by a parameter-by-parameter EMA loop, a FIFO queue of
 key features). Ours is the real ``Trainer.train_step``, with each lever (fp16 or bf16 autocast,
-the Triton or torch head, channels_last, torch.compile) as its own variant. Every variant runs in a fresh process on the same in-memory batch,
-re-used each step, so the figure is the step itself: the data pipeline is measured by
-``bench data``. On CPU the baselines run in float32 (fp16 autocast is a GPU feature).
+the Triton or torch head, channels_last, torch.compile) as its own variant. Every variant
+runs in a fresh process on the same in-memory batch, re-used each step, so the figure is the
+step itself: the data pipeline is measured by ``bench data``. On CPU the baselines run in float32 (fp16 autocast is a GPU feature).
 """
 
 from __future__ import annotations

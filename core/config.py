@@ -147,7 +147,8 @@ class TrainConfig:
 
 # The keys that name one of a few choices: the flags offer these, and a config file is held to them.
 CHOICES = {"margin": ("arcface", "cosface", "combined"), "optimizer": ("sgd", "adamw"),
-           "amp": ("auto", "bf16", "fp16", "off"), "cache_images": ("auto", "on", "off"), "figure_format": FIGURE_FORMATS}
+           "amp": ("auto", "bf16", "fp16", "off"), "cache_images": ("auto", "on", "off"),
+           "figure_format": FIGURE_FORMATS}
 
 # (key, bound, bound allowed): the options whose range is simple enough to state here.
 _LOWER_BOUNDS = (("batch_size", 1, True), ("epochs", 1, True), ("accumulate", 1, True), ("lr", 0.0, False),

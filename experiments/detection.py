@@ -391,8 +391,8 @@ def detection_table(results: list[dict[str, Any]]) -> str:
     regimes = {r.name: i for i, r in enumerate(REGIMES)}
     rows.sort(key=lambda r: (order.get(r["scenario"], 99), regimes.get(r["regime"], 99)))
     header = ("| scenario | training | val | final loss | noise AP: default | ranked by | the run's own | reference "
-              "| final features | baseline | conflict AP 5+: reference | reference cosine | cosine | LLR | review score "
-              "| baseline | conflict AP 2-4 / 1: reference | baseline |\n"
+              "| final features | baseline | conflict AP 5+: reference | reference cosine | cosine | LLR "
+              "| review score | baseline | conflict AP 2-4 / 1: reference | baseline |\n"
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     columns: dict[str, list[list[Optional[float]]]] = {"dev": [], "held out": []}
@@ -402,8 +402,8 @@ def detection_table(results: list[dict[str, Any]]) -> str:
         reference = conflict.get("crossval", {})
         figures = [noise.get("score"), noise.get("run_score"), noise.get("crossval_score"),
                    noise.get("feature_score"), base["noise"]["baseline"], reference.get("5+"),
-                   conflict.get("crossval_cosine", {}).get("5+"), conflict["cosine"]["5+"], conflict["llr"]["5+"], conflict.get("review", {}).get("5+"),
-                   base["conflict"]["baseline"]["5+"]]
+                   conflict.get("crossval_cosine", {}).get("5+"), conflict["cosine"]["5+"], conflict["llr"]["5+"],
+                   conflict.get("review", {}).get("5+"), base["conflict"]["baseline"]["5+"]]
         columns["held out" if r["held_out"] else "dev"].append(figures)
         cells = [_fmt(v) for v in figures]
         cells.insert(1, _ranked_by(r))

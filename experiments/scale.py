@@ -272,7 +272,8 @@ def noise_table(results: list[dict[str, Any]]) -> str:
         drop, spread, n = paired_gap(noisy[(classes, label)], clean.get((classes, label), {}))
         if drop is not None:
             rows.append(f"| {classes:,} | {label} | {n} | {_gap(drop, spread, n)} |")
-    return ("| classes | arm | seeds | noisy − clean accuracy (points) |\n|---|---|---|---|\n" + "\n".join(rows) + "\n")
+    return ("| classes | arm | seeds | noisy − clean accuracy (points) |\n|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
 
 
 def realism_table(results: list[dict[str, Any]]) -> str:

@@ -18,7 +18,8 @@ def _scaled_gradients(scaler, scale, backbone_grad, sampler_grad):
 
 def test_unscale_gives_the_true_gradients_of_backbone_and_sampler():
     scaler = LossScaler(torch.device("cpu"), initial_scale=1024.0)
-    optimizer, parameter, weights = _scaled_gradients(scaler, 1024.0, torch.tensor([1.0, -2.0, 0.5]), torch.full((2, 3), 0.25))
+    optimizer, parameter, weights = _scaled_gradients(scaler, 1024.0, torch.tensor([1.0, -2.0, 0.5]),
+                                                      torch.full((2, 3), 0.25))
     assert scaler.unscale(optimizer, [weights])
     torch.testing.assert_close(parameter.grad, torch.tensor([1.0, -2.0, 0.5]))
     torch.testing.assert_close(weights.grad, torch.full((2, 3), 0.25))

@@ -72,7 +72,7 @@ def test_the_table_puts_each_baseline_beside_its_scenario_and_averages_by_split(
     results[1]["noise_ranking"] = "cross-validated reference models + the run's own ranking"
     table = detection_table(results)
     assert ("| held-a | pfc-12 (12 ep) | 0.900 | 1.50 | 0.900 | reference + run | 0.850 | 0.800 | 0.750 | 0.700 | "
-            "0.900 | 0.850 | 0.700 | 0.800 | – | 0.600 | 0.200 / – | 0.200 / – |") in table  # no review score: a dash
+            "0.900 | 0.850 | 0.700 | 0.800 | – | 0.600 | 0.200 / – | 0.200 / – |") in table  # no review score: –
     assert "| held-b | pfc-12 (12 ep) | 0.900 | 1.50 | 0.700 | run |" in table  # no ranking recorded: the run's
     assert ("| **mean, held out** (2 runs) | | | | **0.800** |  | **0.750** | **0.700** | **0.650** | **0.600** | "
             "**0.850** | **0.850** |") in table  # a column one run lacks averages the runs that have it

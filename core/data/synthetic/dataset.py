@@ -453,8 +453,8 @@ def make_synthetic_dataset(out_dir: str | Path, config: SyntheticConfig, progres
         totals = dataset_totals(lab, len(order), n_id, int(open_counts.sum()), n_held)
         identities = ([{"id": i, "role": "train", "num_images": int(counts[i]), "params": params[i]}
                        for i in range(n_id)]
-                      + [{"id": n_id + h, "role": "heldout", "num_images": int(held_counts[h]), "params": held_params[h]}
-                         for h in range(n_held)]
+                      + [{"id": n_id + h, "role": "heldout", "num_images": int(held_counts[h]),
+                          "params": held_params[h]} for h in range(n_held)]
                       + [{"id": n_id + n_held + j, "role": "open_set", "num_images": int(open_counts[j]),
                           "params": open_params[j]} for j in range(len(open_counts))])
         install_with_ground_truth(tmp, out_dir, ground_truth_record(
