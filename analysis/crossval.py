@@ -50,6 +50,7 @@ from core.io import atomic_path, atomic_write_json, read_json
 
 RESULT_JSON = "crossval.json"
 RESULT_ARRAYS = "crossval.npz"
+SETUP_JSON = "setup.json"  # written before the first model trains: a resumed call must deal the same folds
 DEFAULT_FOLDS = 4
 # The reference models' recipe unless --config gives another: the issue's simple baseline (a full softmax with
 # CosFace s=32, m=0.3, 128-d embeddings, 12 epochs), under train's default method and backbone. It is also the
@@ -285,6 +286,9 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
     labels = np.asarray(dataset.labels, dtype=np.int64)
     num_classes = int(dataset.num_classes)
     fold = assign_folds(labels, folds, seed)
+    recipe_values = {k: v for k, v in asdict(recipe).items() if k != "out"}
+    _claim_setup(out, {"data": str(data_path), "num_samples": len(labels), "folds": folds, "seed": seed,
+                       "recipe": recipe_values})
     entries = _list_entries(dataset, data_path)
     models = folds + 1
 
@@ -310,8 +314,28 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
             np.savez(handle, **{name: getattr(evidence, name) for name in SAVED_ARRAYS})
     atomic_write_json(out / RESULT_JSON, {"data": str(data_path), "num_samples": len(labels),
                                           "num_classes": num_classes, "folds": folds, "seed": seed,
-                                          "recipe": {k: v for k, v in asdict(recipe).items() if k != "out"}})
+                                          "recipe": recipe_values})
     return evidence
+
+
+def _claim_setup(out: Path, setup: dict[str, Any]) -> None:
+    """Record what the reference models in ``out`` are trained with, or refuse to resume them with anything else:
+    a stored fold model trained under other folds (another --seed or --folds) would read images it trained on as
+    held out, and every score would look clean."""
+    import json
+
+    path = out / SETUP_JSON
+    wanted = json.loads(json.dumps(setup))
+    if path.is_file():
+        stored = read_json(path)
+        differing = sorted(key for key in wanted.keys() | stored.keys() if stored.get(key) != wanted.get(key))
+        if differing:
+            raise ConfigError(f"{out}: holds reference models begun with other settings ({', '.join(differing)} "
+                              f"differ, see {path}); resume with the same --data, --folds, --seed, --config and "
+                              "--epochs, or give another --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, wanted)
 
 
 def default_crossval_dir(checkpoint: Path) -> Path:

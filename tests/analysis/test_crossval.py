@@ -8,12 +8,13 @@ import pytest
 
 from analysis.conflict import center_neighbours, conflict_table
 from analysis.centers import Centers
-from analysis.crossval import (RESULT_ARRAYS, RESULT_JSON, SAVED_ARRAYS, CrossValidation, assign_folds,
-                               held_out_evidence, load_crossval, reference_recipe)
+from analysis.crossval import (RESULT_ARRAYS, RESULT_JSON, SAVED_ARRAYS, SETUP_JSON, CrossValidation, assign_folds,
+                               held_out_evidence, load_crossval, reference_recipe, run_crossval)
 from analysis.noise import (RANK_COMBINED, RANK_CROSSVAL, RANK_CROSSVAL_AND_RUN, RANK_FEATURES, SampleNeighbours,
                             noise_table, rank_correlation, robust_z)
 from core.errors import ConfigError, DataError
-from core.io import atomic_write_json
+from core.io import atomic_write_json, read_json
+from tests.analysis.conftest import write_rec
 
 
 def test_folds_deal_each_class_evenly_and_repeat_with_the_seed():
@@ -261,3 +262,23 @@ def test_conflict_pairs_carry_the_reference_cosine_and_its_nearest_pairs_join_th
     assert np.allclose(table["crossval_score"], crossval.pair_score(table["label_a"].to_numpy(),
                                                                     table["label_b"].to_numpy()), atol=1e-5)
     assert without[["crossval_similarity", "crossval_separation", "crossval_score"]].isna().all().all()
+
+
+def test_reference_models_begun_with_other_folds_are_not_resumed(tmp_path, monkeypatch):
+    import analysis.crossval as crossval_module
+
+    data = write_rec(tmp_path / "data", classes=6, per_class=4)
+    out = tmp_path / "cv"
+    trained = []
+    monkeypatch.setattr(crossval_module, "_reference_embeddings",
+                        lambda model_dir, *args, **kwargs: trained.append(model_dir) or np.eye(24, 4))
+    run_crossval(data, out, reference_recipe(epochs=1), folds=2, seed=0, echo=lambda line: None)
+    assert read_json(out / SETUP_JSON)["seed"] == 0 and len(trained) == 3  # two folds and the all-data model
+    run_crossval(data, out, reference_recipe(epochs=1), folds=2, seed=0, echo=lambda line: None)  # same: resumes
+    with pytest.raises(ConfigError, match="seed differ.*resume with the same"):
+        run_crossval(data, out, reference_recipe(epochs=1), folds=2, seed=1, echo=lambda line: None)
+    with pytest.raises(ConfigError, match="folds differ"):
+        run_crossval(data, out, reference_recipe(epochs=1), folds=3, seed=0, echo=lambda line: None)
+    with pytest.raises(ConfigError, match="recipe differ"):
+        run_crossval(data, out, reference_recipe(epochs=2), folds=2, seed=0, echo=lambda line: None)
+    assert len(trained) == 6  # the refused calls trained nothing
