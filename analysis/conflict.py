@@ -23,7 +23,7 @@ import pandas as pd
 from analysis import plots
 from analysis.centers import Centers
 from analysis.choices import DEFAULT_K
-from analysis.crossval import CrossValidation
+from analysis.crossval import CrossValidation, conflict_score
 from analysis.dynamics import TrainingMargins
 from analysis.groundtruth import DetectionScore, conflict_positives, score_detection
 from analysis.index import IndexBuilder, IndexInfo, build_index, normalize_rows, self_neighbours
@@ -261,9 +261,10 @@ def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Op
     if crossval is None:
         table[["crossval_similarity", "crossval_separation", "crossval_score"]] = np.nan
     else:
-        table["crossval_similarity"] = crossval.pair_similarity(label_a, label_b).round(6)
-        table["crossval_separation"] = crossval.pair_separation(label_a, label_b).round(6)
-        table["crossval_score"] = crossval.pair_score(label_a, label_b).round(6)
+        similarity, separation = crossval.pair_similarity(label_a, label_b), crossval.pair_separation(label_a, label_b)
+        table["crossval_similarity"] = similarity.round(6)
+        table["crossval_separation"] = separation.round(6)
+        table["crossval_score"] = conflict_score(similarity, separation).round(6)
     table = table[CONFLICT_COLUMNS].sort_values(["similarity", "label_a", "label_b"], ascending=[False, True, True],
                                                 kind="stable").reset_index(drop=True)
     table.attrs.update({"k": k, "threshold": threshold, "pairs_beyond_k": beyond_k,

@@ -23,8 +23,8 @@ identity, of which each fold model sees (K-1)/K:
   other (near 0), however far apart training pushed the two means; two look-alike people
   it can (negative). A flipped image prefers another label by a wide margin, hence the
   clip at 0: it would otherwise outweigh its label's correct images.
-- ``pair_score``: the conflict ranking, the robust z-score of the pair cosine plus that of
-  the separation, over the pairs ranked together.
+- ``conflict_score``: the conflict ranking, the robust z-score of the pair cosine plus that
+  of the separation, over the pairs ranked together.
 
 The all-data model and its equal share were chosen on the detection benchmark's development
 scenarios, against the fold models alone and the all-data model alone; the separation and its
@@ -125,18 +125,18 @@ class CrossValidation:
                 judged += np.bincount(rows[ok], minlength=len(given))
         return np.where(judged > 0, totals / np.maximum(judged, 1), np.nan).astype(np.float32)
 
-    def pair_score(self, label_a: np.ndarray, label_b: np.ndarray) -> np.ndarray:
-        """The conflict ranking: robust z of the pair cosine plus robust z of the separation, both over these pairs
-        (a pair the separation cannot judge sits at its median; NaN: a class with no image)."""
-        from analysis.noise import neutral_where_missing, robust_z
 
-        similarity = self.pair_similarity(label_a, label_b)
-        present = np.isfinite(similarity)
-        score = np.full(len(similarity), np.nan, dtype=np.float32)
-        if present.any():
-            separation = self.pair_separation(label_a[present], label_b[present])
-            score[present] = robust_z(similarity[present]) + robust_z(neutral_where_missing(separation))
-        return score
+def conflict_score(similarity: np.ndarray, separation: np.ndarray) -> np.ndarray:
+    """The conflict ranking from a set of pairs' ``pair_similarity`` and ``pair_separation``: robust z of the one plus
+    robust z of the other, both over these pairs (a pair the separation cannot judge sits at its median; NaN: a
+    class with no image)."""
+    from analysis.noise import neutral_where_missing, robust_z
+
+    present = np.isfinite(similarity)
+    score = np.full(len(similarity), np.nan, dtype=np.float32)
+    if present.any():
+        score[present] = robust_z(similarity[present]) + robust_z(neutral_where_missing(separation[present]))
+    return score
 
 
 def assign_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
@@ -373,8 +373,10 @@ def load_crossval(path: str | Path, num_samples: int, num_classes: int) -> Cross
                         "with python cli.py analyze crossval") from exc
     sizes = {len(getattr(evidence, name)) for name in ("labels", "fold", "held_out_score", "all_data_score",
                                                         "held_out_embeddings")}
-    classes = {len(evidence.class_vectors), evidence.fold_means.shape[1]}
-    if (sizes != {num_samples} or classes != {num_classes} or evidence.folds != meta["folds"]
+    classes = {len(evidence.class_vectors), evidence.fold_means.shape[1] if evidence.fold_means.ndim == 3 else -1}
+    shapes_agree = evidence.held_out_embeddings.ndim == 2 and evidence.fold_means.ndim == 3 and (
+        evidence.held_out_embeddings.shape[1] == evidence.fold_means.shape[2])
+    if (sizes != {num_samples} or classes != {num_classes} or not shapes_agree or evidence.folds != meta["folds"]
             or evidence.labels.min(initial=0) < 0 or evidence.labels.max(initial=0) >= num_classes
             or evidence.fold.min(initial=0) < 0 or evidence.fold.max(initial=0) >= evidence.folds):
         raise DataError(f"{where}/{RESULT_ARRAYS}: its arrays do not match {RESULT_JSON} "

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from analysis.commands import analyze
 from analysis.conflict import CONFLICT_COLUMNS
-from analysis.crossval import load_crossval
+from analysis.crossval import conflict_score, load_crossval
 from analysis.longtail import LONGTAIL_COLUMNS
 from analysis.noise import NOISE_COLUMNS
 from core.data.folder import ListDataset
@@ -445,8 +445,9 @@ def test_crossval_writes_reference_evidence_that_the_report_ranks_by(synthetic_r
     assert noise["crossval_score"].notna().all()
     pairs = pd.read_csv(tmp_path / "report" / "conflict.csv")
     assert pairs[["crossval_similarity", "crossval_score"]].notna().all().all()
-    assert np.allclose(pairs["crossval_score"], evidence.pair_score(pairs["label_a"].to_numpy(),
-                                                                    pairs["label_b"].to_numpy()), atol=1e-4)
+    a, b = pairs["label_a"].to_numpy(), pairs["label_b"].to_numpy()
+    assert np.allclose(pairs["crossval_score"], conflict_score(evidence.pair_similarity(a, b),
+                                                               evidence.pair_separation(a, b)), atol=1e-4)
     assert "cross-validated" in (tmp_path / "report" / "report.md").read_text() and "Noise:" in output
     assert "ranked by same-person LLR: " in output and ", cross-validated reference: " in output
     invoke("noise", run, "--data", write_rec(tmp_path / "other", classes=15, per_class=2), "--out",

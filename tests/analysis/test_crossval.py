@@ -9,7 +9,7 @@ import pytest
 from analysis.conflict import center_neighbours, conflict_table
 from analysis.centers import Centers
 from analysis.crossval import (RESULT_ARRAYS, RESULT_JSON, SAVED_ARRAYS, SETUP_JSON, CrossValidation, assign_folds,
-                               held_out_evidence, load_crossval, reference_recipe, run_crossval)
+                               conflict_score, held_out_evidence, load_crossval, reference_recipe, run_crossval)
 from analysis.noise import (RANK_COMBINED, RANK_CROSSVAL, RANK_CROSSVAL_AND_RUN, RANK_FEATURES, SampleNeighbours,
                             noise_table, rank_correlation, robust_z)
 from core.errors import ConfigError, DataError
@@ -139,13 +139,13 @@ def test_the_separation_matches_its_definition_and_ignores_the_chunk_size():
     assert (evidence.pair_separation(a, b)[b < 12] <= 0).all()
 
 
-def test_the_pair_score_adds_robust_z_of_cosine_and_separation_and_leaves_absent_classes_unscored():
+def test_the_conflict_score_adds_robust_z_of_cosine_and_separation_and_leaves_absent_classes_unscored():
     rng = np.random.default_rng(5)
     labels = np.concatenate([np.arange(20), rng.integers(0, 20, 100)])
     evidence = held_out_evidence([rng.normal(size=(120, 4)) for _ in range(2)], rng.normal(size=(120, 4)), labels,
                                  assign_folds(labels, 2), 21)
     a, b = np.triu_indices(21, k=1)
-    score = evidence.pair_score(a, b)
+    score = conflict_score(evidence.pair_similarity(a, b), evidence.pair_separation(a, b))
     present = b < 20
     separation = evidence.pair_separation(a[present], b[present])
     filled = np.where(np.isnan(separation), np.nanmedian(separation), separation)
@@ -162,7 +162,8 @@ def test_a_one_person_pair_outranks_a_look_alike_pair_with_the_same_cosine():
     rows = np.stack([e[0], e[0], e[0], e[0], e[1], e[1], 0.8 * e[1] + 0.6 * e[2], 0.8 * e[1] + 0.6 * e[2]])
     evidence = held_out_evidence([rows, rows], rows, labels, fold, 4)
     evidence.class_vectors = np.array([[1.0, 0.0], [0.8, 0.6], [1.0, 0.0], [0.8, 0.6]], np.float32)  # cosine 0.8
-    score = evidence.pair_score(np.array([0, 2, 0]), np.array([1, 3, 2]))
+    a, b = np.array([0, 2, 0]), np.array([1, 3, 2])
+    score = conflict_score(evidence.pair_similarity(a, b), evidence.pair_separation(a, b))
     assert score[0] > score[1]
 
 
@@ -184,6 +185,10 @@ def test_the_saved_evidence_reads_back_and_other_data_is_refused(tmp_path):
         assert np.array_equal(getattr(back, name), getattr(evidence, name), equal_nan=True), name
     with pytest.raises(DataError, match="6 images of 2 classes.*7 images of 2"):
         load_crossval(tmp_path / "cv", 7, 2)
+    evidence.fold_means = evidence.fold_means[0]  # a [C, D] block where [K, C, D] belongs
+    _write(tmp_path / "bad", evidence, 6, 2)
+    with pytest.raises(DataError, match="arrays do not match"):
+        load_crossval(tmp_path / "bad", 6, 2)
     with pytest.raises(ConfigError, match="analyze crossval"):
         load_crossval(tmp_path / "missing", 6, 2)
 
@@ -259,8 +264,9 @@ def test_conflict_pairs_carry_the_reference_cosine_and_its_nearest_pairs_join_th
     row = table[(table["label_a"] == 0) & (table["label_b"] == 3)].iloc[0]
     assert row["crossval_similarity"] == pytest.approx(0.96, abs=1e-5)
     assert row["crossval_separation"] == pytest.approx(0.96 - 1.0, abs=1e-5)
-    assert np.allclose(table["crossval_score"], crossval.pair_score(table["label_a"].to_numpy(),
-                                                                    table["label_b"].to_numpy()), atol=1e-5)
+    a, b = table["label_a"].to_numpy(), table["label_b"].to_numpy()
+    assert np.allclose(table["crossval_score"], conflict_score(crossval.pair_similarity(a, b),
+                                                               crossval.pair_separation(a, b)), atol=1e-5)
     assert without[["crossval_similarity", "crossval_separation", "crossval_score"]].isna().all().all()
 
 
