@@ -23,7 +23,7 @@ import pandas as pd
 from analysis import plots
 from analysis.centers import Centers
 from analysis.choices import DEFAULT_K
-from analysis.crossval import CrossValidation, conflict_score
+from analysis.crossval import CrossValidation, conflict_score, nonzero_rows
 from analysis.dynamics import TrainingMargins
 from analysis.groundtruth import DetectionScore, conflict_positives, score_detection
 from analysis.index import IndexBuilder, IndexInfo, build_index, normalize_rows, self_neighbours
@@ -127,7 +127,7 @@ def confused_pairs(training: TrainingMargins, num_classes: int) -> np.ndarray:
 def crossval_candidates(crossval: CrossValidation, k: int) -> np.ndarray:
     """Keys ``min * C + max`` of each class's k nearest other classes by the reference models' cosine: a
     split person whose labels the analysed run pulled apart (or whose DCQ means bunch) is near under them."""
-    present = np.flatnonzero(np.abs(crossval.class_vectors).sum(axis=1) > 0)
+    present = np.flatnonzero(nonzero_rows(crossval.class_vectors))
     if len(present) < 2:
         return np.zeros(0, dtype=np.int64)
     vectors = np.ascontiguousarray(crossval.class_vectors[present], dtype=np.float32)

@@ -87,19 +87,23 @@ class CrossValidation:
         return robust_z(neutral_where_missing(self.held_out_score)) + robust_z(
             neutral_where_missing(self.all_data_score))
 
-    def pair_similarity(self, label_a: np.ndarray, label_b: np.ndarray) -> np.ndarray:
+    def pair_similarity(self, label_a: np.ndarray, label_b: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
         """Cosine of the two classes' means, half averaged over the fold models and half the all-data model's (NaN
-        where a class has no image)."""
-        a, b = self.class_vectors[label_a], self.class_vectors[label_b]
-        present = (np.abs(a).sum(axis=1) > 0) & (np.abs(b).sum(axis=1) > 0)
-        return np.where(present, np.einsum("ij,ij->i", a, b), np.nan).astype(np.float32)
+        where a class has no image). ``chunk`` pairs at a time: a million pairs' rows would be gigabytes."""
+        label_a, label_b = np.asarray(label_a, dtype=np.int64), np.asarray(label_b, dtype=np.int64)
+        similarity = np.empty(len(label_a), dtype=np.float32)
+        for begin in range(0, len(label_a), chunk):
+            similarity[begin:begin + chunk] = np.einsum("ij,ij->i", self.class_vectors[label_a[begin:begin + chunk]],
+                                                        self.class_vectors[label_b[begin:begin + chunk]])
+        present = nonzero_rows(self.class_vectors)
+        return np.where(present[label_a] & present[label_b], similarity, np.nan).astype(np.float32)
 
     def pair_separation(self, label_a: np.ndarray, label_b: np.ndarray, chunk: int = 1 << 17) -> np.ndarray:
         """Per pair, the mean over both labels' held-out images of min(0, similarity to the other label's fold mean
         minus to its own), see the module docstring (NaN: no image of either has both means in its fold). Work and
         memory grow with the pairs' images, ``chunk`` image-pair rows at a time, never with C x C."""
         label_a, label_b = np.asarray(label_a, dtype=np.int64), np.asarray(label_b, dtype=np.int64)
-        trained = np.abs(self.fold_means).sum(axis=2) > 0  # [K, C]
+        trained = nonzero_rows(self.fold_means)  # [K, C]
         own = np.full(len(self.labels), np.nan)
         for begin in range(0, len(own), chunk):
             folds, labels = self.fold[begin:begin + chunk], self.labels[begin:begin + chunk]
@@ -124,6 +128,16 @@ class CrossValidation:
                 totals += np.bincount(rows[ok], margin[ok], minlength=len(given))
                 judged += np.bincount(rows[ok], minlength=len(given))
         return np.where(judged > 0, totals / np.maximum(judged, 1), np.nan).astype(np.float32)
+
+
+def nonzero_rows(vectors: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """Per vector (the last axis), whether any entry is nonzero: a class with no image has zero means. In chunks, so
+    no temporary as large as ``vectors`` is made."""
+    flat = vectors.reshape(-1, vectors.shape[-1])
+    found = np.empty(len(flat), dtype=bool)
+    for begin in range(0, len(flat), chunk):
+        found[begin:begin + chunk] = (flat[begin:begin + chunk] != 0).any(axis=1)
+    return found.reshape(vectors.shape[:-1])
 
 
 def conflict_score(similarity: np.ndarray, separation: np.ndarray) -> np.ndarray:

@@ -9,7 +9,8 @@ import pytest
 from analysis.conflict import center_neighbours, conflict_table
 from analysis.centers import Centers
 from analysis.crossval import (RESULT_ARRAYS, RESULT_JSON, SAVED_ARRAYS, SETUP_JSON, CrossValidation, assign_folds,
-                               conflict_score, held_out_evidence, load_crossval, reference_recipe, run_crossval)
+                               conflict_score, held_out_evidence, load_crossval, nonzero_rows, reference_recipe,
+                               run_crossval)
 from analysis.noise import (RANK_COMBINED, RANK_CROSSVAL, RANK_CROSSVAL_AND_RUN, RANK_FEATURES, SampleNeighbours,
                             noise_table, rank_correlation, robust_z)
 from core.errors import ConfigError, DataError
@@ -165,6 +166,22 @@ def test_a_one_person_pair_outranks_a_look_alike_pair_with_the_same_cosine():
     a, b = np.array([0, 2, 0]), np.array([1, 3, 2])
     score = conflict_score(evidence.pair_similarity(a, b), evidence.pair_separation(a, b))
     assert score[0] > score[1]
+
+
+def test_pair_similarity_in_chunks_equals_one_block_and_absent_classes_are_nan():
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 9, 80)  # classes 9 and 10 have no image
+    evidence = held_out_evidence([rng.normal(size=(80, 3)) for _ in range(2)], rng.normal(size=(80, 3)), labels,
+                                 assign_folds(labels, 2), 11)
+    a, b = np.triu_indices(11, k=1)
+    whole = evidence.pair_similarity(a, b)
+    assert np.array_equal(evidence.pair_similarity(a, b, chunk=4), whole, equal_nan=True)
+    blank = np.isin(a, [9, 10]) | np.isin(b, [9, 10]) | np.isin(a, np.setdiff1d(np.arange(9), labels))
+    assert np.array_equal(np.isnan(whole), blank)
+    rows_a, rows_b = evidence.class_vectors[a], evidence.class_vectors[b]
+    assert np.allclose(whole[~blank], np.einsum("ij,ij->i", rows_a, rows_b)[~blank])
+    assert np.array_equal(nonzero_rows(np.array([[[0.0, 0.0], [0.0, 2.0]], [[1.0, 0.0], [0.0, 0.0]]]), chunk=1),
+                          [[False, True], [True, False]])
 
 
 def _write(folder, evidence: CrossValidation, num_samples: int, num_classes: int) -> None:
