@@ -9,7 +9,11 @@ did not tune on, so the reported recall is not the tuning's own optimism.
 
 With ``images_per_class`` it times the path a dataset's analysis takes instead: embeddings
 drawn around those centers, class means, the same-person (PLDA) fit over every embedding
-and the log-likelihood ratio of every candidate pair, as ``conflict.csv`` gets them.
+and the log-likelihood ratio of every candidate pair, as ``conflict.csv`` gets them. With
+``crossval_folds`` too, it adds the cross-validated reference evidence (analysis/crossval.py)
+as ``analyze crossval`` builds it from K fold models and an all-data model, and the
+reference's candidates, pair cosine, separation and score in the table. Training the
+reference models is not timed: it is K+1 trainings, which ``bench train`` measures.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ def _peak_rss_gib() -> float:
 
 def run_analysis_benchmark(classes: int, dim: int = 512, k: int = 5, approximate: bool = False,
                            clusters: Optional[int] = None, seed: int = 0, progress: bool = False,
-                           images_per_class: int = 0) -> dict[str, Any]:
+                           images_per_class: int = 0, crossval_folds: int = 0) -> dict[str, Any]:
     """Time the conflict analysis of ``classes`` clustered centers; returns the figures as a dict.
 
     ``clusters`` defaults to one per 100 classes (groups of about 100 similar
@@ -45,6 +49,8 @@ def run_analysis_benchmark(classes: int, dim: int = 512, k: int = 5, approximate
     is exact. ``images_per_class`` > 0 analyses the class means of that many embeddings
     per class and adds the same-person fit and ratios (``plda_fit_s``; the ratios are
     part of ``table_s``); the embeddings alone take ``classes x images x dim x 4`` bytes.
+    ``crossval_folds`` K > 0 (with ``images_per_class`` >= K) builds the reference evidence with every model's
+    embeddings the drawn ones (``crossval_s``, the arrays' size in ``crossval_bytes``) and adds it to the table.
     """
     import faiss
 
@@ -53,6 +59,9 @@ def run_analysis_benchmark(classes: int, dim: int = 512, k: int = 5, approximate
     if images_per_class < 0 or images_per_class == 1:
         raise ConfigError(f"--images-per-class must be 0 (centers only) or >= 2 (the same-person fit needs a "
                           f"within-class spread), got {images_per_class}")
+    if crossval_folds and not 2 <= crossval_folds <= images_per_class:
+        raise ConfigError(f"--crossval-folds must be between 2 and --images-per-class ({images_per_class}), so that "
+                          f"every class trains in every fold model, got {crossval_folds}")
     clusters = max(1, classes // 100) if clusters is None else clusters
     started = time.perf_counter()
     if images_per_class:
@@ -73,7 +82,14 @@ def run_analysis_benchmark(classes: int, dim: int = 512, k: int = 5, approximate
     if images_per_class:
         pair_llr = fit_two_covariance(embeddings, labels, classes).pair_llr
     fitted = time.perf_counter()
-    table = conflict_table(centers, neighbours, threshold=None, pair_llr=pair_llr)
+    crossval = None
+    if crossval_folds:
+        from analysis.crossval import SAVED_ARRAYS, assign_folds, held_out_evidence
+
+        crossval = held_out_evidence([embeddings] * crossval_folds, embeddings, labels,
+                                     assign_folds(labels, crossval_folds, seed), classes)
+    evidenced = time.perf_counter()
+    table = conflict_table(centers, neighbours, threshold=None, pair_llr=pair_llr, crossval=crossval)
     finished = time.perf_counter()
     info = neighbours.info
     result: dict[str, Any] = {
@@ -83,10 +99,13 @@ def run_analysis_benchmark(classes: int, dim: int = 512, k: int = 5, approximate
         "build_s": info.build_seconds, "tune_s": info.tune_seconds,
         "search_s": round(searched - generated - info.build_seconds - info.tune_seconds, 2),
         "plda_fit_s": round(fitted - searched, 2),
-        "table_s": round(finished - fitted, 2),
+        "crossval_s": round(evidenced - fitted, 2) if crossval_folds else None,
+        "crossval_bytes": sum(getattr(crossval, name).nbytes for name in SAVED_ARRAYS) if crossval_folds else None,
+        "table_s": round(finished - evidenced, 2),
         "analysis_s": round(finished - generated, 2),
         "pairs": len(table), "flagged": int(table["flagged"].sum()),
         "llr_positive_pairs": int((table["same_person_llr"] > 0).sum()) if images_per_class else None,
+        "pairs_from_crossval": table.attrs["pairs_from_crossval"],
         "tuning_recall": info.recall, "tuning_sample": info.recall_sample,
         "threads": faiss.omp_get_max_threads(), "cpu": platform.processor() or platform.machine(),
     }

@@ -6,6 +6,7 @@ import pytest
 from analysis.benchmark import run_analysis_benchmark
 from analysis.centers import class_means
 from analysis.conflict import center_neighbours, conflict_table
+from analysis.crossval import assign_folds, held_out_evidence
 from analysis.plda import fit_two_covariance
 from core.data.synthetic import SyntheticEmbeddingConfig, make_synthetic_embeddings
 from core.errors import ConfigError
@@ -13,12 +14,15 @@ from core.errors import ConfigError
 CLASSES, DIM, IMAGES = 400, 16, 3
 
 
-def _reference_table():
+def _reference_table(folds: int = 0):
     embeddings, labels, _ = make_synthetic_embeddings(SyntheticEmbeddingConfig(
         num_classes=CLASSES, dim=DIM, min_images=IMAGES, max_images=IMAGES, clusters=CLASSES // 100, seed=0))
     centers = class_means(embeddings, labels, CLASSES)
     model = fit_two_covariance(embeddings, labels, CLASSES)
-    return conflict_table(centers, center_neighbours(centers, 5), threshold=None, pair_llr=model.pair_llr)
+    crossval = (held_out_evidence([embeddings] * folds, embeddings, labels, assign_folds(labels, folds, 0), CLASSES)
+                if folds else None)
+    return conflict_table(centers, center_neighbours(centers, 5), threshold=None, pair_llr=model.pair_llr,
+                          crossval=crossval)
 
 
 def test_images_per_class_times_the_class_mean_path_with_same_person_ratios():
@@ -29,6 +33,19 @@ def test_images_per_class_times_the_class_mean_path_with_same_person_ratios():
     assert result["llr_positive_pairs"] == int((reference["same_person_llr"] > 0).sum())
     assert np.isfinite(reference["same_person_llr"]).all()
     assert result["plda_fit_s"] >= 0 and result["images_per_class"] == IMAGES
+    assert result["crossval_s"] is None and result["pairs_from_crossval"] == 0
+
+
+def test_crossval_folds_add_the_reference_evidence_an_analysis_with_crossval_gets():
+    result = run_analysis_benchmark(CLASSES, dim=DIM, images_per_class=IMAGES, crossval_folds=3)
+    reference = _reference_table(folds=3)
+    assert result["pairs"] == len(reference) and result["pairs_from_crossval"] == reference.attrs["pairs_from_crossval"]
+    assert reference["crossval_score"].notna().all() and result["crossval_s"] >= 0
+    # labels, fold, two scores, [C, 4 D] vectors, [3, C, D] fold means, [N, D] held-out embeddings: float32/int64
+    n = CLASSES * IMAGES
+    assert result["crossval_bytes"] == n * 8 * 2 + n * 4 * 2 + CLASSES * 4 * DIM * 4 + 3 * CLASSES * DIM * 4 + n * DIM * 4
+    with pytest.raises(ConfigError, match="--crossval-folds must be between 2 and --images-per-class"):
+        run_analysis_benchmark(CLASSES, dim=DIM, images_per_class=IMAGES, crossval_folds=IMAGES + 1)
 
 
 def test_centers_only_skips_the_same_person_fit():
