@@ -10,8 +10,10 @@ never saw it. One more reference model, trained on all the images with the same 
 identity, of which each fold model sees (K-1)/K:
 
 - ``held_out_score``: the held-out image's similarity to the nearest other class mean minus
-  its similarity to its own class mean, both means taken over the images that fold model
-  trained on. A flipped image lands near its true identity whatever its label says.
+  the mean of its similarities to the ``OWN_NEIGHBOURS`` most similar images of its own
+  label, both over the images that fold model trained on. A flipped image lands near its
+  true identity whatever its label says; its own label's nearest images, unlike that
+  label's mean, stay far from it even when the label's person looks like its own.
 - ``all_data_score``: the same under the all-data model, the image inside its own mean.
 - ``noise_score``: the sum of the two robust z-scores, what noise.csv's ``crossval_score`` holds.
 - ``class_vectors``: per class, the unit class means of all its images under each model,
@@ -28,7 +30,8 @@ identity, of which each fold model sees (K-1)/K:
 
 The all-data model and its equal share were chosen on the detection benchmark's development
 scenarios, against the fold models alone and the all-data model alone; the separation and its
-equal weight on 14 development scenarios, against the cosine alone (docs/ANALYSIS.md).
+equal weight on 14 development scenarios, against the cosine alone; the own label's nearest
+images on 18, against its mean (docs/ANALYSIS.md).
 
 The reference models depend on the data only, not on the analysed run, so one
 ``analyze crossval`` serves every run trained on that data (``analyze ... --crossval DIR``).
@@ -59,6 +62,10 @@ REFERENCE_LOSS = {"margin": "cosface", "scale": 32.0, "margin_m": 0.3, "embeddin
 REFERENCE_EPOCHS = 12
 # The all-data model's share of the pair cosine (the fold models share the rest equally).
 ALL_DATA_SHARE = 0.5
+# A held-out image is compared with this many of its own label's trained images, the most similar (fewer: all).
+OWN_NEIGHBOURS = 3
+# Image pairs compared at a time when finding them: memory stays near PAIR_CHUNK x (D + 3) numbers.
+PAIR_CHUNK = 1 << 20
 SAVED_ARRAYS = ("labels", "fold", "held_out_score", "all_data_score", "class_vectors", "fold_means",
                 "held_out_embeddings")
 
@@ -69,7 +76,7 @@ class CrossValidation:
 
     labels: np.ndarray  # int64 [N]
     fold: np.ndarray  # int64 [N] the fold model that never trained on the image
-    held_out_score: np.ndarray  # float32 [N] fold models: held-out nearest other mean - own; NaN: no own mean
+    held_out_score: np.ndarray  # float32 [N] fold models: nearest other mean - own nearest images; NaN: no own
     all_data_score: np.ndarray  # float32 [N] all-data model: nearest other mean - own mean (the image inside it)
     class_vectors: np.ndarray  # float32 [C, (K+1)*D] see the module docstring; zero rows: a class with no image
     fold_means: np.ndarray  # float32 [K, C, D] unit means of the images each fold model trained on; zero: none
@@ -170,17 +177,51 @@ def assign_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
     return fold
 
 
-def _nearest_other_minus_own(rows: np.ndarray, labels: np.ndarray, sums: np.ndarray, counts: np.ndarray
-                             ) -> np.ndarray:
-    """Per row: its similarity to the nearest other class mean minus to its own (NaN: its class has no mean, or
-    there is no other class). One kNN search (analysis/noise.py's ``sample_neighbours``), so no ``[N, C]`` block
-    is ever formed."""
+def _nearest_other_minus_own(rows: np.ndarray, labels: np.ndarray, sums: np.ndarray, counts: np.ndarray,
+                             own: Optional[np.ndarray] = None) -> np.ndarray:
+    """Per row: its similarity to the nearest other class mean minus ``own`` (default: its similarity to its own
+    class mean; NaN: its class has no mean, or there is no other class). One kNN search (analysis/noise.py's
+    ``sample_neighbours``), so no ``[N, C]`` block is ever formed."""
     from analysis.centers import Centers
     from analysis.noise import sample_neighbours
 
     found = sample_neighbours(rows, labels, Centers(vectors=sums, source="means", counts=counts), leave_one_out=False)
     judged = (counts[labels] > 0) & (found.nearest_label >= 0)
-    return np.where(judged, found.nearest_similarity - found.own_similarity, np.nan).astype(np.float32)
+    own = found.own_similarity if own is None else own
+    return np.where(judged, found.nearest_similarity - own, np.nan).astype(np.float32)
+
+
+def own_nearest_similarity(rows: np.ndarray, labels: np.ndarray, trained_rows: np.ndarray,
+                           trained_labels: np.ndarray, num_classes: int, nearest: int = OWN_NEIGHBOURS,
+                           chunk: int = PAIR_CHUNK) -> np.ndarray:
+    """Per row (unit), the mean of its ``nearest`` largest similarities to the unit ``trained_rows`` of its own label
+    (all of them when fewer; NaN: none). Only same-label pairs are formed, ``chunk`` at a time: the work is the sum
+    over classes of held x trained images, small beside an all-pairs search."""
+    order = np.argsort(trained_labels, kind="stable")
+    counts = np.bincount(trained_labels, minlength=num_classes)
+    starts = np.cumsum(counts) - counts
+    partners = counts[labels]
+    ends = np.cumsum(partners)
+    result = np.full(len(rows), np.nan, dtype=np.float32)
+    first = 0
+    while first < len(rows):
+        # the rows whose pairs fit in one chunk (at least one row, however many partners it has)
+        last = max(first + 1, int(np.searchsorted(ends, (ends[first - 1] if first else 0) + chunk, side="right")))
+        block = np.arange(first, last)
+        per_row = partners[block]
+        row = np.repeat(block, per_row)
+        offset = np.arange(len(row)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+        partner = order[np.repeat(starts[labels[block]], per_row) + offset]
+        similarity = np.einsum("ij,ij->i", rows[row], trained_rows[partner])
+        ranked = np.lexsort((-similarity, row))
+        row, similarity = row[ranked], similarity[ranked]
+        rank = np.arange(len(row)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+        keep = rank < nearest
+        taken = np.bincount(row[keep] - first, minlength=len(block))
+        sums = np.bincount(row[keep] - first, similarity[keep], minlength=len(block))
+        result[block] = np.where(taken > 0, sums / np.maximum(taken, 1), np.nan)
+        first = last
+    return result
 
 
 def held_out_evidence(fold_embeddings: list[np.ndarray], all_data_embeddings: np.ndarray, labels: np.ndarray,
@@ -204,7 +245,11 @@ def held_out_evidence(fold_embeddings: list[np.ndarray], all_data_embeddings: np
         sums = class_sums(embeddings, np.where(fold == f, num_classes, labels), num_classes + 1, unit_rows=True)
         trained_counts = np.bincount(labels[fold != f], minlength=num_classes)
         held_rows = np.asarray(embeddings[held])
-        held_out_score[held] = _nearest_other_minus_own(held_rows, labels[held], sums[:num_classes], trained_counts)
+        trained = np.flatnonzero(fold != f)
+        own = own_nearest_similarity(normalize_rows(held_rows), labels[held],
+                                     normalize_rows(np.asarray(embeddings[trained])), labels[trained], num_classes)
+        held_out_score[held] = _nearest_other_minus_own(held_rows, labels[held], sums[:num_classes], trained_counts,
+                                                        own)
         every_image = sums[:num_classes] + class_sums(held_rows, labels[held], num_classes, unit_rows=True)
         vectors.append(normalize_rows(every_image) * math.sqrt((1 - ALL_DATA_SHARE) / folds))
         fold_means[f] = normalize_rows(sums[:num_classes])

@@ -49,7 +49,7 @@ RANK_FEATURES = "final features (nearest other - own similarity)"
 # RUN_AGREEMENT_TO_JOIN. Chosen on the detection benchmark's development scenarios: there every Partial FC run agreed
 # at 0.67-0.83 and the sum beat either alone; every DCQ run agreed at 0.23-0.39 and pulled the reference down (its
 # class means bunch; docs/ANALYSIS.md).
-RANK_CROSSVAL = "cross-validated reference models (held-out and all-data nearest other - own class mean)"
+RANK_CROSSVAL = "cross-validated reference models (held-out and all-data nearest other mean - own label)"
 RANK_CROSSVAL_AND_RUN = "cross-validated reference models + the run's own ranking"
 RUN_AGREEMENT_TO_JOIN = 0.6
 # Both default flags are fences this many robust standard deviations (1.4826 x MAD) from

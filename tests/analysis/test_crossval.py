@@ -9,8 +9,8 @@ import pytest
 from analysis.conflict import center_neighbours, conflict_table
 from analysis.centers import Centers
 from analysis.crossval import (RESULT_ARRAYS, RESULT_JSON, SAVED_ARRAYS, SETUP_JSON, CrossValidation, assign_folds,
-                               conflict_score, held_out_evidence, load_crossval, nonzero_rows, reference_recipe,
-                               run_crossval)
+                               conflict_score, held_out_evidence, load_crossval, nonzero_rows,
+                               own_nearest_similarity, reference_recipe, run_crossval)
 from analysis.noise import (RANK_COMBINED, RANK_CROSSVAL, RANK_CROSSVAL_AND_RUN, RANK_FEATURES, SampleNeighbours,
                             noise_table, rank_correlation, robust_z)
 from core.errors import ConfigError, DataError
@@ -46,9 +46,30 @@ def test_held_out_scores_compare_each_image_with_means_of_images_its_model_train
     assert evidence.held_out_score[5] == pytest.approx(1.0 - 0.0)
     # a clean image of class 1 held out in fold 1 (image 3): its own mean (image 4) is e1
     assert evidence.held_out_score[3] == pytest.approx(0.0 - 1.0)
-    # image 4 (fold 0) against fold 1's class-1 mean, images 3 and 5: (e1 + e0) / sqrt(2)
-    assert evidence.held_out_score[4] == pytest.approx(0.0 - 1 / np.sqrt(2))
+    # image 4 (fold 0) against fold 1's class-1 images 3 (e1) and 5 (e0), both among its 3 nearest: (1 + 0) / 2
+    assert evidence.held_out_score[4] == pytest.approx(0.0 - 0.5)
     assert evidence.held_out_score.argmax() == 5
+
+
+def _reference_own_nearest(rows, labels, trained_rows, trained_labels, nearest):
+    """The definition, one row at a time."""
+    out = []
+    for row, label in zip(rows, labels):
+        similarities = np.sort(trained_rows[trained_labels == label] @ row)[::-1][:nearest]
+        out.append(similarities.mean() if len(similarities) else np.nan)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 20])  # a row's pairs may be larger than a chunk
+def test_own_nearest_similarity_is_the_mean_of_the_closest_own_label_images(chunk):
+    rng = np.random.default_rng(7)
+    trained_labels = np.concatenate([rng.integers(0, 5, 40), [6]])  # class 5: no trained image
+    trained = rng.normal(size=(41, 4))
+    labels = np.array([0, 1, 2, 3, 4, 5, 6, 0, 6])
+    rows = rng.normal(size=(9, 4))
+    found = own_nearest_similarity(rows, labels, trained, trained_labels, 7, nearest=3, chunk=chunk)
+    assert np.allclose(found, _reference_own_nearest(rows, labels, trained, trained_labels, 3), equal_nan=True)
+    assert np.isnan(found[5]) and found[6] == pytest.approx(rows[6] @ trained[40])  # one image: itself
 
 
 def test_the_all_data_score_keeps_each_image_inside_its_own_mean():
