@@ -6,7 +6,8 @@ import pytest
 
 from analysis.centers import Centers, class_means
 from analysis.index import BruteForceIndex
-from analysis.noise import NOISE_COLUMNS, RANK_FEATURES, clean_plan, noise_table, sample_neighbours, score_cutoff
+from analysis.noise import (NOISE_COLUMNS, RANK_FEATURES, clean_plan, noise_table, robust_z, sample_neighbours,
+                            score_cutoff)
 from core.errors import DataError
 from tests.analysis.conftest import noise_detection_score
 
@@ -127,3 +128,11 @@ def test_memory_mapped_embeddings_are_read_in_chunks(tmp_path):
         tracemalloc.stop()
     assert peak < embeddings.nbytes / 3, f"peak {peak / 2**20:.1f} MiB for {embeddings.nbytes / 2**20:.1f} MiB"
     assert (samples.nearest_label >= 0).all() and np.isfinite(samples.own_similarity).all()
+
+
+def test_robust_z_scales_by_the_mad_and_by_the_sd_when_most_values_tie():
+    values = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert np.allclose(robust_z(values), (values - 3.0) / (1.4826 * 1.0))  # the outlier does not move the scale
+    tied = np.array([0.0, 0.0, 0.0, 0.0, -1.0, -3.0])  # clipped scores: more than half at 0, so the MAD is 0
+    assert np.allclose(robust_z(tied), tied / tied.std())
+    assert np.array_equal(robust_z(np.zeros(4)), np.zeros(4))
