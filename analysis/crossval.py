@@ -41,6 +41,7 @@ Its cost is K trainings on (K-1)/K of the data and one on all of it; a cheaper r
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -346,8 +347,8 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
     num_classes = int(dataset.num_classes)
     fold = assign_folds(labels, folds, seed)
     recipe_values = {k: v for k, v in asdict(recipe).items() if k != "out"}
-    _claim_setup(out, {"data": str(data_path), "num_samples": len(labels), "folds": folds, "seed": seed,
-                       "recipe": recipe_values})
+    _claim_setup(out, {"num_samples": len(labels), "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(),
+                       "folds": folds, "seed": seed, "recipe": recipe_values})
     entries = _list_entries(dataset, data_path)
     models = folds + 1
 
@@ -379,8 +380,9 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
 
 def _claim_setup(out: Path, setup: dict[str, Any]) -> None:
     """Record what the reference models in ``out`` are trained with, or refuse to resume them with anything else:
-    a stored fold model trained under other folds (another --seed or --folds) would read images it trained on as
-    held out, and every score would look clean."""
+    a stored fold model trained under other folds (another --seed or --folds, or data labelled otherwise) would read
+    images it trained on as held out, and every score would look clean. The data's labels are compared, not its
+    path, so a moved dataset resumes."""
     import json
 
     path = out / SETUP_JSON
@@ -390,8 +392,8 @@ def _claim_setup(out: Path, setup: dict[str, Any]) -> None:
         differing = sorted(key for key in wanted.keys() | stored.keys() if stored.get(key) != wanted.get(key))
         if differing:
             raise ConfigError(f"{out}: holds reference models begun with other settings ({', '.join(differing)} "
-                              f"differ, see {path}); resume with the same --data, --folds, --seed, --config and "
-                              "--epochs, or give another --out")
+                              f"differ, see {path}); resume with the same data (its labels, wherever it lies), "
+                              "--folds, --seed, --config and --epochs, or give another --out")
         return
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, wanted)

@@ -325,4 +325,9 @@ def test_reference_models_begun_with_other_folds_are_not_resumed(tmp_path, monke
         run_crossval(data, out, reference_recipe(epochs=1), folds=3, seed=0, echo=lambda line: None)
     with pytest.raises(ConfigError, match="recipe differ"):
         run_crossval(data, out, reference_recipe(epochs=2), folds=2, seed=0, echo=lambda line: None)
-    assert len(trained) == 6  # the refused calls trained nothing
+    moved = data.rename(tmp_path / "moved")  # the same data elsewhere resumes
+    run_crossval(moved, out, reference_recipe(epochs=1), folds=2, seed=0, echo=lambda line: None)
+    other = write_rec(tmp_path / "other", classes=4, per_class=6)  # as many images, labelled otherwise
+    with pytest.raises(ConfigError, match="labels_sha256 differ"):
+        run_crossval(other, out, reference_recipe(epochs=1), folds=2, seed=0, echo=lambda line: None)
+    assert len(trained) == 9  # the refused calls trained nothing
