@@ -241,20 +241,19 @@ def held_out_evidence(fold_embeddings: list[np.ndarray], all_data_embeddings: np
     fold_means = np.zeros((folds, num_classes, dimension), dtype=np.float32)
     held_out_embeddings = np.zeros((len(labels), dimension), dtype=np.float32)
     for f, embeddings in enumerate(fold_embeddings):
-        held = np.flatnonzero(fold == f)
+        is_held = fold == f
+        held, trained = np.flatnonzero(is_held), np.flatnonzero(~is_held)
         # one pass: the held-out images are summed into a spare class C, the rest into their own
-        sums = class_sums(embeddings, np.where(fold == f, num_classes, labels), num_classes + 1, unit_rows=True)
-        trained_counts = np.bincount(labels[fold != f], minlength=num_classes)
+        sums = class_sums(embeddings, np.where(is_held, num_classes, labels), num_classes + 1, unit_rows=True)
         held_rows = np.asarray(embeddings[held])
-        trained = np.flatnonzero(fold != f)
-        own = own_nearest_similarity(normalize_rows(held_rows), labels[held],
+        held_out_embeddings[held] = normalize_rows(held_rows)
+        own = own_nearest_similarity(held_out_embeddings[held], labels[held],
                                      normalize_rows(np.asarray(embeddings[trained])), labels[trained], num_classes)
-        held_out_score[held] = _nearest_other_minus_own(held_rows, labels[held], sums[:num_classes], trained_counts,
-                                                        own)
+        held_out_score[held] = _nearest_other_minus_own(held_rows, labels[held], sums[:num_classes],
+                                                        np.bincount(labels[trained], minlength=num_classes), own)
         every_image = sums[:num_classes] + class_sums(held_rows, labels[held], num_classes, unit_rows=True)
         vectors.append(normalize_rows(every_image) * math.sqrt((1 - ALL_DATA_SHARE) / folds))
         fold_means[f] = normalize_rows(sums[:num_classes])
-        held_out_embeddings[held] = normalize_rows(held_rows)
     all_sums = class_sums(all_data_embeddings, labels, num_classes, unit_rows=True)
     all_data_score = _nearest_other_minus_own(np.asarray(all_data_embeddings), labels, all_sums,
                                               np.bincount(labels, minlength=num_classes))
