@@ -50,7 +50,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from core.errors import ConfigError, DataError
-from core.io import atomic_path, atomic_write_json, read_json
+from core.io import atomic_path, atomic_write_json, claim_settings, read_json
 
 RESULT_JSON = "crossval.json"
 RESULT_ARRAYS = "crossval.npz"
@@ -119,14 +119,10 @@ class CrossValidation:
                 "ij,ij->i", self.held_out_embeddings[begin:begin + chunk], self.fold_means[folds, labels]), np.nan)
         order = np.argsort(self.labels, kind="stable")
         counts = np.bincount(self.labels, minlength=self.fold_means.shape[1])
-        starts = np.cumsum(counts) - counts
         totals = np.zeros(len(label_a))
         judged = np.zeros(len(label_a))
         for given, other in ((label_a, label_b), (label_b, label_a)):
-            per_pair = counts[given]
-            pair = np.repeat(np.arange(len(given)), per_pair)
-            image = order[np.repeat(starts[given], per_pair) + np.arange(len(pair)) - np.repeat(
-                np.cumsum(per_pair) - per_pair, per_pair)]
+            pair, image, _ = _label_members(given, order, counts)
             for begin in range(0, len(pair), chunk):
                 rows, images = pair[begin:begin + chunk], image[begin:begin + chunk]
                 folds, others = self.fold[images], other[rows]
@@ -136,6 +132,18 @@ class CrossValidation:
                 totals += np.bincount(rows[ok], margin[ok], minlength=len(given))
                 judged += np.bincount(rows[ok], minlength=len(given))
         return np.where(judged > 0, totals / np.maximum(judged, 1), np.nan).astype(np.float32)
+
+
+def _label_members(wanted: np.ndarray, order: np.ndarray, counts: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every image of each wanted label, without a loop: per (row of ``wanted``, image of its label) the row's
+    position, the image (``order``: images sorted by label, ``counts``: images per label) and its place among the
+    row's images. Rows come out grouped, in order."""
+    per_row = counts[wanted]
+    row = np.repeat(np.arange(len(wanted)), per_row)
+    place = np.arange(len(row)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    starts = np.cumsum(counts) - counts
+    return row, order[np.repeat(starts[wanted], per_row) + place], place
 
 
 def nonzero_rows(vectors: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
@@ -200,7 +208,6 @@ def own_nearest_similarity(rows: np.ndarray, labels: np.ndarray, trained_rows: n
     over classes of held x trained images, small beside an all-pairs search."""
     order = np.argsort(trained_labels, kind="stable")
     counts = np.bincount(trained_labels, minlength=num_classes)
-    starts = np.cumsum(counts) - counts
     partners = counts[labels]
     ends = np.cumsum(partners)
     result = np.full(len(rows), np.nan, dtype=np.float32)
@@ -208,19 +215,13 @@ def own_nearest_similarity(rows: np.ndarray, labels: np.ndarray, trained_rows: n
     while first < len(rows):
         # the rows whose pairs fit in one chunk (at least one row, however many partners it has)
         last = max(first + 1, int(np.searchsorted(ends, (ends[first - 1] if first else 0) + chunk, side="right")))
-        block = np.arange(first, last)
-        per_row = partners[block]
-        row = np.repeat(block, per_row)
-        offset = np.arange(len(row)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
-        partner = order[np.repeat(starts[labels[block]], per_row) + offset]
-        similarity = np.einsum("ij,ij->i", rows[row], trained_rows[partner])
-        ranked = np.lexsort((-similarity, row))
-        row, similarity = row[ranked], similarity[ranked]
-        rank = np.arange(len(row)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+        row, partner, rank = _label_members(labels[first:last], order, counts)
+        similarity = np.einsum("ij,ij->i", rows[first + row], trained_rows[partner])
+        similarity = similarity[np.lexsort((-similarity, row))]  # each row's own group, most similar first
         keep = rank < nearest
-        taken = np.bincount(row[keep] - first, minlength=len(block))
-        sums = np.bincount(row[keep] - first, similarity[keep], minlength=len(block))
-        result[block] = np.where(taken > 0, sums / np.maximum(taken, 1), np.nan)
+        taken = np.bincount(row[keep], minlength=last - first)
+        sums = np.bincount(row[keep], similarity[keep], minlength=last - first)
+        result[first:last] = np.where(taken > 0, sums / np.maximum(taken, 1), np.nan)
         first = last
     return result
 
@@ -382,20 +383,12 @@ def _claim_setup(out: Path, setup: dict[str, Any]) -> None:
     a stored fold model trained under other folds (another --seed or --folds, or data labelled otherwise) would read
     images it trained on as held out, and every score would look clean. The data's labels are compared, not its
     path, so a moved dataset resumes."""
-    import json
-
     path = out / SETUP_JSON
-    wanted = json.loads(json.dumps(setup))
-    if path.is_file():
-        stored = read_json(path)
-        differing = sorted(key for key in wanted.keys() | stored.keys() if stored.get(key) != wanted.get(key))
-        if differing:
-            raise ConfigError(f"{out}: holds reference models begun with other settings ({', '.join(differing)} "
-                              f"differ, see {path}); resume with the same data (its labels, wherever it lies), "
-                              "--folds, --seed, --config and --epochs, or give another --out")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, wanted)
+    differing = claim_settings(path, setup)
+    if differing:
+        raise ConfigError(f"{out}: holds reference models begun with other settings ({', '.join(differing)} "
+                          f"differ, see {path}); resume with the same data (its labels, wherever it lies), "
+                          "--folds, --seed, --config and --epochs, or give another --out")
 
 
 def default_crossval_dir(checkpoint: Path) -> Path:

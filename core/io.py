@@ -173,6 +173,19 @@ def _plain_default(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+def claim_settings(path: str | Path, wanted: dict[str, Any]) -> list[str]:
+    """Record the settings a resumable output was begun with in ``path`` (JSON), or compare a resumed call's with
+    them: the keys whose values differ, empty when they match or were just recorded. The caller refuses to mix."""
+    path = Path(path)
+    wanted = plain(wanted)
+    if path.is_file():
+        stored = read_json(path)
+        return sorted(key for key in wanted.keys() | stored.keys() if stored.get(key) != wanted.get(key))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, wanted)
+    return []
+
+
 def read_json(path: str | Path) -> Any:
     """A JSON file's value, or a DataError naming the file when it is missing, truncated or not JSON."""
     from core.errors import DataError

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import numpy as np
 
 from core.errors import ConfigError, DataError
-from core.io import atomic_write_json, read_json
+from core.io import atomic_write_json, claim_settings, read_json
 from experiments.grid import ARMS, DATASETS, Cell, GridScale, grid_cells
 
 if TYPE_CHECKING:
@@ -67,13 +67,9 @@ def claim_setup(out: Path, file: str, wanted: dict[str, Any], what: str) -> None
     """Record an experiment's settings in ``OUT/file``, or check a resumed one's: one output directory holds one
     setup, since mixing cells of two would corrupt every mean."""
     path = out / file
-    if path.exists():
-        if read_json(path) != json.loads(json.dumps(wanted)):
-            raise ConfigError(f"{out} holds a {what} with other settings ({path}); resume it with the same flags or "
-                              "pick another --out")
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, wanted)
+    if claim_settings(path, wanted):
+        raise ConfigError(f"{out} holds a {what} with other settings ({path}); resume it with the same flags or "
+                          "pick another --out")
 
 
 def versions() -> dict[str, str]:
