@@ -20,23 +20,29 @@ identity, of which each fold model sees (K-1)/K:
   concatenated and scaled so that one inner product is the cosine of two classes' means,
   half from the fold models (averaged) and half from the all-data model.
 - ``pair_separation``: for two labels, the mean over both labels' held-out images of
-  min(0, similarity to the other label's fold mean - to its own). A model that trained on
-  part of a split person under each label cannot tell a new image of one label from the
-  other (near 0), however far apart training pushed the two means; two look-alike people
-  it can (negative). A flipped image prefers another label by a wide margin, hence the
-  clip at 0: it would otherwise outweigh its label's correct images.
+  min(0, similarity to the other label's nearest trained images - to its own label's), each
+  side the mean of the ``OWN_NEIGHBOURS`` most similar images its fold model trained on. A
+  model that trained on part of a split person under each label cannot tell a new image of
+  one label from the other (near 0), however far apart training pushed the two means; two
+  look-alike people it can (negative). A flipped image prefers another label by a wide
+  margin, hence the clip at 0: it would otherwise outweigh its label's correct images.
+  Nearest images rather than means, as for noise: a look-alike's mean can sit near an image
+  that none of its images resembles.
 - ``conflict_score``: the conflict ranking, the robust z-score of the pair cosine plus that
   of the separation, over the pairs ranked together.
 
 The all-data model and its equal share were chosen on the detection benchmark's development
 scenarios, against the fold models alone and the all-data model alone; the separation and its
 equal weight on 14 development scenarios, against the cosine alone; the own label's nearest
-images on 18, against its mean (docs/ANALYSIS.md).
+images on 18, against its mean; the separation's nearest images on 22, against the two
+labels' fold means (docs/ANALYSIS.md).
 
 The reference models depend on the data only, not on the analysed run, so one
 ``analyze crossval`` serves every run trained on that data (``analyze ... --crossval DIR``).
 Its cost is K trainings on (K-1)/K of the data and one on all of it; a cheaper recipe
-(``--config``) is fine, since only the rankings are kept.
+(``--config``) is fine, since only the rankings are kept. The separation reads each fold
+model's embeddings of every image (``fold*/embeddings.npy``, memory-mapped), so they stay
+beside ``crossval.npz``; the trained models themselves may be deleted.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -67,8 +73,11 @@ ALL_DATA_SHARE = 0.5
 OWN_NEIGHBOURS = 3
 # Image pairs compared at a time when finding them: memory stays near PAIR_CHUNK x (D + 3) numbers.
 PAIR_CHUNK = 1 << 20
-SAVED_ARRAYS = ("labels", "fold", "held_out_score", "all_data_score", "class_vectors", "fold_means",
-                "held_out_embeddings")
+SAVED_ARRAYS = ("labels", "fold", "held_out_score", "all_data_score", "class_vectors", "held_out_own")
+# Each reference model's folder and its embeddings of every image (written as the model finishes); the fold models'
+# stay beside crossval.npz, since the pair separation reads them.
+FOLD_DIR = "fold{fold}"
+EMBEDDINGS_FILE = "embeddings.npy"
 
 
 @dataclass
@@ -80,12 +89,12 @@ class CrossValidation:
     held_out_score: np.ndarray  # float32 [N] fold models: nearest other mean - own nearest images; NaN: no own
     all_data_score: np.ndarray  # float32 [N] all-data model: nearest other mean - own mean (the image inside it)
     class_vectors: np.ndarray  # float32 [C, (K+1)*D] see the module docstring; zero rows: a class with no image
-    fold_means: np.ndarray  # float32 [K, C, D] unit means of the images each fold model trained on; zero: none
-    held_out_embeddings: np.ndarray  # float32 [N, D] each image, unit, under the fold model that never saw it
+    held_out_own: np.ndarray  # float32 [N] held-out image vs its own label's nearest trained images; NaN: none
+    fold_embeddings: Sequence[np.ndarray]  # K x [N, D] every image under each fold model (memory maps will do)
 
     @property
     def folds(self) -> int:
-        return len(self.fold_means)
+        return len(self.fold_embeddings)
 
     @property
     def noise_score(self) -> np.ndarray:
@@ -107,30 +116,32 @@ class CrossValidation:
         return np.where(present[label_a] & present[label_b], similarity, np.nan).astype(np.float32)
 
     def pair_separation(self, label_a: np.ndarray, label_b: np.ndarray, chunk: int = 1 << 17) -> np.ndarray:
-        """Per pair, the mean over both labels' held-out images of min(0, similarity to the other label's fold mean
-        minus to its own), see the module docstring (NaN: no image of either has both means in its fold). Work and
-        memory grow with the pairs' images, ``chunk`` image-pair rows at a time, never with C x C."""
+        """Per pair, the mean over both labels' held-out images of min(0, similarity to the other label's nearest
+        trained images minus to its own label's), see the module docstring (NaN: no image of either has trained
+        images of both labels in its fold). Work grows with the pairs' image pairs, memory with ``chunk`` held-out
+        images at a time, never with C x C."""
+        from analysis.index import normalize_rows
+
         label_a, label_b = np.asarray(label_a, dtype=np.int64), np.asarray(label_b, dtype=np.int64)
-        trained = nonzero_rows(self.fold_means)  # [K, C]
-        own = np.full(len(self.labels), np.nan)
-        for begin in range(0, len(own), chunk):
-            folds, labels = self.fold[begin:begin + chunk], self.labels[begin:begin + chunk]
-            own[begin:begin + chunk] = np.where(trained[folds, labels], np.einsum(
-                "ij,ij->i", self.held_out_embeddings[begin:begin + chunk], self.fold_means[folds, labels]), np.nan)
+        num_classes = len(self.class_vectors)
         order = np.argsort(self.labels, kind="stable")
-        counts = np.bincount(self.labels, minlength=self.fold_means.shape[1])
+        counts = np.bincount(self.labels, minlength=num_classes)
         totals = np.zeros(len(label_a))
         judged = np.zeros(len(label_a))
-        for given, other in ((label_a, label_b), (label_b, label_a)):
-            pair, image, _ = _label_members(given, order, counts)
-            for begin in range(0, len(pair), chunk):
-                rows, images = pair[begin:begin + chunk], image[begin:begin + chunk]
-                folds, others = self.fold[images], other[rows]
-                similarity = np.einsum("ij,ij->i", self.held_out_embeddings[images], self.fold_means[folds, others])
-                margin = np.minimum(similarity - own[images], 0.0)
-                ok = np.isfinite(margin) & trained[folds, others]
-                totals += np.bincount(rows[ok], margin[ok], minlength=len(given))
-                judged += np.bincount(rows[ok], minlength=len(given))
+        for f, embeddings in enumerate(self.fold_embeddings):
+            unit = normalize_rows(embeddings)  # one fold model's images at a time: N x D floats
+            trained_labels = np.where(self.fold != f, self.labels, num_classes)  # held-out images: a spare class
+            for given, other in ((label_a, label_b), (label_b, label_a)):
+                pair, image, _ = _label_members(given, order, counts)
+                held = (self.fold[image] == f) & np.isfinite(self.held_out_own[image])
+                pair, image = pair[held], image[held]
+                for begin in range(0, len(pair), chunk):
+                    rows, images = pair[begin:begin + chunk], image[begin:begin + chunk]
+                    to_other = label_nearest_similarity(unit, images, other[rows], trained_labels, num_classes)
+                    margin = np.minimum(to_other - self.held_out_own[images], 0.0)
+                    ok = np.isfinite(margin)
+                    totals += np.bincount(rows[ok], margin[ok], minlength=len(given))
+                    judged += np.bincount(rows[ok], minlength=len(given))
         return np.where(judged > 0, totals / np.maximum(judged, 1), np.nan).astype(np.float32)
 
 
@@ -200,24 +211,25 @@ def _nearest_other_minus_own(rows: np.ndarray, labels: np.ndarray, sums: np.ndar
     return np.where(judged, found.nearest_similarity - own, np.nan).astype(np.float32)
 
 
-def own_nearest_similarity(rows: np.ndarray, labels: np.ndarray, trained_rows: np.ndarray,
-                           trained_labels: np.ndarray, num_classes: int, nearest: int = OWN_NEIGHBOURS,
-                           chunk: int = PAIR_CHUNK) -> np.ndarray:
-    """Per row (unit), the mean of its ``nearest`` largest similarities to the unit ``trained_rows`` of its own label
-    (all of them when fewer; NaN: none). Only same-label pairs are formed, ``chunk`` at a time: the work is the sum
-    over classes of held x trained images, small beside an all-pairs search."""
-    order = np.argsort(trained_labels, kind="stable")
-    counts = np.bincount(trained_labels, minlength=num_classes)
-    partners = counts[labels]
-    ends = np.cumsum(partners)
-    result = np.full(len(rows), np.nan, dtype=np.float32)
+def label_nearest_similarity(unit: np.ndarray, queries: np.ndarray, targets: np.ndarray, pool_labels: np.ndarray,
+                             num_classes: int, nearest: int = OWN_NEIGHBOURS, chunk: int = PAIR_CHUNK) -> np.ndarray:
+    """Per query (a row of the unit rows ``unit``), the mean of its ``nearest`` largest similarities to the rows whose
+    ``pool_labels`` entry is its target label (all of them when fewer; NaN: none; a pool label of ``num_classes``
+    leaves a row out). Only query-target pairs are formed, ``chunk`` at a time: the work is the sum over queries of
+    their target's images, small beside an all-pairs search."""
+    targets = np.asarray(targets, dtype=np.int64)
+    order = np.argsort(pool_labels, kind="stable")
+    counts = np.bincount(pool_labels, minlength=num_classes + 1)[:num_classes]
+    ends = np.cumsum(counts[targets])
+    result = np.full(len(queries), np.nan, dtype=np.float32)
     first = 0
-    while first < len(rows):
-        # the rows whose pairs fit in one chunk (at least one row, however many partners it has)
+    while first < len(queries):
+        # the queries whose pairs fit in one chunk (at least one query, however many partners it has)
         last = max(first + 1, int(np.searchsorted(ends, (ends[first - 1] if first else 0) + chunk, side="right")))
-        row, partner, rank = _label_members(labels[first:last], order, counts)
-        similarity = np.einsum("ij,ij->i", rows[first + row], trained_rows[partner])
-        similarity = similarity[np.lexsort((-similarity, row))]  # each row's own group, most similar first
+        row, partner, rank = _label_members(targets[first:last], order, counts)
+        similarity = np.einsum("ij,ij->i", unit[queries[first + row]], unit[partner])
+        # each query's own group, most similar first (rows are whole numbers, similarities within [-1, 1])
+        similarity = similarity[np.argsort(row * 4.0 - similarity)]
         keep = rank < nearest
         taken = np.bincount(row[keep], minlength=last - first)
         sums = np.bincount(row[keep], similarity[keep], minlength=last - first)
@@ -237,31 +249,29 @@ def held_out_evidence(fold_embeddings: list[np.ndarray], all_data_embeddings: np
     fold = np.asarray(fold, dtype=np.int64)
     folds = len(fold_embeddings)
     held_out_score = np.full(len(labels), np.nan, dtype=np.float32)
+    held_out_own = np.full(len(labels), np.nan, dtype=np.float32)
     vectors = []
-    dimension = fold_embeddings[0].shape[1]
-    fold_means = np.zeros((folds, num_classes, dimension), dtype=np.float32)
-    held_out_embeddings = np.zeros((len(labels), dimension), dtype=np.float32)
     for f, embeddings in enumerate(fold_embeddings):
         is_held = fold == f
-        held, trained = np.flatnonzero(is_held), np.flatnonzero(~is_held)
+        held = np.flatnonzero(is_held)
         # one pass: the held-out images are summed into a spare class C, the rest into their own
-        sums = class_sums(embeddings, np.where(is_held, num_classes, labels), num_classes + 1, unit_rows=True)
-        held_rows = np.asarray(embeddings[held])
-        held_out_embeddings[held] = normalize_rows(held_rows)
-        own = own_nearest_similarity(held_out_embeddings[held], labels[held],
-                                     normalize_rows(np.asarray(embeddings[trained])), labels[trained], num_classes)
+        pool_labels = np.where(is_held, num_classes, labels)
+        unit = normalize_rows(embeddings)
+        sums = class_sums(unit, pool_labels, num_classes + 1)
+        held_out_own[held] = label_nearest_similarity(unit, held, labels[held], pool_labels, num_classes)
+        held_rows = unit[held]
         held_out_score[held] = _nearest_other_minus_own(held_rows, labels[held], sums[:num_classes],
-                                                        np.bincount(labels[trained], minlength=num_classes), own)
-        every_image = sums[:num_classes] + class_sums(held_rows, labels[held], num_classes, unit_rows=True)
+                                                        np.bincount(labels[~is_held], minlength=num_classes),
+                                                        held_out_own[held])
+        every_image = sums[:num_classes] + class_sums(held_rows, labels[held], num_classes)
         vectors.append(normalize_rows(every_image) * math.sqrt((1 - ALL_DATA_SHARE) / folds))
-        fold_means[f] = normalize_rows(sums[:num_classes])
     all_sums = class_sums(all_data_embeddings, labels, num_classes, unit_rows=True)
     all_data_score = _nearest_other_minus_own(np.asarray(all_data_embeddings), labels, all_sums,
                                               np.bincount(labels, minlength=num_classes))
     vectors.append(normalize_rows(all_sums) * math.sqrt(ALL_DATA_SHARE))
     return CrossValidation(labels=labels, fold=fold, held_out_score=held_out_score, all_data_score=all_data_score,
-                           class_vectors=np.concatenate(vectors, axis=1).astype(np.float32), fold_means=fold_means,
-                           held_out_embeddings=held_out_embeddings)
+                           class_vectors=np.concatenate(vectors, axis=1).astype(np.float32),
+                           held_out_own=held_out_own, fold_embeddings=fold_embeddings)
 
 
 # -- training the reference models ---------------------------------------------------------
@@ -315,7 +325,7 @@ def _reference_embeddings(model_dir: Path, training_data: str, recipe, seed: int
     from core.distributed import resolve_device
     from core.trainer import Trainer
 
-    stored = model_dir / "embeddings.npy"
+    stored = model_dir / EMBEDDINGS_FILE
     if not stored.is_file():
         run_dir = model_dir / "run"
         config = recipe.replace(data=training_data, out=str(run_dir), seed=seed, device=device,
@@ -358,9 +368,9 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
 
     fold_embeddings = []
     for f in range(folds):
-        fold_dir = out / f"fold{f}"
+        fold_dir = out / FOLD_DIR.format(fold=f)
         trained = np.flatnonzero(fold != f)
-        if not (fold_dir / "embeddings.npy").is_file():  # a finished fold needs no list (a million lines at scale)
+        if not (fold_dir / EMBEDDINGS_FILE).is_file():  # a finished fold needs no list (a million lines at scale)
             fold_dir.mkdir(parents=True, exist_ok=True)
             write_list(fold_dir / "train.txt", [entries[i] for i in trained], labels[trained].tolist())
         fold_embeddings.append(_reference_embeddings(fold_dir, str(fold_dir / "train.txt"), recipe, seed + f, device,
@@ -389,6 +399,24 @@ def _claim_setup(out: Path, setup: dict[str, Any]) -> None:
         raise ConfigError(f"{out}: holds reference models begun with other settings ({', '.join(differing)} "
                           f"differ, see {path}); resume with the same data (its labels, wherever it lies), "
                           "--folds, --seed, --config and --epochs, or give another --out")
+
+
+def _fold_embeddings(folder: Path, fold: int, num_samples: int) -> np.ndarray:
+    """One fold model's embeddings of every image, memory-mapped (a plain array file: nothing in it runs code)."""
+    path = folder / FOLD_DIR.format(fold=fold) / EMBEDDINGS_FILE
+    if not path.is_file():
+        raise ConfigError(f"--crossval {folder}: {path} is missing; the pair separation reads every fold model's "
+                          "embeddings, so keep them beside crossval.npz, or write them again with python cli.py "
+                          "analyze crossval")
+    try:
+        embeddings = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a readable embedding array ({exc}); write it again with python cli.py "
+                        "analyze crossval") from exc
+    if embeddings.ndim != 2 or len(embeddings) != num_samples or not np.issubdtype(embeddings.dtype, np.floating):
+        raise DataError(f"{path}: holds a {embeddings.dtype} array of shape {list(embeddings.shape)}, expected "
+                        f"[{num_samples}, D] floats, one row per image")
+    return embeddings
 
 
 def default_crossval_dir(checkpoint: Path) -> Path:
@@ -420,18 +448,20 @@ def load_crossval(path: str | Path, num_samples: int, num_classes: int) -> Cross
                         f"{num_classes}; run analyze crossval on this data")
     try:
         with np.load(folder / RESULT_ARRAYS, allow_pickle=False) as arrays:
-            evidence = CrossValidation(**{name: arrays[name] for name in SAVED_ARRAYS})
+            saved = {name: arrays[name] for name in SAVED_ARRAYS}
     except (KeyError, ValueError, OSError) as exc:
         raise DataError(f"{where}/{RESULT_ARRAYS}: not a readable cross-validation result ({exc}); write it again "
                         "with python cli.py analyze crossval") from exc
+    folds = int(meta.get("folds", 0))
+    evidence = CrossValidation(**saved, fold_embeddings=[_fold_embeddings(folder, f, num_samples)
+                                                         for f in range(folds)])
     sizes = {len(getattr(evidence, name)) for name in ("labels", "fold", "held_out_score", "all_data_score",
-                                                        "held_out_embeddings")}
-    classes = {len(evidence.class_vectors), evidence.fold_means.shape[1] if evidence.fold_means.ndim == 3 else -1}
-    shapes_agree = evidence.held_out_embeddings.ndim == 2 and evidence.fold_means.ndim == 3 and (
-        evidence.held_out_embeddings.shape[1] == evidence.fold_means.shape[2])
-    if (sizes != {num_samples} or classes != {num_classes} or not shapes_agree or evidence.folds != meta["folds"]
+                                                        "held_out_own")}
+    dimensions = {embeddings.shape[1] for embeddings in evidence.fold_embeddings}
+    if (folds < 2 or sizes != {num_samples} or len(evidence.class_vectors) != num_classes or len(dimensions) > 1
             or evidence.labels.min(initial=0) < 0 or evidence.labels.max(initial=0) >= num_classes
-            or evidence.fold.min(initial=0) < 0 or evidence.fold.max(initial=0) >= evidence.folds):
+            or evidence.fold.min(initial=0) < 0 or evidence.fold.max(initial=0) >= max(folds, 1)):
         raise DataError(f"{where}/{RESULT_ARRAYS}: its arrays do not match {RESULT_JSON} "
-                        f"({sorted(sizes)} images, {sorted(classes)} classes, {evidence.folds} folds)")
+                        f"({sorted(sizes)} images, {len(evidence.class_vectors)} classes, {folds} folds of "
+                        f"{sorted(dimensions)}-d embeddings)")
     return evidence

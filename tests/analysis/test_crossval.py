@@ -9,8 +9,8 @@ import pytest
 from analysis.conflict import center_neighbours, conflict_table
 from analysis.centers import Centers
 from analysis.crossval import (RESULT_ARRAYS, RESULT_JSON, SAVED_ARRAYS, SETUP_JSON, CrossValidation, assign_folds,
-                               conflict_score, held_out_evidence, load_crossval, nonzero_rows,
-                               own_nearest_similarity, reference_recipe, run_crossval)
+                               conflict_score, held_out_evidence, label_nearest_similarity, load_crossval,
+                               nonzero_rows, reference_recipe, run_crossval)
 from analysis.noise import (RANK_COMBINED, RANK_CROSSVAL, RANK_CROSSVAL_AND_RUN, RANK_FEATURES, SampleNeighbours,
                             noise_table, rank_correlation, robust_z)
 from core.errors import ConfigError, DataError
@@ -51,25 +51,32 @@ def test_held_out_scores_compare_each_image_with_means_of_images_its_model_train
     assert evidence.held_out_score.argmax() == 5
 
 
-def _reference_own_nearest(rows, labels, trained_rows, trained_labels, nearest):
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def _reference_nearest(rows, targets, pool, pool_labels, nearest):
     """The definition, one row at a time."""
     out = []
-    for row, label in zip(rows, labels):
-        similarities = np.sort(trained_rows[trained_labels == label] @ row)[::-1][:nearest]
+    for row, target in zip(_unit(rows), targets):
+        similarities = np.sort(_unit(pool[pool_labels == target]) @ row)[::-1][:nearest]
         out.append(similarities.mean() if len(similarities) else np.nan)
     return np.array(out)
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1 << 20])  # a row's pairs may be larger than a chunk
-def test_own_nearest_similarity_is_the_mean_of_the_closest_own_label_images(chunk):
+def test_label_nearest_similarity_is_the_mean_of_the_closest_pool_images_of_the_target_label(chunk):
     rng = np.random.default_rng(7)
-    trained_labels = np.concatenate([rng.integers(0, 5, 40), [6]])  # class 5: no trained image
-    trained = rng.normal(size=(41, 4))
-    labels = np.array([0, 1, 2, 3, 4, 5, 6, 0, 6])
-    rows = rng.normal(size=(9, 4))
-    found = own_nearest_similarity(rows, labels, trained, trained_labels, 7, nearest=3, chunk=chunk)
-    assert np.allclose(found, _reference_own_nearest(rows, labels, trained, trained_labels, 3), equal_nan=True)
-    assert np.isnan(found[5]) and found[6] == pytest.approx(rows[6] @ trained[40])  # one image: itself
+    pool_labels = np.concatenate([rng.integers(0, 5, 40), [6]])  # class 5: no pool image
+    targets = np.array([0, 1, 2, 3, 4, 5, 6, 0, 6])
+    embeddings = _unit(rng.normal(size=(50, 4)))
+    queries = np.arange(41, 50)
+    left_out = np.concatenate([pool_labels, np.full(9, 7)])  # the query rows: not in the pool
+    found = label_nearest_similarity(embeddings, queries, targets, left_out, 7, nearest=3, chunk=chunk)
+    expected = _reference_nearest(embeddings[queries], targets, embeddings[:41], pool_labels, 3)
+    assert np.allclose(found, expected, atol=1e-6, equal_nan=True)
+    assert np.isnan(found[5])  # no pool image of the target
+    assert found[6] == pytest.approx(embeddings[47] @ embeddings[40])  # one image: itself
 
 
 def test_the_all_data_score_keeps_each_image_inside_its_own_mean():
@@ -128,22 +135,22 @@ def test_the_separation_is_zero_for_one_person_and_negative_for_two():
     separation = evidence.pair_separation(np.array([0, 0, 1, 0]), np.array([1, 2, 2, 3]))
     assert separation[0] == pytest.approx(0.0)  # no held-out image prefers its own label over the other
     assert separation[1] == pytest.approx(0.6 - 1.0) and separation[2] == pytest.approx(0.6 - 1.0)
-    # class 3's image has no own fold mean, and class 0's images see no class-3 mean in their own folds but fold 1's
-    # (image 1: 0.6 - 1)
+    # class 3's image has no trained image of its own label, and class 0's images meet a trained class-3 image only in
+    # fold model 1 (image 1: 0.6 - 1)
     assert separation[3] == pytest.approx(0.6 - 1.0)
     assert np.isnan(evidence.pair_separation(np.array([3]), np.array([3]))[0])
 
 
 def _reference_separation(evidence: CrossValidation, a: int, b: int) -> float:
-    """The definition, one image at a time."""
+    """The definition, one image at a time: its fold model's 3 most similar trained images of each label."""
     margins = []
     for given, other in ((a, b), (b, a)):
         for i in np.flatnonzero(evidence.labels == given):
-            own_mean, other_mean = evidence.fold_means[evidence.fold[i], given], evidence.fold_means[evidence.fold[i],
-                                                                                                     other]
-            if np.abs(own_mean).sum() > 0 and np.abs(other_mean).sum() > 0:
-                row = evidence.held_out_embeddings[i]
-                margins.append(min(0.0, row @ other_mean - row @ own_mean))
+            embeddings, trained = evidence.fold_embeddings[evidence.fold[i]], evidence.fold != evidence.fold[i]
+            nearest = [_reference_nearest(embeddings[[i]], [label], embeddings[trained], evidence.labels[trained],
+                                          3)[0] for label in (given, other)]
+            if np.isfinite(nearest).all():
+                margins.append(min(0.0, nearest[1] - nearest[0]))
     return float(np.mean(margins)) if margins else float("nan")
 
 
@@ -208,6 +215,9 @@ def test_pair_similarity_in_chunks_equals_one_block_and_absent_classes_are_nan()
 def _write(folder, evidence: CrossValidation, num_samples: int, num_classes: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / RESULT_ARRAYS, **{name: getattr(evidence, name) for name in SAVED_ARRAYS})
+    for f, embeddings in enumerate(evidence.fold_embeddings):
+        (folder / f"fold{f}").mkdir(exist_ok=True)
+        np.save(folder / f"fold{f}" / "embeddings.npy", embeddings)
     atomic_write_json(folder / RESULT_JSON, {"data": "d", "num_samples": num_samples, "num_classes": num_classes,
                                              "folds": evidence.folds})
 
@@ -221,14 +231,32 @@ def test_the_saved_evidence_reads_back_and_other_data_is_refused(tmp_path):
     assert np.array_equal(back.all_data_score, evidence.all_data_score)
     for name in SAVED_ARRAYS:
         assert np.array_equal(getattr(back, name), getattr(evidence, name), equal_nan=True), name
+    assert all(np.array_equal(a, b) for a, b in zip(back.fold_embeddings, evidence.fold_embeddings))
+    a, b = np.array([0]), np.array([1])
+    assert np.array_equal(back.pair_separation(a, b), evidence.pair_separation(a, b), equal_nan=True)
     with pytest.raises(DataError, match="6 images of 2 classes.*7 images of 2"):
         load_crossval(tmp_path / "cv", 7, 2)
-    evidence.fold_means = evidence.fold_means[0]  # a [C, D] block where [K, C, D] belongs
+    evidence.held_out_own = evidence.held_out_own[:5]  # one score short
     _write(tmp_path / "bad", evidence, 6, 2)
     with pytest.raises(DataError, match="arrays do not match"):
         load_crossval(tmp_path / "bad", 6, 2)
     with pytest.raises(ConfigError, match="analyze crossval"):
         load_crossval(tmp_path / "missing", 6, 2)
+
+
+def test_the_fold_embeddings_must_be_there_and_fit_the_data(tmp_path):
+    rows, labels, fold = _two_fold_world()
+    _write(tmp_path / "cv", held_out_evidence([rows, rows], rows, labels, fold, 2), 6, 2)
+    stored = tmp_path / "cv" / "fold1" / "embeddings.npy"
+    np.save(stored, rows[:5])
+    with pytest.raises(DataError, match=r"fold1/embeddings.npy: .*shape \[5, 3\], expected \[6, D\]"):
+        load_crossval(tmp_path / "cv", 6, 2)
+    np.save(stored, np.array([{"x": 1}] * 6, dtype=object))  # objects are refused, not unpickled
+    with pytest.raises(DataError, match="not a readable embedding array"):
+        load_crossval(tmp_path / "cv", 6, 2)
+    stored.unlink()
+    with pytest.raises(ConfigError, match="fold1/embeddings.npy is missing.*keep them beside crossval.npz"):
+        load_crossval(tmp_path / "cv", 6, 2)
 
 
 def test_a_crossval_file_holding_objects_is_refused_not_unpickled(tmp_path):
@@ -240,9 +268,9 @@ def test_a_crossval_file_holding_objects_is_refused_not_unpickled(tmp_path):
     atomic_write_json(folder / RESULT_JSON, {"num_samples": 6, "num_classes": 2, "folds": 2})
     with pytest.raises(DataError, match="not a readable cross-validation result"):
         load_crossval(folder, 6, 2)
-    older = {name: arrays[name] for name in ("fold", "held_out_score", "all_data_score", "class_vectors")}
-    np.savez(folder / RESULT_ARRAYS, **older)  # session 11's layout: no fold means or held-out embeddings
-    with pytest.raises(DataError, match="labels.*write it again with python cli.py analyze crossval"):
+    older = {name: arrays[name] for name in ("labels", "fold", "held_out_score", "all_data_score", "class_vectors")}
+    np.savez(folder / RESULT_ARRAYS, **older, fold_means=np.zeros((2, 2, 3)))  # session 12's: no held_out_own
+    with pytest.raises(DataError, match="held_out_own.*write it again with python cli.py analyze crossval"):
         load_crossval(folder, 6, 2)
 
 
