@@ -115,33 +115,36 @@ class CrossValidation:
         present = nonzero_rows(self.class_vectors)
         return np.where(present[label_a] & present[label_b], similarity, np.nan).astype(np.float32)
 
-    def pair_separation(self, label_a: np.ndarray, label_b: np.ndarray, chunk: int = 1 << 17) -> np.ndarray:
+    def pair_separation(self, label_a: np.ndarray, label_b: np.ndarray, chunk: int = PAIR_CHUNK) -> np.ndarray:
         """Per pair, the mean over both labels' held-out images of min(0, similarity to the other label's nearest
         trained images minus to its own label's), see the module docstring (NaN: no image of either has trained
-        images of both labels in its fold). Work grows with the pairs' image pairs, memory with ``chunk`` held-out
-        images at a time, never with C x C."""
+        images of both labels in its fold). Work grows with the pairs' image pairs, ``chunk`` of them at a time,
+        never with C x C; one fold model's unit embeddings are held at a time."""
         from analysis.index import normalize_rows
 
         label_a, label_b = np.asarray(label_a, dtype=np.int64), np.asarray(label_b, dtype=np.int64)
         num_classes = len(self.class_vectors)
         order = np.argsort(self.labels, kind="stable")
         counts = np.bincount(self.labels, minlength=num_classes)
+        sides = []  # per side of the pairs: each (pair, image of its given label) and the label it is compared with
+        for given, other in ((label_a, label_b), (label_b, label_a)):
+            pair, image, _ = _label_members(given, order, counts)
+            has_own = np.isfinite(self.held_out_own[image])
+            sides.append((pair[has_own], image[has_own], other))
         totals = np.zeros(len(label_a))
         judged = np.zeros(len(label_a))
         for f, embeddings in enumerate(self.fold_embeddings):
-            unit = normalize_rows(embeddings)  # one fold model's images at a time: N x D floats
+            unit = normalize_rows(embeddings)
             trained_labels = np.where(self.fold != f, self.labels, num_classes)  # held-out images: a spare class
-            for given, other in ((label_a, label_b), (label_b, label_a)):
-                pair, image, _ = _label_members(given, order, counts)
-                held = (self.fold[image] == f) & np.isfinite(self.held_out_own[image])
-                pair, image = pair[held], image[held]
-                for begin in range(0, len(pair), chunk):
-                    rows, images = pair[begin:begin + chunk], image[begin:begin + chunk]
-                    to_other = label_nearest_similarity(unit, images, other[rows], trained_labels, num_classes)
-                    margin = np.minimum(to_other - self.held_out_own[images], 0.0)
-                    ok = np.isfinite(margin)
-                    totals += np.bincount(rows[ok], margin[ok], minlength=len(given))
-                    judged += np.bincount(rows[ok], minlength=len(given))
+            for pair, image, other in sides:
+                held = self.fold[image] == f
+                rows, images = pair[held], image[held]
+                to_other = label_nearest_similarity(unit, images, other[rows], trained_labels, num_classes,
+                                                    chunk=chunk)
+                margin = np.minimum(to_other - self.held_out_own[images], 0.0)
+                ok = np.isfinite(margin)
+                totals += np.bincount(rows[ok], margin[ok], minlength=len(label_a))
+                judged += np.bincount(rows[ok], minlength=len(label_a))
         return np.where(judged > 0, totals / np.maximum(judged, 1), np.nan).astype(np.float32)
 
 
