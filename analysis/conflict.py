@@ -413,7 +413,7 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
            "most similar that the image's fold model trained on): near 0 when "
            "the fold models cannot tell a new image of one label from the other (one person), negative when they "
            "can. `crossval_score` adds the two as robust z-scores over the candidates. On the detection benchmark's "
-           "held-out scenarios it ranked split pairs of 5+ images at about 0.9 whatever the run, where a run's own "
+           "held-out scenarios it ranked split pairs of 5+ images at 0.87-0.90 whatever the run, where a run's own "
            "cosine and LLR fall after long training and for DCQ (docs/ANALYSIS.md): it is the order to review in."
            if crossval is not None else
            " The `crossval_` columns are empty: no --crossval reference was given (python cli.py analyze "
