@@ -73,6 +73,8 @@ ALL_DATA_SHARE = 0.5
 OWN_NEIGHBOURS = 3
 # Image pairs compared at a time when finding them: memory stays near PAIR_CHUNK x (D + 3) numbers.
 PAIR_CHUNK = 1 << 20
+# A label with this many images or more is compared with its queries in one matrix product (speed only).
+BLOCK_POOL = 16
 SAVED_ARRAYS = ("labels", "fold", "held_out_score", "all_data_score", "class_vectors", "held_out_own")
 # Each reference model's folder and its embeddings of every image (written as the model finishes); the fold models'
 # stay beside crossval.npz, since the pair separation reads them.
@@ -218,11 +220,22 @@ def label_nearest_similarity(unit: np.ndarray, queries: np.ndarray, targets: np.
                              num_classes: int, nearest: int = OWN_NEIGHBOURS, chunk: int = PAIR_CHUNK) -> np.ndarray:
     """Per query (a row of the unit rows ``unit``), the mean of its ``nearest`` largest similarities to the rows whose
     ``pool_labels`` entry is its target label (all of them when fewer; NaN: none; a pool label of ``num_classes``
-    leaves a row out). Only query-target pairs are formed, ``chunk`` at a time: the work is the sum over queries of
-    their target's images, small beside an all-pairs search."""
+    leaves a row out). Only query-target pairs are formed: the work is the sum over queries of their target's images,
+    small beside an all-pairs search. Targets with ``BLOCK_POOL`` images or more are done one matrix product per
+    target; the rest, ``chunk`` pairs at a time, as gathered rows (a per-target loop over millions of small classes
+    would cost more than their pairs)."""
     targets = np.asarray(targets, dtype=np.int64)
     order = np.argsort(pool_labels, kind="stable")
     counts = np.bincount(pool_labels, minlength=num_classes + 1)[:num_classes]
+    result = np.full(len(queries), np.nan, dtype=np.float32)
+    large = counts[targets] >= max(BLOCK_POOL, nearest)
+    result[~large] = _nearest_by_pairs(unit, queries[~large], targets[~large], order, counts, nearest, chunk)
+    result[large] = _nearest_by_blocks(unit, queries[large], targets[large], order, counts, nearest)
+    return result
+
+
+def _nearest_by_pairs(unit: np.ndarray, queries: np.ndarray, targets: np.ndarray, order: np.ndarray,
+                      counts: np.ndarray, nearest: int, chunk: int) -> np.ndarray:
     ends = np.cumsum(counts[targets])
     result = np.full(len(queries), np.nan, dtype=np.float32)
     first = 0
@@ -238,6 +251,21 @@ def label_nearest_similarity(unit: np.ndarray, queries: np.ndarray, targets: np.
         sums = np.bincount(row[keep], similarity[keep], minlength=last - first)
         result[first:last] = np.where(taken > 0, sums / np.maximum(taken, 1), np.nan)
         first = last
+    return result
+
+
+def _nearest_by_blocks(unit: np.ndarray, queries: np.ndarray, targets: np.ndarray, order: np.ndarray,
+                       counts: np.ndarray, nearest: int) -> np.ndarray:
+    """Every target here has at least ``nearest`` images: its queries against them in one product."""
+    result = np.empty(len(queries), dtype=np.float32)
+    starts = np.cumsum(counts) - counts
+    by_target = np.argsort(targets, kind="stable")
+    for group in np.split(by_target, np.flatnonzero(np.diff(targets[by_target])) + 1):
+        if not len(group):
+            continue
+        target = targets[group[0]]
+        similarity = unit[queries[group]] @ unit[order[starts[target]:starts[target] + counts[target]]].T
+        result[group] = -np.partition(-similarity, nearest - 1, axis=1)[:, :nearest].mean(axis=1)
     return result
 
 

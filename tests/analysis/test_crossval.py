@@ -8,9 +8,9 @@ import pytest
 
 from analysis.conflict import center_neighbours, conflict_table
 from analysis.centers import Centers
-from analysis.crossval import (RESULT_ARRAYS, RESULT_JSON, SAVED_ARRAYS, SETUP_JSON, CrossValidation, assign_folds,
-                               conflict_score, held_out_evidence, label_nearest_similarity, load_crossval,
-                               nonzero_rows, reference_recipe, run_crossval)
+from analysis.crossval import (BLOCK_POOL, RESULT_ARRAYS, RESULT_JSON, SAVED_ARRAYS, SETUP_JSON, CrossValidation,
+                               assign_folds, conflict_score, held_out_evidence, label_nearest_similarity,
+                               load_crossval, nonzero_rows, reference_recipe, run_crossval)
 from analysis.noise import (RANK_COMBINED, RANK_CROSSVAL, RANK_CROSSVAL_AND_RUN, RANK_FEATURES, SampleNeighbours,
                             noise_table, rank_correlation, robust_z)
 from core.errors import ConfigError, DataError
@@ -67,16 +67,18 @@ def _reference_nearest(rows, targets, pool, pool_labels, nearest):
 @pytest.mark.parametrize("chunk", [1, 7, 1 << 20])  # a row's pairs may be larger than a chunk
 def test_label_nearest_similarity_is_the_mean_of_the_closest_pool_images_of_the_target_label(chunk):
     rng = np.random.default_rng(7)
-    pool_labels = np.concatenate([rng.integers(0, 5, 40), [6]])  # class 5: no pool image
-    targets = np.array([0, 1, 2, 3, 4, 5, 6, 0, 6])
-    embeddings = _unit(rng.normal(size=(50, 4)))
-    queries = np.arange(41, 50)
-    left_out = np.concatenate([pool_labels, np.full(9, 7)])  # the query rows: not in the pool
-    found = label_nearest_similarity(embeddings, queries, targets, left_out, 7, nearest=3, chunk=chunk)
-    expected = _reference_nearest(embeddings[queries], targets, embeddings[:41], pool_labels, 3)
+    # class 7 has BLOCK_POOL images or more (one matrix product), classes 0-4 fewer, class 5 none, class 6 one
+    pool_labels = np.concatenate([rng.integers(0, 5, 40), [6], np.full(BLOCK_POOL + 3, 7)])
+    targets = np.array([0, 1, 2, 3, 4, 5, 6, 0, 6, 7, 7, 3])
+    pool = len(pool_labels)
+    embeddings = _unit(rng.normal(size=(pool + len(targets), 4)))
+    queries = np.arange(pool, pool + len(targets))
+    left_out = np.concatenate([pool_labels, np.full(len(targets), 8)])  # the query rows: not in the pool
+    found = label_nearest_similarity(embeddings, queries, targets, left_out, 8, nearest=3, chunk=chunk)
+    expected = _reference_nearest(embeddings[queries], targets, embeddings[:pool], pool_labels, 3)
     assert np.allclose(found, expected, atol=1e-6, equal_nan=True)
     assert np.isnan(found[5])  # no pool image of the target
-    assert found[6] == pytest.approx(embeddings[47] @ embeddings[40])  # one image: itself
+    assert found[6] == pytest.approx(embeddings[queries[6]] @ embeddings[40])  # one image: itself
 
 
 def test_the_all_data_score_keeps_each_image_inside_its_own_mean():
