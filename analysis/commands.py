@@ -277,7 +277,7 @@ def crossval(run: str, data: Optional[str], out: Optional[str], folds: int, conf
     judged = int(np.isfinite(evidence.held_out_score).sum())
     click.echo(f"Wrote {folder / 'crossval.npz'} and crossval.json: {evidence.folds} fold models and one on all the "
                f"data; {judged:,} of {len(evidence.held_out_score):,} images judged by a model that never trained on "
-               "them.")
+               "them. Keep fold*/embeddings.npy beside it: the pair separation reads them (fold*/run may go).")
     found = crossval_for(info.checkpoint, data_path) == folder
     click.echo(f"Next: python cli.py analyze report {shlex.quote(run)}"
                + (f" --data {shlex.quote(data)}" if data else "")
