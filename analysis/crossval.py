@@ -128,25 +128,25 @@ class CrossValidation:
         num_classes = len(self.class_vectors)
         order = np.argsort(self.labels, kind="stable")
         counts = np.bincount(self.labels, minlength=num_classes)
-        sides = []  # per side of the pairs: each (pair, image of its given label) and the label it is compared with
-        for given, other in ((label_a, label_b), (label_b, label_a)):
-            pair, image, _ = _label_members(given, order, counts)
-            has_own = np.isfinite(self.held_out_own[image])
-            sides.append((pair[has_own], image[has_own], other))
+        # every (pair, image of one of its labels, the pair's other label), both sides at once
+        (pair_a, image_a, _), (pair_b, image_b, _) = (_label_members(given, order, counts)
+                                                      for given in (label_a, label_b))
+        pair, image = np.concatenate([pair_a, pair_b]), np.concatenate([image_a, image_b])
+        other = np.concatenate([label_b[pair_a], label_a[pair_b]])
+        has_own = np.isfinite(self.held_out_own[image])
+        pair, image, other = pair[has_own], image[has_own], other[has_own]
         totals = np.zeros(len(label_a))
         judged = np.zeros(len(label_a))
         for f, embeddings in enumerate(self.fold_embeddings):
-            unit = normalize_rows(embeddings)
+            held = self.fold[image] == f
+            rows, images = pair[held], image[held]
             trained_labels = np.where(self.fold != f, self.labels, num_classes)  # held-out images: a spare class
-            for pair, image, other in sides:
-                held = self.fold[image] == f
-                rows, images = pair[held], image[held]
-                to_other = label_nearest_similarity(unit, images, other[rows], trained_labels, num_classes,
-                                                    chunk=chunk)
-                margin = np.minimum(to_other - self.held_out_own[images], 0.0)
-                ok = np.isfinite(margin)
-                totals += np.bincount(rows[ok], margin[ok], minlength=len(label_a))
-                judged += np.bincount(rows[ok], minlength=len(label_a))
+            to_other = label_nearest_similarity(normalize_rows(embeddings), images, other[held], trained_labels,
+                                                num_classes, chunk=chunk)
+            margin = np.minimum(to_other - self.held_out_own[images], 0.0)
+            ok = np.isfinite(margin)
+            totals += np.bincount(rows[ok], margin[ok], minlength=len(label_a))
+            judged += np.bincount(rows[ok], minlength=len(label_a))
         return np.where(judged > 0, totals / np.maximum(judged, 1), np.nan).astype(np.float32)
 
 
