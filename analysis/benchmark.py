@@ -11,9 +11,9 @@ With ``images_per_class`` it times the path a dataset's analysis takes instead: 
 drawn around those centers, class means, the same-person (PLDA) fit over every embedding
 and the log-likelihood ratio of every candidate pair, as ``conflict.csv`` gets them. With
 ``crossval_folds`` too, it adds the cross-validated reference evidence (analysis/crossval.py)
-as ``analyze crossval`` builds it from K fold models and an all-data model, and the
-reference's candidates, pair cosine, separation and score in the table. Training the
-reference models is not timed: it is K+1 trainings, which ``bench train`` measures.
+as ``analyze crossval`` builds it from its default repeats of K fold models and an all-data
+model, and the reference's candidates, pair cosine, separation and score in the table. Training
+the reference models is not timed: it is R(K+1) trainings, which ``bench train`` measures.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def run_analysis_benchmark(classes: int, dim: int = 512, k: int = 5, approximate
     is exact. ``images_per_class`` > 0 analyses the class means of that many embeddings
     per class and adds the same-person fit and ratios (``plda_fit_s``; the ratios are
     part of ``table_s``); the embeddings alone take ``classes x images x dim x 4`` bytes.
-    ``crossval_folds`` K > 0 (with ``images_per_class`` >= K) builds the reference evidence with every model's
-    embeddings the drawn ones (``crossval_s``, the arrays' size in ``crossval_bytes``) and adds it to the table.
+    ``crossval_folds`` K > 0 (with ``images_per_class`` >= K) builds the reference evidence (``DEFAULT_REPEATS``
+    repeats, each dealing its own folds) with every model's embeddings the drawn ones (``crossval_s``, the arrays' size in ``crossval_bytes``) and adds it to the table.
     """
     import faiss
 
@@ -84,10 +84,13 @@ def run_analysis_benchmark(classes: int, dim: int = 512, k: int = 5, approximate
     fitted = time.perf_counter()
     crossval = None
     if crossval_folds:
-        from analysis.crossval import SAVED_ARRAYS, assign_folds, held_out_evidence
+        from analysis.crossval import (DEFAULT_REPEATS, REPEAT_SEED_STRIDE, SAVED_ARRAYS, RepeatedCrossValidation,
+                                       assign_folds, held_out_evidence)
 
-        crossval = held_out_evidence([embeddings] * crossval_folds, embeddings, labels,
-                                     assign_folds(labels, crossval_folds, seed), classes)
+        crossval = RepeatedCrossValidation([
+            held_out_evidence([embeddings] * crossval_folds, embeddings, labels,
+                              assign_folds(labels, crossval_folds, seed + REPEAT_SEED_STRIDE * repeat), classes)
+            for repeat in range(DEFAULT_REPEATS)])
     evidenced = time.perf_counter()
     table = conflict_table(centers, neighbours, threshold=None, pair_llr=pair_llr, crossval=crossval)
     finished = time.perf_counter()
@@ -100,7 +103,8 @@ def run_analysis_benchmark(classes: int, dim: int = 512, k: int = 5, approximate
         "search_s": round(searched - generated - info.build_seconds - info.tune_seconds, 2),
         "plda_fit_s": round(fitted - searched, 2),
         "crossval_s": round(evidenced - fitted, 2) if crossval_folds else None,
-        "crossval_bytes": sum(getattr(crossval, name).nbytes for name in SAVED_ARRAYS) if crossval_folds else None,
+        "crossval_bytes": (sum(getattr(repeat, name).nbytes for repeat in crossval.repeats for name in SAVED_ARRAYS)
+                           if crossval_folds else None),
         "table_s": round(finished - evidenced, 2),
         "analysis_s": round(finished - generated, 2),
         "pairs": len(table), "flagged": int(table["flagged"].sum()),

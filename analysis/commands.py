@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import click
-import numpy as np
 
 from analysis.choices import CENTER_SOURCES, DEFAULT_K
-from analysis.crossval import DEFAULT_FOLDS
+from analysis.crossval import DEFAULT_FOLDS, DEFAULT_REPEATS
 from analysis.index import METHODS
 from core.errors import ConfigError
 from core.figures import figure_format_option
@@ -256,6 +255,9 @@ def report(k: int, threshold: Optional[float], noise_threshold: Optional[float],
 @click.option("--folds", default=DEFAULT_FOLDS, show_default=True, type=int,
               help="Fold reference models: each trains on all folds but one and reads the held-out one (one more "
                    "trains on all the data).")
+@click.option("--repeats", default=DEFAULT_REPEATS, show_default=True, type=int,
+              help="Independent cross-validations averaged, each with its own folds and models (a later call with "
+                   "more reuses the finished ones).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="A train config (YAML or arcface_torch .py) for the reference models; default: a full softmax "
                    "with CosFace s=32 m=0.3, 128-d embeddings, 12 epochs, train's default backbone.")
@@ -263,8 +265,8 @@ def report(k: int, threshold: Optional[float], noise_threshold: Optional[float],
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the folds and of the models.")
 @click.option("--device", default="auto", show_default=True, help="Device that trains and embeds.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def crossval(run: str, data: Optional[str], out: Optional[str], folds: int, config_file: Optional[str],
-             epochs: Optional[int], seed: int, device: str, quiet: bool) -> None:
+def crossval(run: str, data: Optional[str], out: Optional[str], folds: int, repeats: int,
+             config_file: Optional[str], epochs: Optional[int], seed: int, device: str, quiet: bool) -> None:
     """Evidence on every label from models that never trained on it (INCV): survives memorisation -> --crossval."""
     from analysis.centers import load_run, resolve_data_path
     from analysis.crossval import crossval_for, default_crossval_dir, reference_recipe, run_crossval
@@ -272,12 +274,13 @@ def crossval(run: str, data: Optional[str], out: Optional[str], folds: int, conf
     info = load_run(run)
     data_path = resolve_data_path(info, data)
     folder = Path(out) if out is not None else default_crossval_dir(info.checkpoint)
-    evidence = run_crossval(data_path, folder, reference_recipe(config_file, epochs), folds=folds, seed=seed,
-                            device=device, progress=not quiet, echo=click.echo)
-    judged = int(np.isfinite(evidence.held_out_score).sum())
-    click.echo(f"Wrote {folder / 'crossval.npz'} and crossval.json: {evidence.folds} fold models and one on all the "
-               f"data; {judged:,} of {len(evidence.held_out_score):,} images judged by a model that never trained on "
-               "them. Keep fold*/embeddings.npy beside it: the pair separation reads them (fold*/run may go).")
+    evidence = run_crossval(data_path, folder, reference_recipe(config_file, epochs), folds=folds, repeats=repeats,
+                            seed=seed, device=device, progress=not quiet, echo=click.echo)
+    judged = evidence.judged
+    click.echo(f"Wrote {folder / 'crossval.json'} and each repeat's crossval.npz: {repeats} x ({evidence.folds} fold "
+               f"models and one on all the data); {int(judged.sum()):,} of {len(judged):,} images judged by a model "
+               "that never trained on them. Keep [repeat*/]fold*/embeddings.npy: the pair separation reads them "
+               "([repeat*/]fold*/run may go).")
     found = crossval_for(info.checkpoint, data_path) == folder
     click.echo(f"Next: python cli.py analyze report {shlex.quote(run)}"
                + (f" --data {shlex.quote(data)}" if data else "")

@@ -23,7 +23,7 @@ import pandas as pd
 from analysis import plots
 from analysis.centers import Centers
 from analysis.choices import DEFAULT_K
-from analysis.crossval import CrossValidation, conflict_score, nonzero_rows
+from analysis.crossval import RepeatedCrossValidation, conflict_score, nonzero_rows
 from analysis.dynamics import TrainingMargins
 from analysis.groundtruth import DetectionScore, conflict_positives, score_detection
 from analysis.index import IndexBuilder, IndexInfo, build_index, normalize_rows, self_neighbours
@@ -124,7 +124,7 @@ def confused_pairs(training: TrainingMargins, num_classes: int) -> np.ndarray:
     return np.unique(np.minimum(given, other)[both] * num_classes + np.maximum(given, other)[both])
 
 
-def crossval_candidates(crossval: CrossValidation, k: int) -> np.ndarray:
+def crossval_candidates(crossval: RepeatedCrossValidation, k: int) -> np.ndarray:
     """Keys ``min * C + max`` of each class's k nearest other classes by the reference models' cosine: a
     split person whose labels the analysed run pulled apart (or whose DCQ means bunch) is near under them."""
     present = np.flatnonzero(nonzero_rows(crossval.class_vectors))
@@ -174,7 +174,7 @@ def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Op
                    complete_flagged: bool = True,
                    pair_llr: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
                    training: Optional[TrainingMargins] = None,
-                   crossval: Optional[CrossValidation] = None) -> pd.DataFrame:
+                   crossval: Optional[RepeatedCrossValidation] = None) -> pd.DataFrame:
     """Candidate pairs (``CONFLICT_COLUMNS``), sorted by similarity, highest first.
 
     With ``complete_flagged`` a class whose k-th neighbour is still above the threshold

@@ -47,6 +47,7 @@ beside ``crossval.npz``; the trained models themselves may be deleted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import asdict, dataclass
@@ -75,11 +76,17 @@ OWN_NEIGHBOURS = 3
 PAIR_CHUNK = 1 << 20
 # A label with this many images or more is compared with its queries in one matrix product (speed only).
 BLOCK_POOL = 16
+# Independent cross-validations averaged (repeated K-fold): each deals its own folds and trains its own models.
+DEFAULT_REPEATS = 2
+# Repeat r deals its folds and seeds its models from --seed + REPEAT_SEED_STRIDE * r, apart from a user's next --seed.
+REPEAT_SEED_STRIDE = 1000
 SAVED_ARRAYS = ("labels", "fold", "held_out_score", "all_data_score", "class_vectors", "held_out_own")
 # Each reference model's folder and its embeddings of every image (written as the model finishes); the fold models'
 # stay beside crossval.npz, since the pair separation reads them.
 FOLD_DIR = "fold{fold}"
 EMBEDDINGS_FILE = "embeddings.npy"
+# Repeat 0 lies in the output folder itself (a one-repeat result is laid out as before repeats existed), repeat r here.
+REPEAT_DIR = "repeat{repeat}"
 
 
 @dataclass
@@ -148,6 +155,46 @@ class CrossValidation:
             totals += np.bincount(rows[ok], margin[ok], minlength=len(label_a))
             judged += np.bincount(rows[ok], minlength=len(label_a))
         return np.where(judged > 0, totals / np.maximum(judged, 1), np.nan).astype(np.float32)
+
+
+@dataclass
+class RepeatedCrossValidation:
+    """``DEFAULT_REPEATS`` cross-validations of one dataset, each with its own folds and models (repeated K-fold),
+    their evidence averaged: every image is read by one model per repeat that never trained on it. One set of models'
+    rankings moves with its seed (split-pair AP by up to 0.03 between two repeats on a development scenario); the
+    average moves less and ranks better (docs/ANALYSIS.md). What the analyses read is the same as one repeat's."""
+
+    repeats: Sequence[CrossValidation]
+
+    @property
+    def folds(self) -> int:
+        return self.repeats[0].folds
+
+    @property
+    def judged(self) -> np.ndarray:
+        """Per image, whether some model that never trained on it judged it."""
+        return np.logical_or.reduce([np.isfinite(repeat.held_out_score) for repeat in self.repeats])
+
+    @property
+    def noise_score(self) -> np.ndarray:
+        return np.mean([repeat.noise_score for repeat in self.repeats], axis=0)
+
+    @functools.cached_property
+    def class_vectors(self) -> np.ndarray:
+        """The repeats' class vectors side by side, scaled so that one inner product is their mean cosine."""
+        return (np.concatenate([repeat.class_vectors for repeat in self.repeats], axis=1)
+                / np.float32(math.sqrt(len(self.repeats))))
+
+    def pair_similarity(self, label_a: np.ndarray, label_b: np.ndarray) -> np.ndarray:
+        return np.mean([repeat.pair_similarity(label_a, label_b) for repeat in self.repeats], axis=0,
+                       dtype=np.float32)
+
+    def pair_separation(self, label_a: np.ndarray, label_b: np.ndarray, chunk: int = PAIR_CHUNK) -> np.ndarray:
+        """The mean of the repeats' separations that are defined (NaN: none is)."""
+        separations = np.stack([repeat.pair_separation(label_a, label_b, chunk) for repeat in self.repeats])
+        defined = np.isfinite(separations)
+        totals = np.where(defined, separations, 0.0).sum(axis=0)
+        return np.where(defined.any(axis=0), totals / np.maximum(defined.sum(axis=0), 1), np.nan).astype(np.float32)
 
 
 def _label_members(wanted: np.ndarray, order: np.ndarray, counts: np.ndarray
@@ -373,50 +420,62 @@ def _reference_embeddings(model_dir: Path, training_data: str, recipe, seed: int
     return np.load(stored, mmap_mode="r")
 
 
-def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS, seed: int = 0,
-                 device: str = "auto", progress: bool = True, echo: Callable[[str], None] = print
-                 ) -> CrossValidation:
-    """Train the K fold models and the all-data model on ``data`` with ``recipe`` (a TrainConfig), embed every image
-    under each, and write ``out/crossval.npz`` and ``out/crossval.json`` (last). Resumable model by model."""
+def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS, repeats: int = DEFAULT_REPEATS,
+                 seed: int = 0, device: str = "auto", progress: bool = True, echo: Callable[[str], None] = print
+                 ) -> RepeatedCrossValidation:
+    """Per repeat, train the K fold models and the all-data model on ``data`` with ``recipe`` (a TrainConfig), embed
+    every image under each, and write the repeat's ``crossval.npz``; then ``out/crossval.json`` (last). Resumable
+    model by model; a call with more repeats than a finished one reuses its repeats."""
     from core.data.folder import write_list
     from core.data.loader import open_dataset
 
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
     out = Path(out)
     data_path = Path(data).expanduser().absolute()
     dataset = open_dataset(data_path)
     labels = np.asarray(dataset.labels, dtype=np.int64)
     num_classes = int(dataset.num_classes)
-    fold = assign_folds(labels, folds, seed)
     recipe_values = {k: v for k, v in asdict(recipe).items() if k != "out"}
     _claim_setup(out, {"num_samples": len(labels), "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(),
                        "folds": folds, "seed": seed, "recipe": recipe_values})
     entries = _list_entries(dataset, data_path)
-    models = folds + 1
+    models = repeats * (folds + 1)
 
     def announcer(number: int, images: int, model_dir: Path) -> Callable[[int], None]:
         return lambda epochs: echo(f"cross-validation: reference model {number} of {models} on {images:,} of "
                                    f"{len(labels):,} images ({epochs} epochs) -> {model_dir / 'run'}")
 
-    fold_embeddings = []
-    for f in range(folds):
-        fold_dir = out / FOLD_DIR.format(fold=f)
-        trained = np.flatnonzero(fold != f)
-        if not (fold_dir / EMBEDDINGS_FILE).is_file():  # a finished fold needs no list (a million lines at scale)
-            fold_dir.mkdir(parents=True, exist_ok=True)
-            write_list(fold_dir / "train.txt", [entries[i] for i in trained], labels[trained].tolist())
-        fold_embeddings.append(_reference_embeddings(fold_dir, str(fold_dir / "train.txt"), recipe, seed + f, device,
-                                                     progress, data_path, announcer(f + 1, len(trained), fold_dir)))
-    all_dir = out / "all"
-    all_data = _reference_embeddings(all_dir, str(data_path), recipe, seed + folds, device, progress, data_path,
-                                     announcer(models, len(labels), all_dir))
-    evidence = held_out_evidence(fold_embeddings, all_data, labels, fold, num_classes)
-    with atomic_path(out / RESULT_ARRAYS) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **{name: getattr(evidence, name) for name in SAVED_ARRAYS})
+    evidence = []
+    for repeat in range(repeats):
+        folder, repeat_seed = repeat_dir(out, repeat), seed + REPEAT_SEED_STRIDE * repeat
+        fold = assign_folds(labels, folds, repeat_seed)
+        fold_embeddings = []
+        for f in range(folds):
+            fold_dir = folder / FOLD_DIR.format(fold=f)
+            trained = np.flatnonzero(fold != f)
+            if not (fold_dir / EMBEDDINGS_FILE).is_file():  # a finished fold needs no list (a million lines at scale)
+                fold_dir.mkdir(parents=True, exist_ok=True)
+                write_list(fold_dir / "train.txt", [entries[i] for i in trained], labels[trained].tolist())
+            fold_embeddings.append(_reference_embeddings(
+                fold_dir, str(fold_dir / "train.txt"), recipe, repeat_seed + f, device, progress, data_path,
+                announcer(repeat * (folds + 1) + f + 1, len(trained), fold_dir)))
+        all_dir = folder / "all"
+        all_data = _reference_embeddings(all_dir, str(data_path), recipe, repeat_seed + folds, device, progress,
+                                         data_path, announcer((repeat + 1) * (folds + 1), len(labels), all_dir))
+        evidence.append(held_out_evidence(fold_embeddings, all_data, labels, fold, num_classes))
+        with atomic_path(folder / RESULT_ARRAYS) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **{name: getattr(evidence[-1], name) for name in SAVED_ARRAYS})
     atomic_write_json(out / RESULT_JSON, {"data": str(data_path), "num_samples": len(labels),
-                                          "num_classes": num_classes, "folds": folds, "seed": seed,
-                                          "recipe": recipe_values})
-    return evidence
+                                          "num_classes": num_classes, "folds": folds, "repeats": repeats,
+                                          "seed": seed, "recipe": recipe_values})
+    return RepeatedCrossValidation(evidence)
+
+
+def repeat_dir(out: Path, repeat: int) -> Path:
+    """Where repeat ``repeat`` of a cross-validation in ``out`` lies (``REPEAT_DIR``)."""
+    return Path(out) if repeat == 0 else Path(out) / REPEAT_DIR.format(repeat=repeat)
 
 
 def _claim_setup(out: Path, setup: dict[str, Any]) -> None:
@@ -432,11 +491,11 @@ def _claim_setup(out: Path, setup: dict[str, Any]) -> None:
                           "--folds, --seed, --config and --epochs, or give another --out")
 
 
-def _fold_embeddings(folder: Path, fold: int, num_samples: int) -> np.ndarray:
+def _fold_embeddings(folder: Path, where: str, fold: int, num_samples: int) -> np.ndarray:
     """One fold model's embeddings of every image, memory-mapped (a plain array file: nothing in it runs code)."""
     path = folder / FOLD_DIR.format(fold=fold) / EMBEDDINGS_FILE
     if not path.is_file():
-        raise ConfigError(f"--crossval {folder}: {path} is missing; the pair separation reads every fold model's "
+        raise ConfigError(f"{where}: {path} is missing; the pair separation reads every fold model's "
                           "embeddings, so keep them beside crossval.npz, or write them again with python cli.py "
                           "analyze crossval")
     try:
@@ -465,7 +524,7 @@ def crossval_for(checkpoint: Path, data_path: Path) -> Optional[Path]:
     return folder if computed_on and Path(computed_on).resolve() == Path(data_path).resolve() else None
 
 
-def load_crossval(path: str | Path, num_samples: int, num_classes: int) -> CrossValidation:
+def load_crossval(path: str | Path, num_samples: int, num_classes: int) -> RepeatedCrossValidation:
     """``analyze crossval``'s output, checked to describe data of this size (arrays only: nothing here runs code)."""
     folder = Path(path)
     where = f"--crossval {folder}"
@@ -477,14 +536,22 @@ def load_crossval(path: str | Path, num_samples: int, num_classes: int) -> Cross
         raise DataError(f"{where}: was computed on {meta.get('num_samples')} images of {meta.get('num_classes')} "
                         f"classes ({meta.get('data')}), but the analysed data has {num_samples} images of "
                         f"{num_classes}; run analyze crossval on this data")
+    repeats = meta.get("repeats", 1)  # written before repeats existed: one
+    if not isinstance(repeats, int) or repeats < 1:
+        raise DataError(f"{where}/{RESULT_JSON}: repeats is {repeats!r}, expected a whole number >= 1")
+    return RepeatedCrossValidation([_load_repeat(repeat_dir(folder, repeat), where, int(meta.get("folds", 0)),
+                                                 num_samples, num_classes) for repeat in range(repeats)])
+
+
+def _load_repeat(folder: Path, where: str, folds: int, num_samples: int, num_classes: int) -> CrossValidation:
+    arrays_file = folder / RESULT_ARRAYS
     try:
-        with np.load(folder / RESULT_ARRAYS, allow_pickle=False) as arrays:
+        with np.load(arrays_file, allow_pickle=False) as arrays:
             saved = {name: arrays[name] for name in SAVED_ARRAYS}
     except (KeyError, ValueError, OSError) as exc:
-        raise DataError(f"{where}/{RESULT_ARRAYS}: not a readable cross-validation result ({exc}); write it again "
+        raise DataError(f"{where}: {arrays_file} is not a readable cross-validation result ({exc}); write it again "
                         "with python cli.py analyze crossval") from exc
-    folds = int(meta.get("folds", 0))
-    evidence = CrossValidation(**saved, fold_embeddings=[_fold_embeddings(folder, f, num_samples)
+    evidence = CrossValidation(**saved, fold_embeddings=[_fold_embeddings(folder, where, f, num_samples)
                                                          for f in range(folds)])
     sizes = {len(getattr(evidence, name)) for name in ("labels", "fold", "held_out_score", "all_data_score",
                                                         "held_out_own")}
@@ -492,7 +559,7 @@ def load_crossval(path: str | Path, num_samples: int, num_classes: int) -> Cross
     if (folds < 2 or sizes != {num_samples} or len(evidence.class_vectors) != num_classes or len(dimensions) > 1
             or evidence.labels.min(initial=0) < 0 or evidence.labels.max(initial=0) >= num_classes
             or evidence.fold.min(initial=0) < 0 or evidence.fold.max(initial=0) >= max(folds, 1)):
-        raise DataError(f"{where}/{RESULT_ARRAYS}: its arrays do not match {RESULT_JSON} "
+        raise DataError(f"{where}: {arrays_file}: its arrays do not match {RESULT_JSON} "
                         f"({sorted(sizes)} images, {len(evidence.class_vectors)} classes, {folds} folds of "
                         f"{sorted(dimensions)}-d embeddings)")
     return evidence

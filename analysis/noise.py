@@ -447,8 +447,9 @@ def noise_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
         "flagged share (the estimated noise rate)": float(flagged.mean()),
         "ranked by": ranking,
         "training margins": training_note,
-        "cross-validated reference": (f"{crossval.folds} folds ({analysis.crossval_dir}); its rank correlation with "
-                                      f"the run's own ranking: {table.attrs['agreement']:.2f}" if crossval is not None
+        "cross-validated reference": (f"{len(crossval.repeats)} repeats of {crossval.folds} folds "
+                                      f"({analysis.crossval_dir}); its rank correlation with the run's own ranking: "
+                                      f"{table.attrs['agreement']:.2f}" if crossval is not None
                                       else "none (python cli.py analyze crossval RUN, then analyze again)"),
         "score threshold": f"{threshold:.4f} ({rule})",
         "outlier cutoff (own similarity)": round(float(table.attrs["outlier_similarity"]), 4),

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from analysis import plots
 from analysis.centers import Centers, choose_centers, class_sums
 from analysis.choices import DEFAULT_K
-from analysis.crossval import CrossValidation, crossval_for, load_crossval
+from analysis.crossval import RepeatedCrossValidation, crossval_for, load_crossval
 from analysis.conflict import CenterNeighbours, center_neighbours, conflict_section
 from analysis.dynamics import TrainingMargins, training_margins
 from analysis.groundtruth import DetectionScore
@@ -148,7 +148,7 @@ class Analysis:
         return crossval_for(self.inputs.run.checkpoint, self.inputs.data_path)
 
     @functools.cached_property
-    def crossval(self) -> Optional[CrossValidation]:
+    def crossval(self) -> Optional[RepeatedCrossValidation]:
         """The cross-validated reference evidence for the analysed data (from ``crossval_dir``), if any."""
         if self.crossval_dir is None:
             return None

@@ -83,7 +83,9 @@ class Scenario:
 # so seen, and moved here in session 11), the four after them session 11's held-out set (moved here in session
 # 12), the four after them the held-out set written in session 12 (reported, and moved here in session 12 for the
 # noise score's next round), the four after them that round's held-out set (reported in session 12, moved here in
-# session 13 for the conflict separation's next round), and the last four the held-out set written for that round.
+# session 13 for the conflict separation's next round), the four after them that round's held-out set (reported in
+# session 13, moved here in session 14 for the repeated cross-validation's round), and the last four the held-out set
+# written for that round.
 SCENARIOS = (
     Scenario("dev-faces-uniform", False, "faces", 0.05, "uniform", 0.0, 0.05, 400, 2, 60, 1.25, seed=11),
     Scenario("dev-shapes-lookalike", False, "shapes", 0.05, "lookalike", 0.02, 0.08, 400, 2, 60, 1.0, seed=12),
@@ -114,14 +116,21 @@ SCENARIOS = (
     Scenario("dev-faces-lookalike-split", False, "faces", 0.04, "lookalike", 0.0, 0.10, 400, 3, 60, 1.15, seed=63),
     Scenario("dev-shapes-uniform-open-steep", False, "shapes", 0.05, "uniform", 0.04, 0.05, 450, 2, 80, 1.45,
              seed=64),
-    Scenario("held-faces-lookalike-open-long", True, "faces", 0.06, "lookalike", 0.02, 0.07, 420, 2, 90, 1.3,
+    Scenario("dev-faces-lookalike-open-long", False, "faces", 0.06, "lookalike", 0.02, 0.07, 420, 2, 90, 1.3,
              seed=71),
-    Scenario("held-shapes-uniform-flat-heavy", True, "shapes", 0.07, "uniform", 0.01, 0.06, 360, 4, 50, 0.85,
+    Scenario("dev-shapes-uniform-flat-heavy", False, "shapes", 0.07, "uniform", 0.01, 0.06, 360, 4, 50, 0.85,
              seed=72),
-    Scenario("held-faces-uniform-open-split", True, "faces", 0.04, "uniform", 0.03, 0.09, 420, 2, 70, 1.35,
+    Scenario("dev-faces-uniform-open-split", False, "faces", 0.04, "uniform", 0.03, 0.09, 420, 2, 70, 1.35,
              seed=73),
-    Scenario("held-shapes-lookalike-steep", True, "shapes", 0.06, "lookalike", 0.01, 0.06, 440, 2, 80, 1.5,
+    Scenario("dev-shapes-lookalike-steep", False, "shapes", 0.06, "lookalike", 0.01, 0.06, 440, 2, 80, 1.5,
              seed=74),
+    Scenario("held-shapes-lookalike-open-flat", True, "shapes", 0.05, "lookalike", 0.03, 0.07, 380, 3, 50, 0.95,
+             seed=81),
+    Scenario("held-faces-uniform-steep-heavy", True, "faces", 0.08, "uniform", 0.01, 0.06, 440, 2, 80, 1.5,
+             seed=82),
+    Scenario("held-shapes-uniform-long-split", True, "shapes", 0.05, "uniform", 0.02, 0.09, 420, 2, 90, 1.3,
+             seed=83),
+    Scenario("held-faces-lookalike-flat", True, "faces", 0.06, "lookalike", 0.0, 0.06, 360, 4, 50, 0.9, seed=84),
 )
 
 
@@ -305,11 +314,12 @@ def _round(figures: dict[str, Optional[float]]) -> dict[str, Optional[float]]:
 # -- running ------------------------------------------------------------------------------
 def crossval_root(out: Path, scenario: Scenario, scale: Scale, data: Path, device: str) -> Path:
     """The scenario's cross-validated reference evidence (analysis/crossval.py), computed on first use and shared by
-    the scenario's cells: the reference recipe is the baseline's, on 3/4 of the data per fold."""
-    from analysis.crossval import RESULT_JSON, reference_recipe, run_crossval
+    the scenario's cells: the reference recipe is the baseline's, on 3/4 of the data per fold. A result with fewer
+    repeats than the default gets the rest (its models are kept)."""
+    from analysis.crossval import DEFAULT_REPEATS, RESULT_JSON, reference_recipe, run_crossval
 
     root = out / "crossval" / scenario.name
-    if not (root / RESULT_JSON).is_file():
+    if not (root / RESULT_JSON).is_file() or read_json(root / RESULT_JSON).get("repeats", 1) != DEFAULT_REPEATS:
         recipe = reference_recipe(epochs=max(2, round(BASELINE.epochs * scale.epoch_share)))
         run_crossval(data, root, recipe.replace(checkpoint_every=500, val_every=10 ** 9), seed=scenario.seed,
                      device=device, progress=False, echo=lambda line: None)

@@ -6,7 +6,8 @@ import pytest
 from analysis.benchmark import run_analysis_benchmark
 from analysis.centers import class_means
 from analysis.conflict import center_neighbours, conflict_table
-from analysis.crossval import assign_folds, held_out_evidence
+from analysis.crossval import (DEFAULT_REPEATS, REPEAT_SEED_STRIDE, RepeatedCrossValidation, assign_folds,
+                               held_out_evidence)
 from analysis.plda import fit_two_covariance
 from core.data.synthetic import SyntheticEmbeddingConfig, make_synthetic_embeddings
 from core.errors import ConfigError
@@ -19,8 +20,10 @@ def _reference_table(folds: int = 0):
         num_classes=CLASSES, dim=DIM, min_images=IMAGES, max_images=IMAGES, clusters=CLASSES // 100, seed=0))
     centers = class_means(embeddings, labels, CLASSES)
     model = fit_two_covariance(embeddings, labels, CLASSES)
-    crossval = (held_out_evidence([embeddings] * folds, embeddings, labels, assign_folds(labels, folds, 0), CLASSES)
-                if folds else None)
+    crossval = RepeatedCrossValidation([
+        held_out_evidence([embeddings] * folds, embeddings, labels,
+                          assign_folds(labels, folds, REPEAT_SEED_STRIDE * repeat), CLASSES)
+        for repeat in range(DEFAULT_REPEATS)]) if folds else None
     return conflict_table(centers, center_neighbours(centers, 5), threshold=None, pair_llr=model.pair_llr,
                           crossval=crossval)
 
@@ -41,10 +44,10 @@ def test_crossval_folds_add_the_reference_evidence_an_analysis_with_crossval_get
     reference = _reference_table(folds=3)
     assert result["pairs"] == len(reference) and result["pairs_from_crossval"] == reference.attrs["pairs_from_crossval"]
     assert reference["crossval_score"].notna().all() and result["crossval_s"] >= 0
-    # crossval.npz: labels, fold (int64), three per-image scores, [C, 4 D] vectors (float32); the fold models'
-    # embeddings stay in their own files
+    # each repeat's crossval.npz: labels, fold (int64), three per-image scores, [C, 4 D] vectors (float32); the fold
+    # models' embeddings stay in their own files
     n = CLASSES * IMAGES
-    assert result["crossval_bytes"] == n * 8 * 2 + n * 4 * 3 + CLASSES * 4 * DIM * 4
+    assert result["crossval_bytes"] == DEFAULT_REPEATS * (n * 8 * 2 + n * 4 * 3 + CLASSES * 4 * DIM * 4)
     with pytest.raises(ConfigError, match="--crossval-folds must be between 2 and --images-per-class"):
         run_analysis_benchmark(CLASSES, dim=DIM, images_per_class=IMAGES, crossval_folds=IMAGES + 1)
 

@@ -428,10 +428,12 @@ def test_crossval_writes_reference_evidence_that_the_report_ranks_by(synthetic_r
     result = CliRunner().invoke(analyze, ["crossval", str(run), "--folds", "2", "--epochs", "2", "--config",
                                           str(recipe), "--device", "cpu", "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "reference model 2 of 3" in result.output and "(2 epochs)" in result.output
-    assert "reference model 3 of 3 on 62 of 62 images" in result.output  # the all-data model
-    assert "2 fold models and one on all the data" in result.output and "Keep fold*/embeddings.npy" in result.output
-    assert (run / "crossval" / "crossval.npz").is_file()
+    assert "reference model 2 of 6" in result.output and "(2 epochs)" in result.output
+    assert "reference model 3 of 6 on 62 of 62 images" in result.output  # the all-data model
+    assert "reference model 6 of 6 on 62 of 62 images" in result.output  # the second repeat's
+    assert "2 x (2 fold models and one on all the data)" in result.output
+    assert "Keep [repeat*/]fold*/embeddings.npy" in result.output
+    assert (run / "crossval" / "crossval.npz").is_file() and (run / "crossval" / "repeat1" / "crossval.npz").is_file()
     assert f"analyze report {run} --out {run / 'analysis'}" in result.output  # found without --crossval
     output = invoke("report", run, "--out", tmp_path / "report")
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())

@@ -8,9 +8,10 @@ import pytest
 
 from analysis.conflict import center_neighbours, conflict_table
 from analysis.centers import Centers
-from analysis.crossval import (BLOCK_POOL, RESULT_ARRAYS, RESULT_JSON, SAVED_ARRAYS, SETUP_JSON, CrossValidation,
-                               assign_folds, conflict_score, held_out_evidence, label_nearest_similarity,
-                               load_crossval, nonzero_rows, reference_recipe, run_crossval)
+from analysis.crossval import (BLOCK_POOL, REPEAT_SEED_STRIDE, RESULT_ARRAYS, RESULT_JSON, SAVED_ARRAYS, SETUP_JSON,
+                               CrossValidation, RepeatedCrossValidation, assign_folds, conflict_score,
+                               held_out_evidence, label_nearest_similarity, load_crossval, nonzero_rows,
+                               reference_recipe, repeat_dir, run_crossval)
 from analysis.noise import (RANK_COMBINED, RANK_CROSSVAL, RANK_CROSSVAL_AND_RUN, RANK_FEATURES, SampleNeighbours,
                             noise_table, rank_correlation, robust_z)
 from core.errors import ConfigError, DataError
@@ -214,14 +215,18 @@ def test_pair_similarity_in_chunks_equals_one_block_and_absent_classes_are_nan()
                           [[False, True], [True, False]])
 
 
-def _write(folder, evidence: CrossValidation, num_samples: int, num_classes: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / RESULT_ARRAYS, **{name: getattr(evidence, name) for name in SAVED_ARRAYS})
-    for f, embeddings in enumerate(evidence.fold_embeddings):
-        (folder / f"fold{f}").mkdir(exist_ok=True)
-        np.save(folder / f"fold{f}" / "embeddings.npy", embeddings)
-    atomic_write_json(folder / RESULT_JSON, {"data": "d", "num_samples": num_samples, "num_classes": num_classes,
-                                             "folds": evidence.folds})
+def _write(folder, evidence: CrossValidation | list[CrossValidation], num_samples: int, num_classes: int) -> None:
+    """As run_crossval lays them out; one CrossValidation: the json as written before repeats existed."""
+    repeats = evidence if isinstance(evidence, list) else [evidence]
+    for repeat, one in enumerate(repeats):
+        where = repeat_dir(folder, repeat)
+        where.mkdir(parents=True, exist_ok=True)
+        np.savez(where / RESULT_ARRAYS, **{name: getattr(one, name) for name in SAVED_ARRAYS})
+        for f, embeddings in enumerate(one.fold_embeddings):
+            (where / f"fold{f}").mkdir(exist_ok=True)
+            np.save(where / f"fold{f}" / "embeddings.npy", embeddings)
+    meta = {"data": "d", "num_samples": num_samples, "num_classes": num_classes, "folds": repeats[0].folds}
+    atomic_write_json(folder / RESULT_JSON, meta if repeats is not evidence else {**meta, "repeats": len(repeats)})
 
 
 def test_the_saved_evidence_reads_back_and_other_data_is_refused(tmp_path):
@@ -229,8 +234,8 @@ def test_the_saved_evidence_reads_back_and_other_data_is_refused(tmp_path):
     evidence = held_out_evidence([rows, rows], rows, labels, fold, 2)
     _write(tmp_path / "cv", evidence, 6, 2)
     back = load_crossval(tmp_path / "cv", 6, 2)
-    assert np.array_equal(back.held_out_score, evidence.held_out_score, equal_nan=True) and back.folds == 2
-    assert np.array_equal(back.all_data_score, evidence.all_data_score)
+    assert len(back.repeats) == 1 and back.folds == 2  # a json from before repeats: one
+    back = back.repeats[0]
     for name in SAVED_ARRAYS:
         assert np.array_equal(getattr(back, name), getattr(evidence, name), equal_nan=True), name
     assert all(np.array_equal(a, b) for a, b in zip(back.fold_embeddings, evidence.fold_embeddings))
@@ -258,6 +263,47 @@ def test_the_fold_embeddings_must_be_there_and_fit_the_data(tmp_path):
         load_crossval(tmp_path / "cv", 6, 2)
     stored.unlink()
     with pytest.raises(ConfigError, match="fold1/embeddings.npy is missing.*keep them beside crossval.npz"):
+        load_crossval(tmp_path / "cv", 6, 2)
+
+
+def test_repeats_average_the_noise_score_the_cosine_and_the_defined_separations():
+    rows, labels, fold = _two_fold_world()
+    turned = _unit(rows + np.array([0.0, 0.0, 0.7]) * (labels == 1)[:, None])  # another repeat's models
+    first = held_out_evidence([rows, rows], rows, labels, fold, 2)
+    second = held_out_evidence([turned, turned], turned, labels, 1 - fold, 2)
+    both = RepeatedCrossValidation([first, second])
+    assert both.folds == 2
+    assert np.allclose(both.noise_score, (first.noise_score + second.noise_score) / 2)
+    a, b = np.array([0, 1]), np.array([1, 0])
+    mean_cosine = (first.pair_similarity(a, b) + second.pair_similarity(a, b)) / 2
+    assert np.allclose(both.pair_similarity(a, b), mean_cosine) and not np.allclose(mean_cosine,
+                                                                                    first.pair_similarity(a, b))
+    # one inner product of the side-by-side class vectors is the mean cosine: what the candidates' search ranks by
+    assert np.allclose(np.einsum("ij,ij->i", both.class_vectors[a], both.class_vectors[b]), mean_cosine)
+    separations = first.pair_separation(a, b), second.pair_separation(a, b)
+    assert np.isfinite(separations).all() and not np.allclose(*separations)
+    assert np.allclose(both.pair_separation(a, b), (separations[0] + separations[1]) / 2)
+    second.held_out_own[:] = np.nan  # the second repeat judges no pair: the first's separation stands
+    assert np.allclose(both.pair_separation(a, b), separations[0])
+    first.held_out_own[:] = np.nan
+    assert np.isnan(both.pair_separation(a, b)).all()
+    first.held_out_score[:3], second.held_out_score[2:] = np.nan, np.nan
+    assert both.judged.tolist() == [True, True, False, True, True, True]
+
+
+def test_repeats_read_back_from_their_folders_and_a_missing_file_is_named(tmp_path):
+    rows, labels, fold = _two_fold_world()
+    repeats = [held_out_evidence([rows, rows], rows, labels, dealt, 2) for dealt in (fold, 1 - fold)]
+    _write(tmp_path / "cv", repeats, 6, 2)
+    assert (tmp_path / "cv" / "fold0").is_dir() and (tmp_path / "cv" / "repeat1" / "fold0").is_dir()
+    back = load_crossval(tmp_path / "cv", 6, 2)
+    assert len(back.repeats) == 2 and np.array_equal(back.repeats[1].fold, 1 - fold)
+    assert np.allclose(back.noise_score, RepeatedCrossValidation(repeats).noise_score)
+    (tmp_path / "cv" / "repeat1" / "fold1" / "embeddings.npy").unlink()
+    with pytest.raises(ConfigError, match=r"--crossval \S*cv: \S*cv/repeat1/fold1/embeddings.npy is missing"):
+        load_crossval(tmp_path / "cv", 6, 2)
+    atomic_write_json(tmp_path / "cv" / RESULT_JSON, {"num_samples": 6, "num_classes": 2, "folds": 2, "repeats": 0})
+    with pytest.raises(DataError, match="repeats is 0, expected a whole number >= 1"):
         load_crossval(tmp_path / "cv", 6, 2)
 
 
@@ -322,8 +368,9 @@ def test_conflict_pairs_carry_the_reference_cosine_and_its_nearest_pairs_join_th
     neighbours = center_neighbours(centers, k=1)
     reference = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.96, 0.28, 0.0]], np.float32)
     labels = np.repeat(np.arange(4), 2)
-    crossval = held_out_evidence([reference[labels]] * 2, reference[labels], labels, np.tile([0, 1], 4), 4)
-    crossval.class_vectors = reference
+    evidence = held_out_evidence([reference[labels]] * 2, reference[labels], labels, np.tile([0, 1], 4), 4)
+    evidence.class_vectors = reference
+    crossval = RepeatedCrossValidation([evidence])
     without = conflict_table(centers, neighbours, threshold=0.99)
     table = conflict_table(centers, neighbours, threshold=0.99, crossval=crossval)
     pairs = set(zip(table["label_a"], table["label_b"]))
@@ -346,9 +393,9 @@ def test_reference_models_begun_with_other_folds_are_not_resumed(tmp_path, monke
     trained = []
     monkeypatch.setattr(crossval_module, "_reference_embeddings",
                         lambda model_dir, *args, **kwargs: trained.append(model_dir) or np.eye(24, 4))
-    run_crossval(data, out, reference_recipe(epochs=1), folds=2, seed=0, echo=lambda line: None)
+    run_crossval(data, out, reference_recipe(epochs=1), folds=2, repeats=1, seed=0, echo=lambda line: None)
     assert read_json(out / SETUP_JSON)["seed"] == 0 and len(trained) == 3  # two folds and the all-data model
-    run_crossval(data, out, reference_recipe(epochs=1), folds=2, seed=0, echo=lambda line: None)  # same: resumes
+    run_crossval(data, out, reference_recipe(epochs=1), folds=2, repeats=1, seed=0, echo=lambda line: None)  # resumes
     with pytest.raises(ConfigError, match="seed differ.*resume with the same"):
         run_crossval(data, out, reference_recipe(epochs=1), folds=2, seed=1, echo=lambda line: None)
     with pytest.raises(ConfigError, match="folds differ"):
@@ -356,8 +403,38 @@ def test_reference_models_begun_with_other_folds_are_not_resumed(tmp_path, monke
     with pytest.raises(ConfigError, match="recipe differ"):
         run_crossval(data, out, reference_recipe(epochs=2), folds=2, seed=0, echo=lambda line: None)
     moved = data.rename(tmp_path / "moved")  # the same data elsewhere resumes
-    run_crossval(moved, out, reference_recipe(epochs=1), folds=2, seed=0, echo=lambda line: None)
+    run_crossval(moved, out, reference_recipe(epochs=1), folds=2, repeats=1, seed=0, echo=lambda line: None)
     other = write_rec(tmp_path / "other", classes=4, per_class=6)  # as many images, labelled otherwise
     with pytest.raises(ConfigError, match="labels_sha256 differ"):
         run_crossval(other, out, reference_recipe(epochs=1), folds=2, seed=0, echo=lambda line: None)
     assert len(trained) == 9  # the refused calls trained nothing
+    with pytest.raises(ConfigError, match="--repeats must be >= 1"):
+        run_crossval(moved, out, reference_recipe(epochs=1), folds=2, repeats=0, seed=0, echo=lambda line: None)
+
+
+def test_a_second_repeat_deals_its_own_folds_and_seeds_beside_the_first(tmp_path, monkeypatch):
+    import analysis.crossval as crossval_module
+
+    data = write_rec(tmp_path / "data", classes=6, per_class=4)
+    out = tmp_path / "cv"
+    trained = {}
+
+    def fake_model(model_dir, training_data, recipe, seed, *args):
+        trained[model_dir.relative_to(out).as_posix()] = seed
+        model_dir.mkdir(parents=True, exist_ok=True)
+        np.save(model_dir / "embeddings.npy", np.random.default_rng(seed).normal(size=(24, 4)).astype(np.float32))
+        return np.load(model_dir / "embeddings.npy", mmap_mode="r")
+
+    monkeypatch.setattr(crossval_module, "_reference_embeddings", fake_model)
+    one = run_crossval(data, out, reference_recipe(epochs=1), folds=2, repeats=1, seed=5, echo=lambda line: None)
+    assert trained == {"fold0": 5, "fold1": 6, "all": 7} and read_json(out / RESULT_JSON)["repeats"] == 1
+    two = run_crossval(data, out, reference_recipe(epochs=1), folds=2, repeats=2, seed=5, echo=lambda line: None)
+    step = REPEAT_SEED_STRIDE
+    assert trained == {"fold0": 5, "fold1": 6, "all": 7, "repeat1/fold0": 5 + step, "repeat1/fold1": 6 + step,
+                       "repeat1/all": 7 + step}
+    labels = one.repeats[0].labels
+    assert np.array_equal(two.repeats[1].fold, assign_folds(labels, 2, 5 + step))
+    assert not np.array_equal(two.repeats[1].fold, two.repeats[0].fold)
+    assert np.array_equal(two.repeats[0].held_out_score, one.repeats[0].held_out_score, equal_nan=True)
+    back = load_crossval(out, len(labels), 6)
+    assert len(back.repeats) == 2 and np.allclose(back.noise_score, two.noise_score)
