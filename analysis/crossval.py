@@ -31,18 +31,23 @@ identity, of which each fold model sees (K-1)/K:
 - ``conflict_score``: the conflict ranking, the robust z-score of the pair cosine plus that
   of the separation, over the pairs ranked together.
 
+All of this is done ``DEFAULT_REPEATS`` times over (repeated K-fold): each repeat deals its own
+folds and trains its own models, and the analyses read the repeats' average
+(``RepeatedCrossValidation``). One set of models' rankings moves with its seed; their average
+moves less and ranks better.
+
 The all-data model and its equal share were chosen on the detection benchmark's development
 scenarios, against the fold models alone and the all-data model alone; the separation and its
 equal weight on 14 development scenarios, against the cosine alone; the own label's nearest
 images on 18, against its mean; the separation's nearest images on 22, against the two
-labels' fold means (docs/ANALYSIS.md).
+labels' fold means; the second repeat on 7 of 26, against one (docs/ANALYSIS.md).
 
 The reference models depend on the data only, not on the analysed run, so one
 ``analyze crossval`` serves every run trained on that data (``analyze ... --crossval DIR``).
-Its cost is K trainings on (K-1)/K of the data and one on all of it; a cheaper recipe
-(``--config``) is fine, since only the rankings are kept. The separation reads each fold
-model's embeddings of every image (``fold*/embeddings.npy``, memory-mapped), so they stay
-beside ``crossval.npz``; the trained models themselves may be deleted.
+Its cost is, per repeat, K trainings on (K-1)/K of the data and one on all of it; a cheaper
+recipe (``--config``) is fine, since only the rankings are kept, and ``--repeats 1`` halves it.
+The separation reads each fold model's embeddings of every image (``[repeat*/]fold*/embeddings.npy``,
+memory-mapped), so they stay beside ``crossval.npz``; the trained models themselves may be deleted.
 """
 
 from __future__ import annotations
@@ -161,8 +166,8 @@ class CrossValidation:
 class RepeatedCrossValidation:
     """``DEFAULT_REPEATS`` cross-validations of one dataset, each with its own folds and models (repeated K-fold),
     their evidence averaged: every image is read by one model per repeat that never trained on it. One set of models'
-    rankings moves with its seed (split-pair AP by up to 0.03 between two repeats on a development scenario); the
-    average moves less and ranks better (docs/ANALYSIS.md). What the analyses read is the same as one repeat's."""
+    rankings moves with its seed (split-pair AP by 0.01 to 0.12 between two repeats on the development scenarios);
+    the average moves less and ranks better (docs/ANALYSIS.md). The analyses read it as they would one repeat."""
 
     repeats: Sequence[CrossValidation]
 

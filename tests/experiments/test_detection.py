@@ -107,3 +107,19 @@ def test_two_cells_train_analyse_score_and_resume(tmp_path, monkeypatch):
     assert again == results and sum("done earlier" in line for line in echoed) == 2
     with pytest.raises(ConfigError, match="other settings"):
         detection.run_detection(tmp_path, replace(tiny, epoch_share=0.2))
+
+
+def test_a_scenario_reference_with_fewer_repeats_than_the_default_gets_the_rest(tmp_path, monkeypatch):
+    import analysis.crossval as crossval_module
+    from core.io import atomic_write_json
+
+    calls = []
+    monkeypatch.setattr(crossval_module, "run_crossval", lambda data, root, *args, **kwargs: calls.append(root))
+    root = tmp_path / "crossval" / SCENARIOS[0].name
+    root.mkdir(parents=True)
+    atomic_write_json(root / "crossval.json", {"folds": 4})  # written before repeats existed: one
+    assert detection.crossval_root(tmp_path, SCENARIOS[0], FULL, tmp_path / "data", "cpu") == root
+    assert calls == [root]
+    atomic_write_json(root / "crossval.json", {"repeats": crossval_module.DEFAULT_REPEATS})
+    detection.crossval_root(tmp_path, SCENARIOS[0], FULL, tmp_path / "data", "cpu")
+    assert calls == [root]  # complete: nothing trains
