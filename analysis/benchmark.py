@@ -50,7 +50,8 @@ def run_analysis_benchmark(classes: int, dim: int = 512, k: int = 5, approximate
     per class and adds the same-person fit and ratios (``plda_fit_s``; the ratios are
     part of ``table_s``); the embeddings alone take ``classes x images x dim x 4`` bytes.
     ``crossval_folds`` K > 0 (with ``images_per_class`` >= K) builds the reference evidence (``DEFAULT_REPEATS``
-    repeats, each dealing its own folds) with every model's embeddings the drawn ones (``crossval_s``, the arrays' size in ``crossval_bytes``) and adds it to the table.
+    repeats, each dealing its own folds) with every model's embeddings the drawn ones (``crossval_s``, the arrays'
+    size in ``crossval_bytes``) and adds it to the table.
     """
     import faiss
 
