@@ -127,12 +127,15 @@ def confused_pairs(training: TrainingMargins, num_classes: int) -> np.ndarray:
 def crossval_candidates(crossval: RepeatedCrossValidation, k: int) -> np.ndarray:
     """Keys ``min * C + max`` of each class's k nearest other classes by the reference models' cosine: a
     split person whose labels the analysed run pulled apart (or whose DCQ means bunch) is near under them."""
-    present = np.flatnonzero(nonzero_rows(crossval.class_vectors))
+    vectors = crossval.class_vectors  # built on access: [C, R (K+1) D], read once
+    num_classes = len(vectors)
+    present = np.flatnonzero(nonzero_rows(vectors))
     if len(present) < 2:
         return np.zeros(0, dtype=np.int64)
-    vectors = np.ascontiguousarray(crossval.class_vectors[present], dtype=np.float32)
+    if len(present) < num_classes:  # no second copy when every class has images
+        vectors = vectors[present]
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     _, rows = self_neighbours(build_index(vectors), vectors, min(k, len(present) - 1))
-    num_classes = len(crossval.class_vectors)
     given = np.repeat(present, rows.shape[1])
     other = np.where(rows >= 0, present[np.maximum(rows, 0)], -1).reshape(-1)
     valid = other >= 0

@@ -52,7 +52,6 @@ memory-mapped), so they stay beside ``crossval.npz``; the trained models themsel
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 from dataclasses import asdict, dataclass
@@ -184,11 +183,13 @@ class RepeatedCrossValidation:
     def noise_score(self) -> np.ndarray:
         return np.mean([repeat.noise_score for repeat in self.repeats], axis=0)
 
-    @functools.cached_property
+    @property
     def class_vectors(self) -> np.ndarray:
-        """The repeats' class vectors side by side, scaled so that one inner product is their mean cosine."""
-        return (np.concatenate([repeat.class_vectors for repeat in self.repeats], axis=1)
-                / np.float32(math.sqrt(len(self.repeats))))
+        """The repeats' class vectors side by side, scaled so that one inner product is their mean cosine. Built on
+        each access and not kept: at a million classes it is gigabytes, needed once (the candidates' search)."""
+        vectors = np.concatenate([repeat.class_vectors for repeat in self.repeats], axis=1, dtype=np.float32)
+        vectors *= np.float32(1.0 / math.sqrt(len(self.repeats)))
+        return vectors
 
     def pair_similarity(self, label_a: np.ndarray, label_b: np.ndarray) -> np.ndarray:
         return np.mean([repeat.pair_similarity(label_a, label_b) for repeat in self.repeats], axis=0,
