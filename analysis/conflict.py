@@ -127,14 +127,13 @@ def confused_pairs(training: TrainingMargins, num_classes: int) -> np.ndarray:
 def crossval_candidates(crossval: RepeatedCrossValidation, k: int) -> np.ndarray:
     """Keys ``min * C + max`` of each class's k nearest other classes by the reference models' cosine: a
     split person whose labels the analysed run pulled apart (or whose DCQ means bunch) is near under them."""
-    vectors = crossval.class_vectors  # built on access: [C, R (K+1) D], read once
+    vectors = crossval.class_vectors  # built on access: [C, R (K+1) D] float32, read once
     num_classes = len(vectors)
     present = np.flatnonzero(nonzero_rows(vectors))
     if len(present) < 2:
         return np.zeros(0, dtype=np.int64)
-    if len(present) < num_classes:  # no second copy when every class has images
+    if len(present) < num_classes:  # a second copy only when some class has no image
         vectors = vectors[present]
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     _, rows = self_neighbours(build_index(vectors), vectors, min(k, len(present) - 1))
     given = np.repeat(present, rows.shape[1])
     other = np.where(rows >= 0, present[np.maximum(rows, 0)], -1).reshape(-1)

@@ -217,7 +217,8 @@ def test_pair_similarity_in_chunks_equals_one_block_and_absent_classes_are_nan()
 
 def _write(folder, evidence: CrossValidation | list[CrossValidation], num_samples: int, num_classes: int) -> None:
     """As run_crossval lays them out; one CrossValidation: the json as written before repeats existed."""
-    repeats = evidence if isinstance(evidence, list) else [evidence]
+    before_repeats = not isinstance(evidence, list)
+    repeats = [evidence] if before_repeats else evidence
     for repeat, one in enumerate(repeats):
         where = repeat_dir(folder, repeat)
         where.mkdir(parents=True, exist_ok=True)
@@ -226,7 +227,7 @@ def _write(folder, evidence: CrossValidation | list[CrossValidation], num_sample
             (where / f"fold{f}").mkdir(exist_ok=True)
             np.save(where / f"fold{f}" / "embeddings.npy", embeddings)
     meta = {"data": "d", "num_samples": num_samples, "num_classes": num_classes, "folds": repeats[0].folds}
-    atomic_write_json(folder / RESULT_JSON, meta if repeats is not evidence else {**meta, "repeats": len(repeats)})
+    atomic_write_json(folder / RESULT_JSON, meta if before_repeats else {**meta, "repeats": len(repeats)})
 
 
 def test_the_saved_evidence_reads_back_and_other_data_is_refused(tmp_path):
