@@ -455,6 +455,10 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
     evidence = []
     for repeat in range(repeats):
         folder, repeat_seed = repeat_dir(out, repeat), seed + REPEAT_SEED_STRIDE * repeat
+        finished = _finished_repeat(folder, folds, len(labels), num_classes)
+        if finished is not None:  # written after its models, under the setup claimed above: not computed again
+            evidence.append(finished)
+            continue
         fold = assign_folds(labels, folds, repeat_seed)
         fold_embeddings = []
         for f in range(folds):
@@ -477,6 +481,17 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
                                           "num_classes": num_classes, "folds": folds, "repeats": repeats,
                                           "seed": seed, "recipe": recipe_values})
     return RepeatedCrossValidation(evidence)
+
+
+def _finished_repeat(folder: Path, folds: int, num_samples: int, num_classes: int) -> Optional[CrossValidation]:
+    """A repeat's stored evidence when it reads back whole, else None (not yet written, or an older layout that its
+    models' embeddings will write again)."""
+    if not (folder / RESULT_ARRAYS).is_file():
+        return None
+    try:
+        return _load_repeat(folder, str(folder), folds, num_samples, num_classes)
+    except (ConfigError, DataError):
+        return None
 
 
 def repeat_dir(out: Path, repeat: int) -> Path:
