@@ -10,7 +10,7 @@ from analysis.conflict import center_neighbours, conflict_table
 from analysis.centers import Centers
 from analysis.crossval import (BLOCK_POOL, REPEAT_SEED_STRIDE, RESULT_ARRAYS, RESULT_JSON, SAVED_ARRAYS, SETUP_JSON,
                                CrossValidation, RepeatedCrossValidation, assign_folds, conflict_score,
-                               held_out_evidence, label_nearest_similarity, load_crossval, nonzero_rows,
+                               grouped_median, held_out_evidence, label_nearest_similarity, load_crossval, nonzero_rows,
                                reference_recipe, repeat_dir, run_crossval)
 from analysis.noise import (RANK_COMBINED, RANK_CROSSVAL, RANK_CROSSVAL_AND_RUN, RANK_FEATURES, SampleNeighbours,
                             noise_table, rank_correlation, robust_z)
@@ -154,7 +154,31 @@ def _reference_separation(evidence: CrossValidation, a: int, b: int) -> float:
                                           3)[0] for label in (given, other)]
             if np.isfinite(nearest).all():
                 margins.append(min(0.0, nearest[1] - nearest[0]))
-    return float(np.mean(margins)) if margins else float("nan")
+    return float(np.median(margins)) if margins else float("nan")
+
+
+def test_grouped_median_known_answers():
+    groups = np.array([2, 0, 0, 0, 0, 2, 0])
+    values = np.array([-0.5, 0.0, -0.9, 0.0, 0.0, -0.1, 0.0])
+    # group 0: a split pair's images at 0 and one odd image far below (its mean would be -0.18); group 2: an even count
+    assert np.allclose(grouped_median(groups, values, 4), [0.0, np.nan, -0.3, np.nan], equal_nan=True)
+    assert np.isnan(grouped_median(np.zeros(0, dtype=np.int64), np.zeros(0), 2)).all()
+
+
+def test_odd_images_do_not_make_a_split_pair_look_separated():
+    """Classes 0 and 1 are one person at e0 (six images each, three per fold), but class 0 also holds two images at
+    an odd direction o, one per fold. Each odd image's own label is nearer than the other (margin (0.2 + 1 + 0.2) / 3
+    - 0.2 = -0.27) while the twelve others' margins are 0: the median separation stays 0, where a mean would be
+    pulled below it."""
+    e0, o = np.array([1.0, 0.0]), np.array([0.2, np.sqrt(0.96)])
+    labels = np.array([0] * 8 + [1] * 6)
+    fold = np.array([0, 1] * 7)
+    rows = np.stack([e0] * 6 + [o, o] + [e0] * 6)
+    evidence = held_out_evidence([rows, rows], rows, labels, fold, 2)
+    assert evidence.pair_separation(np.array([0]), np.array([1]))[0] == pytest.approx(0.0, abs=1e-6)
+    margins = [-0.8 / 3] * 2 + [0.0] * 12  # the definition, image by image
+    assert _reference_separation(evidence, 0, 1) == pytest.approx(float(np.median(margins)), abs=1e-6)
+    assert float(np.mean(margins)) < -0.03
 
 
 def test_the_separation_matches_its_definition_and_ignores_the_chunk_size():
