@@ -411,7 +411,7 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
            f"`analyze crossval` ({analysis.crossval_dir}, analysis/crossval.py), half averaged over the fold models "
            "and half the model trained on all the data, none of them shaped by the analysed run's training; each "
            "class's nearest under it join the candidates. `crossval_separation` is, over both labels' held-out "
-           "images, the mean of min(0, similarity to the other label's images minus to its own label's, each the 3 "
+           "images, the median of min(0, similarity to the other label's images minus to its own label's, each the 3 "
            "most similar that the image's fold model trained on): near 0 when "
            "the fold models cannot tell a new image of one label from the other (one person), negative when they "
            "can. `crossval_score` adds the two as robust z-scores over the candidates. On the detection benchmark's "

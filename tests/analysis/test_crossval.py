@@ -369,7 +369,7 @@ def test_the_run_s_ranking_joins_the_reference_only_when_the_two_agree():
     agreeing = run_score + rng.normal(0, 0.02, 200)
     table = noise_table(_neighbours(own), labels, crossval=agreeing).sort_values("index")
     assert table.attrs["ranking"] == RANK_CROSSVAL_AND_RUN and table.attrs["agreement"] > 0.9
-    assert np.allclose(table["score"], robust_z(agreeing) + robust_z(run_score), atol=1e-5)
+    assert np.allclose(table["score"], robust_z(agreeing) + 0.5 * robust_z(run_score), atol=1e-5)  # half weight
     disagreeing = rng.normal(0, 1, 200)
     disagreeing[:3] = np.nan  # images the reference could not judge sit at its median
     table = noise_table(_neighbours(own), labels, crossval=disagreeing).sort_values("index")

@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from analysis.noise import RANK_CROSSVAL_AND_RUN
 from core.errors import ConfigError
 from experiments import detection
 from experiments.detection import (BASELINE, FULL, QUICK, SCENARIOS, Scale, baseline_scores, cells, detection_table,
@@ -69,10 +70,10 @@ def test_the_table_puts_each_baseline_beside_its_scenario_and_averages_by_split(
                _result("held-b", "pfc-12", {"score": 0.7, "run_score": 0.65, "crossval_score": 0.6,
                                             "feature_score": 0.55},
                        {"crossval": strata, "llr": strata, "cosine": strata})]
-    results[1]["noise_ranking"] = "cross-validated reference models + the run's own ranking"
+    results[1]["noise_ranking"] = RANK_CROSSVAL_AND_RUN
     table = detection_table(results)
-    assert ("| held-a | pfc-12 (12 ep) | 0.900 | 1.50 | 0.900 | reference + run | 0.850 | 0.800 | 0.750 | 0.700 | "
-            "0.900 | 0.850 | 0.700 | 0.800 | – | 0.600 | 0.200 / – | 0.200 / – |") in table  # no review score: –
+    assert ("| held-a | pfc-12 (12 ep) | 0.900 | 1.50 | 0.900 | reference + run/2 | 0.850 | 0.800 | 0.750 | "
+            "0.700 | 0.900 | 0.850 | 0.700 | 0.800 | – | 0.600 | 0.200 / – | 0.200 / – |") in table  # no review: –
     assert "| held-b | pfc-12 (12 ep) | 0.900 | 1.50 | 0.700 | run |" in table  # no ranking recorded: the run's
     assert ("| **mean, held out** (2 runs) | | | | **0.800** |  | **0.750** | **0.700** | **0.650** | **0.600** | "
             "**0.850** | **0.850** |") in table  # a column one run lacks averages the runs that have it
