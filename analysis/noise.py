@@ -48,13 +48,13 @@ RANK_FEATURES = "final features (nearest other - own similarity)"
 # robust z-scores summed), plus RUN_JOIN_WEIGHT times the run's own ranking above (as a robust z-score) when the two
 # agree, a Spearman rank correlation of at least RUN_AGREEMENT_TO_JOIN. Chosen on the detection benchmark's
 # development scenarios: there every Partial FC run agreed at 0.67-0.86 and the sum beat either alone; every DCQ run
-# agreed at 0.23-0.39 and pulled the reference down (its class means bunch). Half weight since the reference has two
-# repeats: on 34 scenarios the run's share 0 / 0.25 / 0.5 / 0.75 / 1 gave 0.862 / 0.868 / 0.866 / 0.863 / 0.860; a
-# user's own backbone is stronger than the small reference network, so its say is not cut further (docs/ANALYSIS.md).
-RANK_CROSSVAL = "cross-validated reference models (held-out and all-data nearest other mean - own label)"
-RANK_CROSSVAL_AND_RUN = "cross-validated reference models + half the run's own ranking"
+# agreed at 0.23-0.39 and pulled the reference down (its class means bunch). Half weight: on 34 scenarios the run's
+# share 0 / 0.25 / 0.5 / 0.75 / 1 gave noise AP 0.863 / 0.868 / 0.867 / 0.863 / 0.860; a user's own backbone is far
+# stronger than the small reference network, so its say is not cut further (docs/ANALYSIS.md).
 RUN_AGREEMENT_TO_JOIN = 0.6
 RUN_JOIN_WEIGHT = 0.5
+RANK_CROSSVAL = "cross-validated reference models (held-out and all-data nearest other mean - own label)"
+RANK_CROSSVAL_AND_RUN = f"cross-validated reference models + {RUN_JOIN_WEIGHT:g} x the run's own ranking"
 # Both default flags are fences this many robust standard deviations (1.4826 x MAD) from
 # the median of all samples: the score's above it, the own-center similarity's below it.
 # Four keeps a Gaussian's false-alarm rate near 3e-5 while the few percent of flipped
