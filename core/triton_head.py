@@ -1,20 +1,26 @@
-"""Partial FC's head as Triton kernels: the sampled rows are read in place, and no ``[B, K]`` block is ever stored.
+"""Partial FC's head as Triton kernels: the sampled rows are read in place, and the loss never holds ``[B, K]`` logits.
 
 The torch path copies the sampled center rows (``centers[index]``, a ``[K, D]`` gather),
 normalises that copy, and materialises the ``[B, K]`` logits, their softmax and its
-gradient. Here three kernels read the rows straight from the center table through the
-index, normalise them in registers, and keep only per-row running statistics:
+gradient. Here the kernels read the rows straight from the center table through the index
+and walk the embedding dimension in chunks, so a program holds one ``[rows, columns]``
+accumulator and two small operand tiles, never a whole ``[tile, D]`` block (a 512-wide
+embedding held whole made every tile spill its registers):
 
 * ``_forward_kernel``: per tile of rows x columns, the cosines (a GEMM in bf16 or float32
-  with float32 accumulation), the target column's margin logit (computed beforehand in
-  torch from the ``B`` target rows), the inter-class filter, and an online max and sum of
-  exponentials; also each row's best other column for the training dynamics. The column
-  blocks are split over programs, whose partial max/sum torch merges (and all-reduces
-  across ranks for a model-parallel head, exactly as the torch path does).
-* ``_row_gradient_kernel`` (per column block) and ``_embedding_gradient_kernel`` (per row
-  block) recompute the logits from the saved log-normaliser and accumulate
-  ``softmax - onehot`` times the other side: the gradient of the sampled rows, already
-  through their normalisation, and of the normalised embeddings.
+  with float32 accumulation, the rows' norms summed on the way), the target column's margin
+  logit (computed beforehand in torch from the ``B`` target rows), the inter-class filter,
+  and an online max and sum of exponentials; also each row's best other column for the
+  training dynamics, and the rows' inverse norms for the backward. The column blocks are
+  split over programs, whose partial max/sum torch merges (and all-reduces across ranks for
+  a model-parallel head, exactly as the torch path does).
+* ``_cosine_gradient_kernel`` recomputes the logits from the saved log-normaliser and
+  writes ``d loss / d cosine`` (``softmax - onehot`` through the margin), in the GEMM's
+  dtype, to a ``[B, K]`` buffer that lives only during the backward; it also sums each
+  column's ``gradient x cosine``, the part of the row's gradient along the row itself.
+* ``_embedding_gradient_kernel`` (``gradient @ unit rows``, the rows gathered through the
+  index, split over the columns) and ``_row_gradient_kernel`` (``gradient^T @ embeddings``,
+  then through the rows' normalisation) are two plain GEMMs over that buffer.
 * ``_sgd_rows_kernel``: SGD with momentum and weight decay on the touched rows, written
   back in place (a row repeated across micro-batches by its first copy alone), with the
   bf16 store's stochastic rounding drawn from Triton's counter-based generator.
@@ -43,13 +49,18 @@ except ImportError:  # the CPU build of torch comes without Triton; the torch he
 HEAD_KERNELS = ("auto", "torch", "triton")
 NORM_EPS = 1e-12  # F.normalize's
 UPDATE_ROWS = 16  # center rows per program of the optimizer kernel
-SPLIT_PROGRAMS = 1024  # the forward spreads the column blocks over about this many programs
-# Tiles (rows, columns, warps) each kernel's autotuning tries on a GPU, once per embedding size and batch: a
-# 512-wide embedding makes the backward's [tile, D] accumulators large, so smaller tiles are tried too, and a
-# tile that does not fit the device is skipped. The interpreter runs one small tile.
-FORWARD_TILES = ((64, 64, 4), (64, 128, 8), (128, 64, 8), (32, 64, 4), (32, 32, 4))
-ROW_GRADIENT_TILES = ((64, 32, 8), (32, 32, 4), (64, 64, 8), (16, 32, 4))
-EMBEDDING_GRADIENT_TILES = ((32, 64, 8), (32, 32, 4), (64, 64, 8), (16, 64, 4))
+SPLIT_PROGRAMS = 1024  # the forward and the embeddings' gradient spread their columns over about this many programs
+SPLIT_COLUMNS = 256  # a column split's width is a multiple of this, so that every column tile tried divides it
+# Tiles each kernel's autotuning tries on a GPU, once per embedding size, batch and GEMM precision, as
+# (rows, columns, embedding chunk, warps, pipeline stages). The cosine tiles (forward and its recompute) reduce
+# over the embedding chunk; the embeddings' gradient reduces over the columns and the rows' gradient over the rows.
+# Compiled for sm_90 ahead of time (Triton 3.9), each fits an H100/H200's 227 KiB of shared memory, and in bf16
+# the first two of each spill at most 8 bytes of registers; the last ones are for float32 GEMMs, whose larger tiles
+# spill.
+COSINE_TILES = ((64, 64, 64, 8, 3), (128, 64, 64, 8, 2), (64, 128, 64, 8, 2), (64, 64, 64, 8, 4), (64, 64, 16, 4, 2),
+                (64, 64, 32, 8, 2))
+EMBEDDING_GRADIENT_TILES = ((64, 64, 64, 8, 3), (128, 64, 64, 8, 3), (64, 128, 64, 8, 3), (64, 64, 32, 8, 2))
+ROW_GRADIENT_TILES = ((64, 64, 64, 8, 3), (128, 64, 64, 8, 3), (64, 64, 64, 8, 4), (64, 64, 32, 8, 2))
 INTERPRETED_TILE = 16
 
 
@@ -76,31 +87,48 @@ def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _tiles(shapes: tuple[tuple[int, int, int], ...]) -> list:
+def _tiles(shapes: tuple[tuple[int, int, int, int, int], ...]) -> list:
     if _interpreted():
-        return [triton.Config({"BLOCK_B": INTERPRETED_TILE, "BLOCK_K": INTERPRETED_TILE})]
-    return [triton.Config({"BLOCK_B": rows, "BLOCK_K": columns}, num_warps=warps) for rows, columns, warps in shapes]
+        return [triton.Config({"BLOCK_B": INTERPRETED_TILE, "BLOCK_K": INTERPRETED_TILE,
+                               "BLOCK_D": INTERPRETED_TILE})]
+    return [triton.Config({"BLOCK_B": rows, "BLOCK_K": columns, "BLOCK_D": chunk}, num_warps=warps,
+                          num_stages=stages) for rows, columns, chunk, warps, stages in shapes]
 
 
 if triton is not None:
     @triton.jit
-    def _tile(emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, rows, columns, num_rows, num_columns,
-              dim, scale, threshold, HAS_INDEX: tl.constexpr, FILTER: tl.constexpr, D_PAD: tl.constexpr,
-              GEMM_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
-        """One tile's cosines and logits, the gathered rows, their inverse norms, and which entry is a target."""
-        d = tl.arange(0, D_PAD)
+    def _table_rows(index_ptr, columns, column_ok, HAS_INDEX: tl.constexpr):
+        """The table rows behind these columns, as int64 offsets (a 10M x 512 table passes 2^31 elements)."""
+        if HAS_INDEX:
+            return tl.load(index_ptr + columns, mask=column_ok, other=0).to(tl.int64)
+        return columns.to(tl.int64)
+
+    @triton.jit
+    def _dot_tile(emb_ptr, table_ptr, index_ptr, rows, columns, num_rows, num_columns, dim, HAS_INDEX: tl.constexpr,
+                  BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, GEMM_DTYPE: tl.constexpr,
+                  PRECISION: tl.constexpr):
+        """Embeddings . gathered rows over the embedding in chunks, and the rows' squared norms."""
         row_ok = rows < num_rows
         column_ok = columns < num_columns
-        emb = tl.load(emb_ptr + rows[:, None] * dim + d[None, :], mask=row_ok[:, None] & (d[None, :] < dim), other=0.0)
-        if HAS_INDEX:
-            table_rows = tl.load(index_ptr + columns, mask=column_ok, other=0)
-        else:
-            table_rows = columns
-        weights = tl.load(table_ptr + table_rows[:, None].to(tl.int64) * dim + d[None, :],
-                          mask=column_ok[:, None] & (d[None, :] < dim), other=0.0).to(tl.float32)
-        inverse_norm = 1.0 / tl.maximum(tl.sqrt(tl.sum(weights * weights, axis=1)), 1e-12)
-        cosine = tl.dot(emb.to(GEMM_DTYPE), tl.trans(weights.to(GEMM_DTYPE)), input_precision=PRECISION)
-        cosine = tl.minimum(tl.maximum(cosine * inverse_norm[None, :], -1.0), 1.0)
+        table_rows = _table_rows(index_ptr, columns, column_ok, HAS_INDEX)
+        dots = tl.zeros((BLOCK_B, BLOCK_K), tl.float32)
+        squares = tl.zeros((BLOCK_K,), tl.float32)
+        for start in range(0, dim, BLOCK_D):
+            d = start + tl.arange(0, BLOCK_D)
+            d_ok = d < dim
+            emb = tl.load(emb_ptr + rows[:, None] * dim + d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            weights = tl.load(table_ptr + table_rows[:, None] * dim + d[None, :],
+                              mask=column_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+            squares += tl.sum(weights * weights, axis=1)
+            dots = tl.dot(emb.to(GEMM_DTYPE), tl.trans(weights.to(GEMM_DTYPE)), dots, input_precision=PRECISION)
+        return dots, squares
+
+    @triton.jit
+    def _logits(dots, inverse_norm, rows, columns, num_rows, num_columns, targets_ptr, target_logit_ptr, scale,
+                threshold, FILTER: tl.constexpr):
+        """One tile's cosines and logits, and which entry is a target or filtered."""
+        row_ok = rows < num_rows
+        cosine = tl.minimum(tl.maximum(dots * inverse_norm[None, :], -1.0), 1.0)
         targets = tl.load(targets_ptr + rows, mask=row_ok, other=-1)
         is_target = columns[None, :] == targets[:, None]
         target_logit = tl.load(target_logit_ptr + rows, mask=row_ok, other=0.0)
@@ -110,15 +138,15 @@ if triton is not None:
             logits = tl.where(filtered, 0.0, logits)
         else:
             filtered = is_target & (~is_target)
-        logits = tl.where(column_ok[None, :], logits, float("-inf"))
-        return cosine, logits, weights, inverse_norm, is_target, filtered, emb
+        logits = tl.where((columns < num_columns)[None, :], logits, float("-inf"))
+        return cosine, logits, is_target, filtered
 
-    @triton.autotune(configs=_tiles(FORWARD_TILES), key=["dim", "num_rows"])
+    @triton.autotune(configs=_tiles(COSINE_TILES), key=["dim", "num_rows", "PRECISION"])
     @triton.jit
     def _forward_kernel(emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, max_ptr, sum_ptr, best_ptr,
-                        best_column_ptr, num_rows, num_columns, dim, scale, threshold, splits,
-                        HAS_INDEX: tl.constexpr, FILTER: tl.constexpr, D_PAD: tl.constexpr,
-                        BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, GEMM_DTYPE: tl.constexpr,
+                        best_column_ptr, inverse_norm_ptr, num_rows, num_columns, dim, scale, threshold, splits,
+                        HAS_INDEX: tl.constexpr, FILTER: tl.constexpr, RECORD: tl.constexpr, BLOCK_B: tl.constexpr,
+                        BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, GEMM_DTYPE: tl.constexpr,
                         PRECISION: tl.constexpr):
         block = tl.program_id(0)
         split = tl.program_id(1)
@@ -129,100 +157,118 @@ if triton is not None:
         best_column = tl.full((BLOCK_B,), -1, tl.int64)
         for start in range(split * BLOCK_K, num_columns, splits * BLOCK_K):
             columns = start + tl.arange(0, BLOCK_K)
-            cosine, logits, weights, inverse_norm, is_target, filtered, emb = _tile(
-                emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, rows, columns, num_rows, num_columns,
-                dim, scale, threshold, HAS_INDEX, FILTER, D_PAD, GEMM_DTYPE, PRECISION)
+            dots, squares = _dot_tile(emb_ptr, table_ptr, index_ptr, rows, columns, num_rows, num_columns, dim,
+                                      HAS_INDEX, BLOCK_B, BLOCK_K, BLOCK_D, GEMM_DTYPE, PRECISION)
+            inverse_norm = 1.0 / tl.maximum(tl.sqrt(squares), 1e-12)
+            if block == 0:  # every row block computes them alike; one keeps them for the backward
+                tl.store(inverse_norm_ptr + columns, inverse_norm, mask=columns < num_columns)
+            cosine, logits, is_target, filtered = _logits(dots, inverse_norm, rows, columns, num_rows, num_columns,
+                                                          targets_ptr, target_logit_ptr, scale, threshold, FILTER)
             new_max = tl.maximum(row_max, tl.max(logits, axis=1))
             safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
             row_sum = row_sum * tl.exp(row_max - safe_max) + tl.sum(tl.exp(logits - safe_max[:, None]), axis=1)
             row_max = new_max
-            others = tl.where(is_target, float("-inf"), logits)
-            tile_best = tl.max(others, axis=1)
-            tile_column = start + tl.argmax(others, axis=1).to(tl.int64)
-            better = tile_best > best
-            best_column = tl.where(better, tile_column, best_column)
-            best = tl.where(better, tile_best, best)
+            if RECORD:  # the training dynamics' best other column: registers a head without them keeps free
+                others = tl.where(is_target, float("-inf"), logits)
+                tile_best = tl.max(others, axis=1)
+                tile_column = start + tl.argmax(others, axis=1).to(tl.int64)
+                better = tile_best > best
+                best_column = tl.where(better, tile_column, best_column)
+                best = tl.where(better, tile_best, best)
         out = rows * splits + split
         row_ok = rows < num_rows
         tl.store(max_ptr + out, row_max, mask=row_ok)
         tl.store(sum_ptr + out, row_sum, mask=row_ok)
-        tl.store(best_ptr + out, best, mask=row_ok)
-        tl.store(best_column_ptr + out, best_column, mask=row_ok)
+        if RECORD:
+            tl.store(best_ptr + out, best, mask=row_ok)
+            tl.store(best_column_ptr + out, best_column, mask=row_ok)
 
+    @triton.autotune(configs=_tiles(COSINE_TILES), key=["dim", "num_rows", "PRECISION"],
+                     reset_to_zero=["along_ptr"])
     @triton.jit
-    def _cosine_gradient(logits, cosine, is_target, filtered, rows, num_rows, log_normaliser_ptr, slope_ptr,
-                         upstream_ptr, scale):
+    def _cosine_gradient_kernel(emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, inverse_norm_ptr,
+                                log_normaliser_ptr, slope_ptr, upstream_ptr, grad_cosine_ptr, along_ptr, num_rows,
+                                num_columns, dim, scale, threshold, HAS_INDEX: tl.constexpr, FILTER: tl.constexpr,
+                                BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                                GEMM_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
         """d loss / d cosine of one tile: ``scale x softmax`` off the target, ``(softmax - 1)`` through the margin's
         slope on it, 0 for filtered entries and padding; times the loss's upstream gradient / rows (read on the
         device: a scalar argument would wait for it on the host)."""
-        grad_scale = tl.load(upstream_ptr).to(tl.float32) * scale / num_rows
+        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        columns = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
         row_ok = rows < num_rows
+        column_ok = columns < num_columns
+        dots, _ = _dot_tile(emb_ptr, table_ptr, index_ptr, rows, columns, num_rows, num_columns, dim, HAS_INDEX,
+                            BLOCK_B, BLOCK_K, BLOCK_D, GEMM_DTYPE, PRECISION)
+        inverse_norm = tl.load(inverse_norm_ptr + columns, mask=column_ok, other=0.0)
+        cosine, logits, is_target, filtered = _logits(dots, inverse_norm, rows, columns, num_rows, num_columns,
+                                                      targets_ptr, target_logit_ptr, scale, threshold, FILTER)
+        grad_scale = tl.load(upstream_ptr).to(tl.float32) * scale / num_rows
         log_normaliser = tl.load(log_normaliser_ptr + rows, mask=row_ok, other=0.0)
         slope = tl.load(slope_ptr + rows, mask=row_ok, other=0.0)
         probability = tl.exp(logits - log_normaliser[:, None])
         grad = tl.where(is_target, (probability - 1.0) * slope[:, None], probability) * grad_scale
-        return tl.where(filtered | (~row_ok[:, None]), 0.0, grad)
+        grad = tl.where(filtered | (~row_ok[:, None]), 0.0, grad)
+        tl.store(grad_cosine_ptr + rows[:, None].to(tl.int64) * num_columns + columns[None, :],
+                 (grad * inverse_norm[None, :]).to(grad_cosine_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & column_ok[None, :])
+        tl.atomic_add(along_ptr + columns, tl.sum(grad * cosine, axis=0), mask=column_ok)
 
+    @triton.autotune(configs=_tiles(EMBEDDING_GRADIENT_TILES), key=["dim", "num_rows", "PRECISION"])
     @triton.jit
-    def _gradient_tile(emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, log_normaliser_ptr, slope_ptr,
-                       upstream_ptr, rows, columns, num_rows, num_columns, dim, scale, threshold,
-                       HAS_INDEX: tl.constexpr, FILTER: tl.constexpr, D_PAD: tl.constexpr,
-                       GEMM_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
-        """A tile's logits recomputed, and d loss / d cosine, with what the two backward kernels multiply it by."""
-        cosine, logits, weights, inverse_norm, is_target, filtered, emb = _tile(
-            emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, rows, columns, num_rows, num_columns,
-            dim, scale, threshold, HAS_INDEX, FILTER, D_PAD, GEMM_DTYPE, PRECISION)
-        grad = _cosine_gradient(logits, cosine, is_target, filtered, rows, num_rows, log_normaliser_ptr, slope_ptr,
-                                upstream_ptr, scale)
-        return grad, cosine, weights, inverse_norm, emb
+    def _embedding_gradient_kernel(grad_cosine_ptr, table_ptr, index_ptr, partial_ptr, num_rows, num_columns, dim,
+                                   split_columns, HAS_INDEX: tl.constexpr, BLOCK_B: tl.constexpr,
+                                   BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, GEMM_DTYPE: tl.constexpr,
+                                   PRECISION: tl.constexpr):
+        """One split's share of ``(d loss / d cosine / |w|) @ rows``: ``[rows, embedding chunk]``, summed in
+        torch."""
+        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        split = tl.program_id(2)
+        row_ok = rows < num_rows
+        d_ok = d < dim
+        accumulated = tl.zeros((BLOCK_B, BLOCK_D), tl.float32)
+        for start in range(split * split_columns, tl.minimum((split + 1) * split_columns, num_columns), BLOCK_K):
+            columns = start + tl.arange(0, BLOCK_K)
+            column_ok = columns < num_columns
+            grad = tl.load(grad_cosine_ptr + rows[:, None].to(tl.int64) * num_columns + columns[None, :],
+                           mask=row_ok[:, None] & column_ok[None, :], other=0.0)
+            table_rows = _table_rows(index_ptr, columns, column_ok, HAS_INDEX)
+            weights = tl.load(table_ptr + table_rows[:, None] * dim + d[None, :],
+                              mask=column_ok[:, None] & d_ok[None, :], other=0.0)
+            accumulated = tl.dot(grad.to(GEMM_DTYPE), weights.to(GEMM_DTYPE), accumulated, input_precision=PRECISION)
+        where = (split * num_rows + rows[:, None]).to(tl.int64) * dim + d[None, :]
+        tl.store(partial_ptr + where, accumulated, mask=row_ok[:, None] & d_ok[None, :])
 
-    @triton.autotune(configs=_tiles(ROW_GRADIENT_TILES), key=["dim", "num_rows"])
+    @triton.autotune(configs=_tiles(ROW_GRADIENT_TILES), key=["dim", "num_rows", "PRECISION"])
     @triton.jit
-    def _row_gradient_kernel(emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, log_normaliser_ptr,
-                             slope_ptr, upstream_ptr, grad_rows_ptr, num_rows, num_columns, dim, scale, threshold,
-                             HAS_INDEX: tl.constexpr, FILTER: tl.constexpr, D_PAD: tl.constexpr,
-                             BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, GEMM_DTYPE: tl.constexpr,
-                             PRECISION: tl.constexpr):
+    def _row_gradient_kernel(grad_cosine_ptr, emb_ptr, table_ptr, index_ptr, inverse_norm_ptr, along_ptr,
+                             grad_rows_ptr, num_rows, num_columns, dim, HAS_INDEX: tl.constexpr,
+                             BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                             GEMM_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+        """``[columns, embedding chunk]`` of the rows' gradient through their normalisation,
+        ``(g - w_hat (w_hat . g)) / |w|`` with ``g = d loss / d cosine^T @ embeddings``: the buffer holds
+        ``d loss / d cosine / |w|``, and ``w_hat . g`` is the column's sum of gradient x cosine."""
         columns = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-        d = tl.arange(0, D_PAD)
-        accumulated = tl.zeros((BLOCK_K, D_PAD), tl.float32)  # sum over rows of grad x normalised embedding
-        along = tl.zeros((BLOCK_K,), tl.float32)  # sum over rows of grad x cosine: the part along the row itself
-        weights = tl.zeros((BLOCK_K, D_PAD), tl.float32)
-        inverse_norm = tl.zeros((BLOCK_K,), tl.float32)
+        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        column_ok = columns < num_columns
+        d_ok = d < dim
+        accumulated = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
         for start in range(0, num_rows, BLOCK_B):
             rows = start + tl.arange(0, BLOCK_B)
-            grad, cosine, weights, inverse_norm, emb = _gradient_tile(
-                emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, log_normaliser_ptr, slope_ptr,
-                upstream_ptr, rows, columns, num_rows, num_columns, dim, scale, threshold, HAS_INDEX, FILTER, D_PAD,
-                GEMM_DTYPE, PRECISION)
-            accumulated += tl.dot(tl.trans(grad).to(GEMM_DTYPE), emb.to(GEMM_DTYPE), input_precision=PRECISION)
-            along += tl.sum(grad * cosine, axis=0)
-        # through the row's normalisation: (g - w_hat (w_hat . g)) / |w|, where w_hat . g = sum grad x cosine
-        unit = weights * inverse_norm[:, None]
-        grad_rows = (accumulated - unit * along[:, None]) * inverse_norm[:, None]
-        tl.store(grad_rows_ptr + columns[:, None] * dim + d[None, :], grad_rows,
-                 mask=(columns[:, None] < num_columns) & (d[None, :] < dim))
-
-    @triton.autotune(configs=_tiles(EMBEDDING_GRADIENT_TILES), key=["dim", "num_rows"])
-    @triton.jit
-    def _embedding_gradient_kernel(emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, log_normaliser_ptr,
-                                   slope_ptr, upstream_ptr, grad_emb_ptr, num_rows, num_columns, dim, scale,
-                                   threshold, HAS_INDEX: tl.constexpr, FILTER: tl.constexpr, D_PAD: tl.constexpr,
-                                   BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, GEMM_DTYPE: tl.constexpr,
-                                   PRECISION: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-        d = tl.arange(0, D_PAD)
-        accumulated = tl.zeros((BLOCK_B, D_PAD), tl.float32)
-        for start in range(0, num_columns, BLOCK_K):
-            columns = start + tl.arange(0, BLOCK_K)
-            grad, cosine, weights, inverse_norm, emb = _gradient_tile(
-                emb_ptr, table_ptr, index_ptr, targets_ptr, target_logit_ptr, log_normaliser_ptr, slope_ptr,
-                upstream_ptr, rows, columns, num_rows, num_columns, dim, scale, threshold, HAS_INDEX, FILTER, D_PAD,
-                GEMM_DTYPE, PRECISION)
-            unit = weights * inverse_norm[:, None]
-            accumulated += tl.dot(grad.to(GEMM_DTYPE), unit.to(GEMM_DTYPE), input_precision=PRECISION)
-        tl.store(grad_emb_ptr + rows[:, None] * dim + d[None, :], accumulated,
-                 mask=(rows[:, None] < num_rows) & (d[None, :] < dim))
+            row_ok = rows < num_rows
+            grad = tl.load(grad_cosine_ptr + rows[:, None].to(tl.int64) * num_columns + columns[None, :],
+                           mask=row_ok[:, None] & column_ok[None, :], other=0.0)
+            emb = tl.load(emb_ptr + rows[:, None] * dim + d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            accumulated = tl.dot(tl.trans(grad.to(GEMM_DTYPE)), emb.to(GEMM_DTYPE), accumulated,
+                                 input_precision=PRECISION)
+        table_rows = _table_rows(index_ptr, columns, column_ok, HAS_INDEX)
+        inverse_norm = tl.load(inverse_norm_ptr + columns, mask=column_ok, other=0.0)
+        along = tl.load(along_ptr + columns, mask=column_ok, other=0.0)
+        ok = column_ok[:, None] & d_ok[None, :]
+        weights = tl.load(table_ptr + table_rows[:, None] * dim + d[None, :], mask=ok, other=0.0).to(tl.float32)
+        grad_rows = accumulated - weights * (inverse_norm * inverse_norm * along)[:, None]
+        tl.store(grad_rows_ptr + columns[:, None].to(tl.int64) * dim + d[None, :], grad_rows, mask=ok)
 
     @triton.jit
     def _round_to_bf16(values, noise):
@@ -258,14 +304,16 @@ if triton is not None:
         tl.store(momentum_ptr + where, buffer.to(momentum_ptr.dtype.element_ty), mask=ok)
 
 
-def _launch_options(dim: int, gemm_dtype: torch.dtype) -> dict:
-    return {"D_PAD": max(16, triton.next_power_of_2(dim)),
-            "GEMM_DTYPE": tl.bfloat16 if gemm_dtype == torch.bfloat16 else tl.float32,
+
+
+def _launch_options(gemm_dtype: torch.dtype) -> dict:
+    return {"GEMM_DTYPE": tl.bfloat16 if gemm_dtype == torch.bfloat16 else tl.float32,
             "PRECISION": "tf32" if gemm_dtype == torch.bfloat16 else "ieee"}
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+def _splits(parallel_blocks: int, columns: int, width: int) -> int:
+    """Column splits that bring the programs of a launch to about SPLIT_PROGRAMS, each at least ``width`` wide."""
+    return max(1, min(triton.cdiv(columns, width), SPLIT_PROGRAMS // parallel_blocks))
 
 
 class _FusedHead(torch.autograd.Function):
@@ -276,21 +324,26 @@ class _FusedHead(torch.autograd.Function):
                 ) -> torch.Tensor:
         batch, dim = unit_embeddings.shape
         num_columns = row_gradient.shape[0]
-        options = _launch_options(dim, gemm_dtype)
-        tile = INTERPRETED_TILE if _interpreted() else FORWARD_TILES[0][1]  # the split is fixed before autotuning
-        splits = max(1, min(triton.cdiv(num_columns, tile), SPLIT_PROGRAMS // triton.cdiv(batch, tile)))
-        partial = {name: torch.empty(batch, splits, device=unit_embeddings.device, dtype=torch.float32)
+        device = unit_embeddings.device
+        # the split is fixed before autotuning, from the first tile tried
+        rows_tile, columns_tile = (INTERPRETED_TILE,) * 2 if _interpreted() else COSINE_TILES[0][:2]
+        splits = _splits(triton.cdiv(batch, rows_tile), num_columns, columns_tile)
+        partial = {name: torch.empty(batch, splits, device=device, dtype=torch.float32)
                    for name in ("max", "sum", "best")}
-        partial_column = torch.empty(batch, splits, device=unit_embeddings.device, dtype=torch.int64)
-        common = dict(num_rows=batch, num_columns=num_columns, dim=dim, scale=margin.scale,
-                      threshold=margin.interclass_threshold or 0.0, HAS_INDEX=rows is not None,
-                      FILTER=margin.interclass_threshold is not None, **options)
+        partial_column = torch.empty(batch, splits, device=device, dtype=torch.int64)
+        inverse_norm = torch.empty(num_columns, device=device, dtype=torch.float32)
+        shape = dict(num_rows=batch, num_columns=num_columns, dim=dim, HAS_INDEX=rows is not None,
+                     **_launch_options(gemm_dtype))
+        logits = dict(scale=margin.scale, threshold=margin.interclass_threshold or 0.0,
+                      FILTER=margin.interclass_threshold is not None)
         index = rows if rows is not None else targets  # any int64 tensor: never read without HAS_INDEX
+
         def grid(meta: dict) -> tuple[int, int]:
             return triton.cdiv(batch, meta["BLOCK_B"]), splits
 
         _forward_kernel[grid](unit_embeddings, table, index, targets, target_logit, partial["max"], partial["sum"],
-                              partial["best"], partial_column, splits=splits, **common)
+                              partial["best"], partial_column, inverse_norm, splits=splits, RECORD=record is not None,
+                              **shape, **logits)
         row_max = partial["max"].max(dim=1).values
         if sharded:
             dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
@@ -304,24 +357,37 @@ class _FusedHead(torch.autograd.Function):
             best, split = partial["best"].max(dim=1)
             record["best_other"] = best / margin.scale
             record["columns"] = torch.where(best > float("-inf"), partial_column.gather(1, split[:, None])[:, 0], -1)
-        ctx.save_for_backward(unit_embeddings, table, index, targets, target_logit, slope, log_normaliser)
-        ctx.common = common
+        ctx.save_for_backward(unit_embeddings, table, index, targets, target_logit, slope, log_normaliser,
+                              inverse_norm)
+        ctx.shape, ctx.logits, ctx.gemm_dtype = shape, logits, gemm_dtype
         return (log_normaliser - given).mean()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        unit_embeddings, table, index, targets, target_logit, slope, log_normaliser = ctx.saved_tensors
-        common = ctx.common
-        batch, dim = unit_embeddings.shape
-        grad_rows = torch.empty(common["num_columns"], dim, device=unit_embeddings.device, dtype=torch.float32)
-        grad_embeddings = torch.empty_like(unit_embeddings, dtype=torch.float32)
-        arguments = (unit_embeddings, table, index, targets, target_logit, log_normaliser, slope,
-                     grad.reshape(1).float().contiguous())
-        _row_gradient_kernel[lambda meta: (triton.cdiv(common["num_columns"], meta["BLOCK_K"]),)](
-            *arguments, grad_rows, **common)
-        _embedding_gradient_kernel[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),)](
-            *arguments, grad_embeddings, **common)
-        return grad_embeddings, grad_rows, *[None] * 9
+        unit_embeddings, table, index, targets, target_logit, slope, log_normaliser, inverse_norm = ctx.saved_tensors
+        shape = ctx.shape
+        batch, dim, num_columns = shape["num_rows"], shape["dim"], shape["num_columns"]
+        device = unit_embeddings.device
+        # d loss / d cosine over the row's norm, in the GEMMs' dtype: the backward's one [B, K] buffer, freed when
+        # it returns
+        grad_cosine = torch.empty(batch, num_columns, device=device, dtype=ctx.gemm_dtype)
+        along = torch.zeros(num_columns, device=device, dtype=torch.float32)
+        _cosine_gradient_kernel[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),
+                                              triton.cdiv(num_columns, meta["BLOCK_K"]))](
+            unit_embeddings, table, index, targets, target_logit, inverse_norm, log_normaliser, slope,
+            grad.reshape(1).float().contiguous(), grad_cosine, along, **shape, **ctx.logits)
+        tile = INTERPRETED_TILE if _interpreted() else EMBEDDING_GRADIENT_TILES[0][0]
+        splits = _splits(triton.cdiv(batch, tile) * triton.cdiv(dim, tile), num_columns, SPLIT_COLUMNS)
+        split_columns = SPLIT_COLUMNS * triton.cdiv(triton.cdiv(num_columns, splits), SPLIT_COLUMNS)
+        partial = torch.empty(triton.cdiv(num_columns, split_columns), batch, dim, device=device, dtype=torch.float32)
+        _embedding_gradient_kernel[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]), triton.cdiv(dim, meta["BLOCK_D"]),
+                                                 partial.shape[0])](
+            grad_cosine, table, index, partial, split_columns=split_columns, **shape)
+        grad_rows = torch.empty(num_columns, dim, device=device, dtype=torch.float32)
+        _row_gradient_kernel[lambda meta: (triton.cdiv(num_columns, meta["BLOCK_K"]),
+                                           triton.cdiv(dim, meta["BLOCK_D"]))](
+            grad_cosine, unit_embeddings, table, index, inverse_norm, along, grad_rows, **shape)
+        return partial.sum(dim=0), grad_rows, *[None] * 9
 
 
 def fused_margin_cross_entropy(embeddings: torch.Tensor, row_gradient: torch.Tensor, table: torch.Tensor,
