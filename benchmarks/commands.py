@@ -82,8 +82,10 @@ def _figure(result: dict[str, Any], key: str, spec: str) -> str:
 @click.option("--pfc-sampling", "sampling", type=click.Choice(["uniform", "stratified"]), default="uniform",
               show_default=True, help="Our negative sampling (stratified: no host sync).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per configuration.")
+@click.option("--profile", is_flag=True, help="Also profile our heads' steps: their costliest kernels, ms per step "
+              "(in the JSON lines).")
 def bench_pfc(classes: tuple[int, ...], rates: tuple[float, ...], batch_size: int, dim: int, device: str,
-              repeats: int, center_dtype: str, sampling: str, as_json: bool) -> None:
+              repeats: int, center_dtype: str, sampling: str, as_json: bool, profile: bool) -> None:
     """Partial FC head step time and peak memory: ours (Triton head on CUDA, torch head) vs PartialFC_V2's
     dense-update semantics."""
     from benchmarks.common import device_name, format_table, run_isolated
@@ -109,10 +111,10 @@ def bench_pfc(classes: tuple[int, ...], rates: tuple[float, ...], batch_size: in
             for variant in [*ours, "dense"]:
                 job = {"variant": variant, "classes": num_classes, "rate": rate, "batch": batch_size, "dim": dim,
                        "device": str(torch_device), "warmup": 2, "repeats": repeats, "center_dtype": center_dtype,
-                       "sampling": sampling}
+                       "sampling": sampling, "profile": profile and variant != "dense"}
                 results[variant] = run_isolated("benchmarks.pfc_head", job)
-                if as_json:
-                    click.echo(json.dumps(results[variant]))
+                if as_json:  # the job too: a failed run's result holds only its error
+                    click.echo(json.dumps({**job, **results[variant]}))
             dense = results["dense"]
             row = [f"{num_classes:,}", rate]
             for variant in ours:
@@ -309,7 +311,7 @@ def bench_step(method: tuple[str, ...], batches: tuple[int, ...], classes: Optio
                        "options": {**values, **method_settings}}
                 results[variant] = run_isolated("benchmarks.train_step", job)
                 if as_json:
-                    click.echo(json.dumps({"name": variant, **results[variant]}))
+                    click.echo(json.dumps({"name": variant, **job, **results[variant]}))
             base = results["baseline"].get("images_per_s")
             reference = results["ours fp32"].get("first_losses")
             for variant, result in results.items():

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import peak_bytes, reset_peak, time_steps
+from benchmarks.common import peak_bytes, reset_peak, synchronize, time_steps
 from core.loss import MarginSoftmaxLoss
 from core.margins import build_margin
 from core.center_store.store import CenterStore
@@ -79,7 +79,26 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             store.collect(selection)
             store.step(LR)
     milliseconds = time_steps(step, device, job["warmup"], job["repeats"])
-    return {**job, "step_ms": milliseconds, "peak_gib": (peak_bytes(device) - baseline) / 2**30}
+    result = {**job, "step_ms": milliseconds, "peak_gib": (peak_bytes(device) - baseline) / 2**30}
+    if job.get("profile"):
+        result["kernels"] = kernel_times(step, device)
+    return result
+
+
+def kernel_times(step: Callable[[], None], device: torch.device, steps: int = 5, top: int = 8) -> list:
+    """The step's costliest operations (CUDA kernels on a GPU, CPU operators elsewhere) as [name, ms per step]:
+    where the head's time goes, read off one profiled run instead of guessed from the total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as profiler:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    events = [event for event in profiler.key_averages() if not cuda or event.device_type.name == "CUDA"]
+    microseconds = (lambda event: event.device_time_total) if cuda else (lambda event: event.self_cpu_time_total)
+    events.sort(key=microseconds, reverse=True)
+    return [[event.key[:80], microseconds(event) / 1000 / steps] for event in events[:top]]
 
 
 def check_fast_path(device: torch.device, classes: int = 2000, dim: int = 64, batch: int = 32) -> float:
@@ -102,8 +121,9 @@ def check_fast_path(device: torch.device, classes: int = 2000, dim: int = 64, ba
 
 
 def check_fused_head(device: torch.device, classes: int = 70_000, sampled: int = 20_000, dim: int = 512,
-                     batch: int = 256) -> dict:
-    """Relative error of the Triton head's loss and gradients (bf16 GEMMs on CUDA) against the simple fp32 path."""
+                     batch: int = 256, gemm_dtype: Optional[torch.dtype] = None) -> dict:
+    """Relative error of the Triton head's loss and gradients (by default bf16 GEMMs on CUDA, float32 elsewhere)
+    against the simple fp32 path."""
     from core.triton_head import fused_margin_cross_entropy
 
     generator = torch.Generator(device=device).manual_seed(2)
@@ -113,8 +133,8 @@ def check_fused_head(device: torch.device, classes: int = 70_000, sampled: int =
     targets = torch.randint(sampled, (batch,), device=device, generator=generator)
     margin = build_margin("arcface")
     row_gradient = table.new_zeros(()).expand(sampled, dim).detach().requires_grad_(True)
-    fused = fused_margin_cross_entropy(embeddings, row_gradient, table, rows, targets, margin,
-                                       torch.bfloat16 if device.type == "cuda" else torch.float32)
+    gemm_dtype = gemm_dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    fused = fused_margin_cross_entropy(embeddings, row_gradient, table, rows, targets, margin, gemm_dtype)
     fused_grads = torch.autograd.grad(fused, (embeddings, row_gradient))
     weights = table[rows].requires_grad_(True)
     simple = MarginSoftmaxLoss(margin, chunk_columns=None)(Selection(embeddings, weights, targets))

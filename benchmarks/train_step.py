@@ -87,10 +87,13 @@ def ours_step(job: dict[str, Any], run_dir: str):
     return (lambda: trainer.train_step(stream)), trainer
 
 
-def dynamics_cost(trainer, step, device: torch.device, blocks: int = 30, steps_per_block: int = 5) -> float:
+def dynamics_cost(trainer, step, device: torch.device, blocks: int | None = None, steps_per_block: int = 5) -> float:
     """The step-time share of recording training dynamics (core/dynamics.py), measured in one process: blocks of
     steps with it on and off, interleaved, and the median of each on block's time over the off block beside it, so
-    drift in the machine's speed falls on both alike (on a 2-core CPU ten blocks left a spread of several points)."""
+    drift in the machine's speed falls on both alike. By default 30 blocks on the CPU (on a 2-core CPU ten blocks
+    left a spread of several points) and 10 on CUDA, where the timing is steadier and 30 blocks of an iresnet50
+    step would take most of the GPU suite's ``bench step`` budget."""
+    blocks = blocks or (10 if device.type == "cuda" else 30)
     recorder, ratios = trainer.dynamics, []
     try:
         for _ in range(blocks):

@@ -194,8 +194,11 @@ if triton is not None:
         """d loss / d cosine of one tile: ``scale x softmax`` off the target, ``(softmax - 1)`` through the margin's
         slope on it, 0 for filtered entries and padding; times the loss's upstream gradient / rows (read on the
         device: a scalar argument would wait for it on the host)."""
-        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-        columns = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+        # one axis (a second is limited to 65,535 blocks); the row blocks of a column block run side by side, so
+        # its rows are read once from memory
+        row_blocks = tl.cdiv(num_rows, BLOCK_B)
+        rows = (tl.program_id(0) % row_blocks) * BLOCK_B + tl.arange(0, BLOCK_B)
+        columns = (tl.program_id(0) // row_blocks) * BLOCK_K + tl.arange(0, BLOCK_K)
         row_ok = rows < num_rows
         column_ok = columns < num_columns
         dots, _ = _dot_tile(emb_ptr, table_ptr, index_ptr, rows, columns, num_rows, num_columns, dim, HAS_INDEX,
@@ -249,8 +252,9 @@ if triton is not None:
         """``[columns, embedding chunk]`` of the rows' gradient through their normalisation,
         ``(g - w_hat (w_hat . g)) / |w|`` with ``g = d loss / d cosine^T @ embeddings``: the buffer holds
         ``d loss / d cosine / |w|``, and ``w_hat . g`` is the column's sum of gradient x cosine."""
-        columns = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        chunks = tl.cdiv(dim, BLOCK_D)  # the chunks of a column block run side by side: its buffer is read once
+        d = (tl.program_id(0) % chunks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        columns = (tl.program_id(0) // chunks) * BLOCK_K + tl.arange(0, BLOCK_K)
         column_ok = columns < num_columns
         d_ok = d < dim
         accumulated = tl.zeros((BLOCK_K, BLOCK_D), tl.float32)
@@ -372,8 +376,8 @@ class _FusedHead(torch.autograd.Function):
         # it returns
         grad_cosine = torch.empty(batch, num_columns, device=device, dtype=ctx.gemm_dtype)
         along = torch.zeros(num_columns, device=device, dtype=torch.float32)
-        _cosine_gradient_kernel[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]),
-                                              triton.cdiv(num_columns, meta["BLOCK_K"]))](
+        _cosine_gradient_kernel[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"])
+                                              * triton.cdiv(num_columns, meta["BLOCK_K"]),)](
             unit_embeddings, table, index, targets, target_logit, inverse_norm, log_normaliser, slope,
             grad.reshape(1).float().contiguous(), grad_cosine, along, **shape, **ctx.logits)
         tile = INTERPRETED_TILE if _interpreted() else EMBEDDING_GRADIENT_TILES[0][0]
@@ -384,8 +388,8 @@ class _FusedHead(torch.autograd.Function):
                                                  partial.shape[0])](
             grad_cosine, table, index, partial, split_columns=split_columns, **shape)
         grad_rows = torch.empty(num_columns, dim, device=device, dtype=torch.float32)
-        _row_gradient_kernel[lambda meta: (triton.cdiv(num_columns, meta["BLOCK_K"]),
-                                           triton.cdiv(dim, meta["BLOCK_D"]))](
+        _row_gradient_kernel[lambda meta: (triton.cdiv(dim, meta["BLOCK_D"])
+                                           * triton.cdiv(num_columns, meta["BLOCK_K"]),)](
             grad_cosine, unit_embeddings, table, index, inverse_norm, along, grad_rows, **shape)
         return partial.sum(dim=0), grad_rows, *[None] * 9
 
