@@ -62,7 +62,11 @@ def test_losses_match_the_recording(tmp_path, scenario):
     recorded = json.loads(RECORD.read_text())[scenario]
     losses = _losses(_data(tmp_path), tmp_path / "run", SCENARIOS[scenario])
     assert len(losses) == len(recorded) == 10
-    assert losses == pytest.approx(recorded, rel=1e-5, abs=1e-6)
+    # Another sampling, RNG stream, default or update order moves the first steps' losses already. Float rounding
+    # differs between CPUs (an AMD EPYC machine against the recording one) and compounds as training goes: the
+    # first steps agreed within 1e-5 there, and the later ones drifted up to 0.6 % (DCQ with two key shots).
+    assert losses[:3] == pytest.approx(recorded[:3], rel=1e-5, abs=1e-6)
+    assert losses == pytest.approx(recorded, rel=2e-2)
 
 
 if __name__ == "__main__" and "--record" in sys.argv:
