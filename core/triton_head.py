@@ -347,7 +347,8 @@ class _FusedHead(torch.autograd.Function):
         def grid(meta: dict) -> tuple[int, int]:
             return triton.cdiv(batch, meta["BLOCK_B"]), splits
 
-        _forward_kernel[grid](unit_embeddings, table, index, targets, target_logit, partial["max"], partial["sum"],
+        operands = unit_embeddings.to(gemm_dtype)  # cast once, so the kernels' loads feed the GEMMs directly
+        _forward_kernel[grid](operands, table, index, targets, target_logit, partial["max"], partial["sum"],
                               partial["best"], partial_column, inverse_norm, splits=splits, RECORD=record is not None,
                               **shape, **logits)
         row_max = partial["max"].max(dim=1).values
@@ -363,24 +364,24 @@ class _FusedHead(torch.autograd.Function):
             best, split = partial["best"].max(dim=1)
             record["best_other"] = best / margin.scale
             record["columns"] = torch.where(best > float("-inf"), partial_column.gather(1, split[:, None])[:, 0], -1)
-        ctx.save_for_backward(unit_embeddings, table, index, targets, target_logit, slope, log_normaliser,
+        ctx.save_for_backward(operands, table, index, targets, target_logit, slope, log_normaliser,
                               inverse_norm)
         ctx.shape, ctx.logits, ctx.gemm_dtype = shape, logits, gemm_dtype
         return (log_normaliser - given).mean()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        unit_embeddings, table, index, targets, target_logit, slope, log_normaliser, inverse_norm = ctx.saved_tensors
+        operands, table, index, targets, target_logit, slope, log_normaliser, inverse_norm = ctx.saved_tensors
         shape = ctx.shape
         batch, dim, num_columns = shape["num_rows"], shape["dim"], shape["num_columns"]
-        device = unit_embeddings.device
+        device = operands.device
         # d loss / d cosine over the row's norm, in the GEMMs' dtype: the backward's one [B, K] buffer, freed when
         # it returns
         grad_cosine = torch.empty(batch, num_columns, device=device, dtype=ctx.gemm_dtype)
         along = torch.zeros(num_columns, device=device, dtype=torch.float32)
         _cosine_gradient_kernel[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"])
                                               * triton.cdiv(num_columns, meta["BLOCK_K"]),)](
-            unit_embeddings, table, index, targets, target_logit, inverse_norm, log_normaliser, slope,
+            operands, table, index, targets, target_logit, inverse_norm, log_normaliser, slope,
             grad.reshape(1).float().contiguous(), grad_cosine, along, **shape, **ctx.logits)
         tile = INTERPRETED_TILE if _interpreted() else EMBEDDING_GRADIENT_TILES[0][0]
         splits = _splits(triton.cdiv(batch, tile) * triton.cdiv(dim, tile), num_columns, SPLIT_COLUMNS)
@@ -392,7 +393,7 @@ class _FusedHead(torch.autograd.Function):
         grad_rows = torch.empty(num_columns, dim, device=device, dtype=torch.float32)
         _row_gradient_kernel[lambda meta: (triton.cdiv(dim, meta["BLOCK_D"])
                                            * triton.cdiv(num_columns, meta["BLOCK_K"]),)](
-            grad_cosine, unit_embeddings, table, index, inverse_norm, along, grad_rows, **shape)
+            grad_cosine, operands, table, index, inverse_norm, along, grad_rows, **shape)
         return partial.sum(dim=0), grad_rows, *[None] * 9
 
 

@@ -44,7 +44,7 @@ def _compile(function, tile, gemm: str, store: str):
             signature[name] = "constexpr"
         elif name == "table_ptr":
             signature[name] = f"*{store}"
-        elif name == "grad_cosine_ptr":
+        elif name in ("emb_ptr", "grad_cosine_ptr"):  # the embeddings and the gradient buffer are GEMM operands
             signature[name] = f"*{gemm}"
         elif name.endswith("_ptr"):
             signature[name] = "*i64" if name in INT64_POINTERS else "*fp32"
