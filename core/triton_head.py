@@ -56,9 +56,9 @@ SPLIT_COLUMNS = 256  # a column split's width is a multiple of this, so that eve
 # Tiles each kernel's autotuning tries on a GPU, once per embedding size, batch and GEMM precision, as
 # (rows, columns, embedding chunk, warps, pipeline stages). The cosine tiles (forward and its recompute) reduce
 # over the embedding chunk; the embeddings' gradient reduces over the columns and the rows' gradient over the rows.
-# Compiled for sm_90 ahead of time (Triton 3.9), each fits an H100/H200's 227 KiB of shared memory, and in bf16
-# the first two of each spill at most 8 bytes of registers; the last ones are for float32 GEMMs, whose larger tiles
-# spill.
+# Compiled for sm_90 ahead of time (Triton 3.9), each fits an H100/H200's 227 KiB of shared memory
+# (tests/core/test_triton_head_compile.py), and with bf16 GEMMs none spills registers; the smaller ones are for
+# float32 GEMMs, whose larger tiles spill.
 COSINE_TILES = ((64, 64, 64, 8, 3), (128, 64, 64, 8, 2), (64, 128, 64, 8, 2), (64, 64, 64, 8, 4), (64, 64, 16, 4, 2),
                 (64, 64, 32, 8, 2))
 EMBEDDING_GRADIENT_TILES = ((64, 64, 64, 8, 3), (128, 64, 64, 8, 3), (64, 128, 64, 8, 3), (64, 64, 32, 8, 2))
