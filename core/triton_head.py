@@ -193,9 +193,10 @@ if triton is not None:
                                 num_columns, dim, scale, threshold, HAS_INDEX: tl.constexpr, FILTER: tl.constexpr,
                                 BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
                                 GEMM_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
-        """d loss / d cosine of one tile: ``scale x softmax`` off the target, ``(softmax - 1)`` through the margin's
-        slope on it, 0 for filtered entries and padding; times the loss's upstream gradient / rows (read on the
-        device: a scalar argument would wait for it on the host)."""
+        """One tile of ``d loss / d cosine / |w|`` into the buffer, and each column's sum of ``d loss / d cosine x
+        cosine`` into ``along``. ``d loss / d cosine`` is ``scale x softmax`` off the target, ``(softmax - 1)``
+        through the margin's slope on it, 0 for filtered entries and padding; times the loss's upstream gradient /
+        rows (read on the device: a scalar argument would wait for it on the host)."""
         # one axis (a second is limited to 65,535 blocks); the row blocks of a column block run side by side, so
         # its rows are read once from memory
         row_blocks = tl.cdiv(num_rows, BLOCK_B)
@@ -383,8 +384,9 @@ class _FusedHead(torch.autograd.Function):
                                               * triton.cdiv(num_columns, meta["BLOCK_K"]),)](
             operands, table, index, targets, target_logit, inverse_norm, log_normaliser, slope,
             grad.reshape(1).float().contiguous(), grad_cosine, along, **shape, **ctx.logits)
-        tile = INTERPRETED_TILE if _interpreted() else EMBEDDING_GRADIENT_TILES[0][0]
-        splits = _splits(triton.cdiv(batch, tile) * triton.cdiv(dim, tile), num_columns, SPLIT_COLUMNS)
+        # the split over columns is fixed before autotuning, from the first tile tried
+        rows_tile, chunk = (INTERPRETED_TILE,) * 2 if _interpreted() else EMBEDDING_GRADIENT_TILES[0][:3:2]
+        splits = _splits(triton.cdiv(batch, rows_tile) * triton.cdiv(dim, chunk), num_columns, SPLIT_COLUMNS)
         split_columns = SPLIT_COLUMNS * triton.cdiv(triton.cdiv(num_columns, splits), SPLIT_COLUMNS)
         partial = torch.empty(triton.cdiv(num_columns, split_columns), batch, dim, device=device, dtype=torch.float32)
         _embedding_gradient_kernel[lambda meta: (triton.cdiv(batch, meta["BLOCK_B"]), triton.cdiv(dim, meta["BLOCK_D"]),
