@@ -31,10 +31,12 @@ def _placeholder(rows, dim):
 @pytest.mark.parametrize("sampled", [True, False], ids=["sampled-rows", "all-rows"])
 def test_loss_gradients_and_margins_equal_the_float64_torch_path(margin, sampled):
     generator = torch.Generator().manual_seed(0)
-    batch, classes, dim = 21, 90, 12  # not multiples of the 16-wide tiles: padding is exercised
+    # not multiples of the 16-wide tiles: padding is exercised; the embedding takes three chunks, and the columns
+    # (300 or 600) two or three splits of the embeddings' gradient
+    batch, classes, dim = 21, 600, 40
     embeddings = torch.randn(batch, dim, generator=generator, dtype=torch.float64)
     table = torch.randn(classes, dim, generator=generator) * 0.1
-    rows = torch.randperm(classes, generator=generator)[:37].sort().values if sampled else None
+    rows = torch.randperm(classes, generator=generator)[:300].sort().values if sampled else None
     columns = classes if rows is None else rows.numel()
     targets = torch.randint(columns, (batch,), generator=generator)
     targets[3] = -1  # a row whose class another rank holds: no target column here
