@@ -106,7 +106,9 @@ step triton_tests 120 env TRITON_INTERPRET=0 "$PYTHON" -m pytest -q tests/core/t
 if [ "$SMOKE" = 1 ]; then
     skip triton_warmup "SMOKE: no GPU to compile the Triton head for"
 else
-    step triton_warmup 120 "$PYTHON" -c "import torch; from benchmarks.pfc_head import check_fused_head; \
+    # TRITON_PRINT_AUTOTUNING: the tile each kernel's autotuning picks goes into the step's output
+    step triton_warmup 120 env TRITON_PRINT_AUTOTUNING=1 "$PYTHON" -c "import torch; \
+from benchmarks.pfc_head import check_fused_head; \
 print({str(gemm): check_fused_head(torch.device('$DEVICE'), batch=512, gemm_dtype=gemm) \
        for gemm in (torch.float32, torch.bfloat16)})" &
 fi
