@@ -67,6 +67,28 @@ def test_loss_gradients_and_margins_equal_the_float64_torch_path(margin, sampled
     assert torch.equal(record["columns"][has_other], reference.last_other_classes[has_other])
 
 
+@pytest.mark.parametrize("sampled", [True, False], ids=["sampled-rows", "all-rows"])
+def test_a_backward_in_column_blocks_equals_one_in_a_single_block(monkeypatch, sampled):
+    generator = torch.Generator().manual_seed(1)
+    batch, classes, dim = 19, 300, 24
+    table = torch.randn(classes, dim, generator=generator)
+    rows = torch.randperm(classes, generator=generator)[:200].sort().values if sampled else None
+    columns = classes if rows is None else rows.numel()
+    embeddings = torch.randn(batch, dim, generator=generator)
+    targets = torch.randint(columns, (batch,), generator=generator)
+    targets[:3] = torch.tensor([-1, 0, columns - 1])  # another rank's class, and the first and the last column
+    gradients = {}
+    for block in (1 << 18, 64):  # one block, then 4 or 5 blocks, the last one partial
+        monkeypatch.setattr(triton_head, "BACKWARD_COLUMNS", block)
+        leaf = embeddings.clone().requires_grad_(True)
+        row_gradient = _placeholder(columns, dim)
+        triton_head.fused_margin_cross_entropy(leaf, row_gradient, table, rows, targets,
+                                               build_margin("arcface", 16.0)).backward()
+        gradients[block] = (leaf.grad, row_gradient.grad)
+    for whole, blocked in zip(gradients[1 << 18], gradients[64]):
+        torch.testing.assert_close(blocked, whole, rtol=1e-5, atol=1e-7)
+
+
 def _two_micro_batches(kernel, storage_dtype=None):
     torch.manual_seed(4)
     store = CenterStore(40, (6,), dtype=torch.float32, head_kernel=kernel, storage_dtype=storage_dtype)
