@@ -51,20 +51,9 @@ record() {  # record NAME RC SECONDS LIMIT: one line of steps.jsonl (one short a
 pack() {  # everything under $OUT but the archive into $OUT/suite.tgz, through a temporary file; not the sweep's
     # generated data and checkpoints (hundreds of MB at 10^5 classes: a file from a device call is at most 16 MiB)
     local tmp="$OUT/.suite.tgz.$BASHPID" rc
-    if command -v tar > /dev/null; then
-        tar -czf "$tmp" -C "$OUT" --exclude=./suite.tgz --exclude='./.suite.tgz.*' --exclude=./scale/data \
-            --exclude='*.pt' --exclude='*.npy' . 2> /dev/null
-        rc=$?  # 1: a file changed while it was read (a step still writing); the archive is whole
-    else
-        "$PYTHON" -c 'import sys, tarfile
-def keep(member):
-    name = member.name.removeprefix("./")
-    return None if name.startswith(("suite.tgz", ".suite.tgz.", "scale/data")) or name.endswith((".pt", ".npy")) \
-        else member
-with tarfile.open(sys.argv[2], "w:gz") as archive:
-    archive.add(sys.argv[1], ".", filter=keep)' "$OUT" "$tmp"
-        rc=$?
-    fi
+    tar -czf "$tmp" -C "$OUT" --exclude=./suite.tgz --exclude='./.suite.tgz.*' --exclude=./scale/data \
+        --exclude='*.pt' --exclude='*.npy' . 2> /dev/null
+    rc=$?  # 1: a file changed while it was read (a step still writing); the archive is whole
     if [ "$rc" -le 1 ]; then mv -f "$tmp" "$OUT/suite.tgz"; else rm -f "$tmp"; fi
 }
 
