@@ -59,21 +59,25 @@ def report_command(grid_dir: str, out: str, figure_format: str) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Benchmark directory (rerun to resume).")
 @click.option("--quick", is_flag=True, help="3 scenarios, a third of the identities, half the epochs, no DCQ "
                                             "(under 10 min on 2 cores); labelled quick.")
+@click.option("--held-out", is_flag=True, help="Only the held-out scenarios, at full scale: the figures a round of "
+                                                "tuning is judged by (about 8 min a scenario on 2 cores).")
 @click.option("--device", default="cpu", show_default=True, help="Device every cell trains on.")
 @click.option("--cells", "only", type=int, default=None, help="Run only the first N cells.")
 @click.option("--doc", type=click.Path(exists=True, dir_okay=False),
               help="Also write the table into this Markdown file, between its detection markers (docs/ANALYSIS.md).")
-def detection_command(out: str, quick: bool, device: str, only: int | None, doc: str | None) -> None:
+def detection_command(out: str, quick: bool, held_out: bool, device: str, only: int | None, doc: str | None) -> None:
     """Noise and conflict detection on scenarios held out from tuning, each beside a simple baseline."""
     import time
 
     from core.distributed import resolve_device
-    from experiments.detection import FULL, QUICK, cells, run_detection, write_detection_report
+    from experiments.detection import FULL, HELD_OUT, QUICK, cells, run_detection, write_detection_report
 
     if only is not None and only < 1:
         raise ConfigError(f"--cells must be >= 1 (the first N cells), got {only}")
+    if quick and held_out:
+        raise ConfigError("--quick and --held-out are two different scales; give one")
     resolve_device(device)
-    scale = QUICK if quick else FULL
+    scale = QUICK if quick else HELD_OUT if held_out else FULL
     started = time.perf_counter()
     click.echo(f"{scale.name} detection benchmark: {len(cells(scale)[:only])} cells into {out}")
     results = run_detection(Path(out), scale, device, echo=click.echo, only=only)

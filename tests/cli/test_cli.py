@@ -75,6 +75,12 @@ def test_bad_input_prints_one_clear_line(tmp_path, args, message):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_the_detection_benchmark_takes_one_scale(tmp_path):
+    result = CliRunner().invoke(main, ["experiment", "detection", "--quick", "--held-out", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 2 and "--quick and --held-out are two different scales" in result.output
+    assert not (tmp_path / "d").exists()
+
+
 def test_an_option_of_another_method_is_refused_naming_the_methods_own(tmp_path):
     result = CliRunner().invoke(main, ["train", "--method", "pfc", "--queue-size", "4", "--out", str(tmp_path / "r")])
     assert result.exit_code == 2 and "--queue-size: not an option of --method pfc" in result.output

@@ -11,8 +11,8 @@ import pytest
 from analysis.noise import RANK_CROSSVAL_AND_RUN
 from core.errors import ConfigError
 from experiments import detection
-from experiments.detection import (BASELINE, FULL, QUICK, SCENARIOS, Scale, baseline_scores, cells, detection_table,
-                                   stratified_conflict_ap, write_detection_report)
+from experiments.detection import (BASELINE, FULL, HELD_OUT, QUICK, SCENARIOS, Scale, baseline_scores, cells,
+                                   detection_table, stratified_conflict_ap, write_detection_report)
 
 
 def test_conflict_ap_per_stratum_ranks_its_own_positives_against_every_negative():
@@ -52,6 +52,7 @@ def test_the_split_is_fixed_and_both_renderers_and_noise_kinds_are_held_out():
     assert len({s.seed for s in SCENARIOS}) == len(SCENARIOS)
     assert cells(FULL)[0].regime is BASELINE and len(cells(FULL)) == len(SCENARIOS) * 4
     assert {c.scenario.name for c in cells(QUICK)} == set(QUICK.scenarios)
+    assert [c.name for c in cells(HELD_OUT)] == [c.name for c in cells(FULL) if c.scenario.held_out]
 
 
 def _result(scenario, regime, noise, conflict, held_out=True):
