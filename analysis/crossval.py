@@ -30,14 +30,8 @@ identity, of which each fold model sees (K-1)/K:
   an outlier view whose nearest images are its own) sit far below 0 and would drag its
   mean down to a look-alike pair's. Nearest images rather than means, as for noise: a
   look-alike's mean can sit near an image that none of its images resembles.
-- ``confused`` / ``same_person_llr``: of the same held-out images, how many are nearer the
-  other label's nearest trained images than their own label's, and the log-likelihood ratio
-  of that count between "one person" (confused half the time) and "two people" (confused as
-  often as the candidates on average). The separation is a median and ignores how many
-  images stand behind it; the LLR grows with them, so a split person of many images is
-  surer than a look-alike pair of a few that happens to be confused.
-- ``conflict_score``: the conflict ranking, the robust z-scores of the pair cosine, the
-  separation and the LLR summed, over the pairs ranked together.
+- ``conflict_score``: the conflict ranking, the robust z-score of the pair cosine plus that
+  of the separation, over the pairs ranked together.
 
 All of this is done ``DEFAULT_REPEATS`` times over (repeated K-fold): each repeat deals its own
 folds and trains its own models, and the analyses read the repeats' average
@@ -49,8 +43,7 @@ scenarios, against the fold models alone and the all-data model alone; the separ
 equal weight on 14 development scenarios, against the cosine alone; the own label's nearest
 images on 18, against its mean; the separation's nearest images on 22, against the two
 labels' fold means; the second repeat on 7 of 26, against one; the separation's median on 30,
-against its mean; the LLR's equal share on 10 regenerated ones, against the cosine and the
-separation alone (docs/ANALYSIS.md).
+against its mean (docs/ANALYSIS.md).
 
 The reference models depend on the data only, not on the analysed run, so one
 ``analyze crossval`` serves every run trained on that data (``analyze ... --crossval DIR``).
@@ -86,9 +79,6 @@ REFERENCE_EPOCHS = 12
 ALL_DATA_SHARE = 0.5
 # A held-out image is compared with this many of its own label's trained images, the most similar (fewer: all).
 OWN_NEIGHBOURS = 3
-# The two-people confusion rate of the same-person LLR is the candidates' mean, kept inside these bounds so that both
-# hypotheses stay apart from each other and from certainty (a guard, not a tuned value).
-TWO_PEOPLE_RATE_BOUNDS = (0.01, 0.49)
 # Image pairs compared at a time when finding them: memory stays near PAIR_CHUNK x (D + 3) numbers.
 PAIR_CHUNK = 1 << 20
 # A label with this many images or more is compared with its queries in one matrix product (speed only).
@@ -104,37 +94,6 @@ FOLD_DIR = "fold{fold}"
 EMBEDDINGS_FILE = "embeddings.npy"
 # Repeat 0 lies in the output folder itself (a one-repeat result is laid out as before repeats existed), repeat r here.
 REPEAT_DIR = "repeat{repeat}"
-
-
-@dataclass
-class PairEvidence:
-    """What the fold models say of label pairs' held-out images (``CrossValidation.pair_evidence``): the
-    ``separation``, and per pair how many images were ``judged`` and how many of those were ``confused``, nearer the
-    other label's trained images than their own label's. Counts are summed over ``repeats`` (the same images, read
-    once by each repeat's models)."""
-
-    separation: np.ndarray  # float32 [P]; NaN: no image judged
-    confused: np.ndarray  # int64 [P]
-    judged: np.ndarray  # int64 [P]
-    repeats: int = 1
-
-    @property
-    def confused_share(self) -> np.ndarray:
-        """Per pair, the share of its judged images that were confused (NaN: none judged)."""
-        return np.where(self.judged > 0, self.confused / np.maximum(self.judged, 1), np.nan)
-
-    def same_person_llr(self) -> np.ndarray:
-        """Per pair, the log-likelihood ratio of its confusion count, per repeat: "one person", whose held-out images
-        models that trained on both labels confuse half the time, against "two people", confused as often as these
-        pairs are on average (most candidates are two people, so the data sets the rate, not a constant). Unlike the
-        separation, it grows with the images behind the pair: a split person of 40 images who is confused half the
-        time is surer than one of 5, and a look-alike pair of 5 that happens to be confused is not yet suspect."""
-        share = self.confused_share
-        if not np.isfinite(share).any():
-            return np.zeros(len(share))
-        rate = float(np.clip(np.nanmean(share), *TWO_PEOPLE_RATE_BOUNDS))
-        kept = self.judged - self.confused
-        return (self.confused * np.log(0.5 / rate) + kept * np.log(0.5 / (1.0 - rate))) / self.repeats
 
 
 @dataclass
@@ -172,11 +131,11 @@ class CrossValidation:
         present = nonzero_rows(self.class_vectors)
         return np.where(present[label_a] & present[label_b], similarity, np.nan).astype(np.float32)
 
-    def pair_evidence(self, label_a: np.ndarray, label_b: np.ndarray, chunk: int = PAIR_CHUNK) -> PairEvidence:
-        """Per pair, what the fold models say of both labels' held-out images: each image's margin, its similarity to
-        the other label's nearest trained images minus to its own label's, gives the separation and the confusion
-        count (see the module docstring). Work grows with the pairs' image pairs, ``chunk`` of them at a time, never
-        with C x C; one fold model's unit embeddings are held at a time."""
+    def pair_separation(self, label_a: np.ndarray, label_b: np.ndarray, chunk: int = PAIR_CHUNK) -> np.ndarray:
+        """Per pair, the median over both labels' held-out images of min(0, similarity to the other label's nearest
+        trained images minus to its own label's), see the module docstring (NaN: no image of either has trained
+        images of both labels in its fold). Work grows with the pairs' image pairs, ``chunk`` of them at a time,
+        never with C x C; one fold model's unit embeddings are held at a time."""
         from analysis.index import normalize_rows
 
         label_a, label_b = np.asarray(label_a, dtype=np.int64), np.asarray(label_b, dtype=np.int64)
@@ -196,18 +155,9 @@ class CrossValidation:
             trained_labels = np.where(self.fold != f, self.labels, num_classes)  # held-out images: a spare class
             to_other = label_nearest_similarity(normalize_rows(embeddings), image[held], other[held], trained_labels,
                                                 num_classes, chunk=chunk)
-            margin[held] = to_other - self.held_out_own[image[held]]
+            margin[held] = np.minimum(to_other - self.held_out_own[image[held]], 0.0)
         judged = np.isfinite(margin)
-        pair, margin = pair[judged], margin[judged]
-        return PairEvidence(separation=grouped_median(pair, np.minimum(margin, 0.0), len(label_a)),
-                            confused=np.bincount(pair, weights=margin > 0, minlength=len(label_a)).astype(np.int64),
-                            judged=np.bincount(pair, minlength=len(label_a)).astype(np.int64))
-
-    def pair_separation(self, label_a: np.ndarray, label_b: np.ndarray, chunk: int = PAIR_CHUNK) -> np.ndarray:
-        """Per pair, the median over both labels' held-out images of min(0, similarity to the other label's nearest
-        trained images minus to its own label's), see the module docstring (NaN: no image of either has trained
-        images of both labels in its fold)."""
-        return self.pair_evidence(label_a, label_b, chunk).separation
+        return grouped_median(pair[judged], margin[judged], len(label_a))
 
 
 @dataclass
@@ -244,20 +194,12 @@ class RepeatedCrossValidation:
         return np.mean([repeat.pair_similarity(label_a, label_b) for repeat in self.repeats], axis=0,
                        dtype=np.float32)
 
-    def pair_evidence(self, label_a: np.ndarray, label_b: np.ndarray, chunk: int = PAIR_CHUNK) -> PairEvidence:
-        """The mean of the repeats' separations that are defined (NaN: none is); their confusion counts summed."""
-        each = [repeat.pair_evidence(label_a, label_b, chunk) for repeat in self.repeats]
-        separations = np.stack([evidence.separation for evidence in each])
+    def pair_separation(self, label_a: np.ndarray, label_b: np.ndarray, chunk: int = PAIR_CHUNK) -> np.ndarray:
+        """The mean of the repeats' separations that are defined (NaN: none is)."""
+        separations = np.stack([repeat.pair_separation(label_a, label_b, chunk) for repeat in self.repeats])
         defined = np.isfinite(separations)
         totals = np.where(defined, separations, 0.0).sum(axis=0)
-        return PairEvidence(
-            separation=np.where(defined.any(axis=0), totals / np.maximum(defined.sum(axis=0), 1),
-                                np.nan).astype(np.float32),
-            confused=np.sum([evidence.confused for evidence in each], axis=0),
-            judged=np.sum([evidence.judged for evidence in each], axis=0), repeats=len(each))
-
-    def pair_separation(self, label_a: np.ndarray, label_b: np.ndarray, chunk: int = PAIR_CHUNK) -> np.ndarray:
-        return self.pair_evidence(label_a, label_b, chunk).separation
+        return np.where(defined.any(axis=0), totals / np.maximum(defined.sum(axis=0), 1), np.nan).astype(np.float32)
 
 
 def _label_members(wanted: np.ndarray, order: np.ndarray, counts: np.ndarray
@@ -295,17 +237,16 @@ def nonzero_rows(vectors: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
     return found.reshape(vectors.shape[:-1])
 
 
-def conflict_score(similarity: np.ndarray, evidence: PairEvidence) -> np.ndarray:
-    """The conflict ranking from a set of pairs' ``pair_similarity`` and ``pair_evidence``: the robust z-scores of the
-    cosine, the separation and the same-person LLR summed, each over these pairs (a pair the separation cannot judge
-    sits at its median, one with no judged image at an LLR of 0; NaN: a class with no image)."""
+def conflict_score(similarity: np.ndarray, separation: np.ndarray) -> np.ndarray:
+    """The conflict ranking from a set of pairs' ``pair_similarity`` and ``pair_separation``: robust z of the one plus
+    robust z of the other, both over these pairs (a pair the separation cannot judge sits at its median; NaN: a
+    class with no image)."""
     from analysis.noise import neutral_where_missing, robust_z
 
     present = np.isfinite(similarity)
     score = np.full(len(similarity), np.nan, dtype=np.float32)
     if present.any():
-        score[present] = (robust_z(similarity[present]) + robust_z(neutral_where_missing(evidence.separation[present]))
-                          + robust_z(evidence.same_person_llr()[present]))
+        score[present] = robust_z(similarity[present]) + robust_z(neutral_where_missing(separation[present]))
     return score
 
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.conflict import CROSSVAL_COLUMNS, center_neighbours, conflict_table
+from analysis.conflict import center_neighbours, conflict_table
 from analysis.centers import Centers
 from analysis.crossval import (BLOCK_POOL, REPEAT_SEED_STRIDE, RESULT_ARRAYS, RESULT_JSON, SAVED_ARRAYS, SETUP_JSON,
-                               TWO_PEOPLE_RATE_BOUNDS, CrossValidation, PairEvidence, RepeatedCrossValidation,
-                               assign_folds, conflict_score,
+                               CrossValidation, RepeatedCrossValidation, assign_folds, conflict_score,
                                grouped_median, held_out_evidence, label_nearest_similarity, load_crossval, nonzero_rows,
                                reference_recipe, repeat_dir, run_crossval)
 from analysis.noise import (RANK_COMBINED, RANK_CROSSVAL, RANK_CROSSVAL_AND_RUN, RANK_FEATURES, SampleNeighbours,
@@ -145,9 +144,8 @@ def test_the_separation_is_zero_for_one_person_and_negative_for_two():
     assert np.isnan(evidence.pair_separation(np.array([3]), np.array([3]))[0])
 
 
-def _reference_margins(evidence: CrossValidation, a: int, b: int) -> list[float]:
-    """The definition, one image at a time: its fold model's 3 most similar trained images of the other label minus
-    of its own."""
+def _reference_separation(evidence: CrossValidation, a: int, b: int) -> float:
+    """The definition, one image at a time: its fold model's 3 most similar trained images of each label."""
     margins = []
     for given, other in ((a, b), (b, a)):
         for i in np.flatnonzero(evidence.labels == given):
@@ -155,13 +153,8 @@ def _reference_margins(evidence: CrossValidation, a: int, b: int) -> list[float]
             nearest = [_reference_nearest(embeddings[[i]], [label], embeddings[trained], evidence.labels[trained],
                                           3)[0] for label in (given, other)]
             if np.isfinite(nearest).all():
-                margins.append(nearest[1] - nearest[0])
-    return margins
-
-
-def _reference_separation(evidence: CrossValidation, a: int, b: int) -> float:
-    margins = _reference_margins(evidence, a, b)
-    return float(np.median(np.minimum(margins, 0.0))) if margins else float("nan")
+                margins.append(min(0.0, nearest[1] - nearest[0]))
+    return float(np.median(margins)) if margins else float("nan")
 
 
 def test_grouped_median_known_answers():
@@ -200,11 +193,6 @@ def test_the_separation_matches_its_definition_and_ignores_the_chunk_size():
     assert np.allclose(evidence.pair_separation(a, b, chunk=7), expected, atol=1e-5, equal_nan=True)
     # a flipped image prefers the other label: its margin counts as 0, never as a positive that outweighs the rest
     assert (evidence.pair_separation(a, b)[b < 12] <= 0).all()
-    margins = [np.array(_reference_margins(evidence, x, y)) for x, y in zip(a, b)]
-    counted = evidence.pair_evidence(a, b, chunk=7)
-    assert counted.judged.tolist() == [len(m) for m in margins] and counted.repeats == 1
-    assert counted.confused.tolist() == [int((m > 0).sum()) for m in margins]
-    assert 0 < counted.confused.sum() < counted.judged.sum()
 
 
 def test_the_conflict_score_adds_robust_z_of_cosine_and_separation_and_leaves_absent_classes_unscored():
@@ -213,40 +201,12 @@ def test_the_conflict_score_adds_robust_z_of_cosine_and_separation_and_leaves_ab
     evidence = held_out_evidence([rng.normal(size=(120, 4)) for _ in range(2)], rng.normal(size=(120, 4)), labels,
                                  assign_folds(labels, 2), 21)
     a, b = np.triu_indices(21, k=1)
-    pairs = evidence.pair_evidence(a, b)
-    score = conflict_score(evidence.pair_similarity(a, b), pairs)
+    score = conflict_score(evidence.pair_similarity(a, b), evidence.pair_separation(a, b))
     present = b < 20
     separation = evidence.pair_separation(a[present], b[present])
     filled = np.where(np.isnan(separation), np.nanmedian(separation), separation)
-    expected = (robust_z(evidence.pair_similarity(a, b)[present]) + robust_z(filled)
-                + robust_z(pairs.same_person_llr()[present]))
+    expected = robust_z(evidence.pair_similarity(a, b)[present]) + robust_z(filled)
     assert np.allclose(score[present], expected, atol=1e-5) and np.isnan(score[~present]).all()
-
-
-def test_the_same_person_llr_known_answers():
-    evidence = PairEvidence(separation=np.zeros(4, np.float32), confused=np.array([5, 1, 0, 0]),
-                            judged=np.array([10, 10, 0, 4]))
-    assert np.allclose(evidence.confused_share, [0.5, 0.1, np.nan, 0.0], equal_nan=True)
-    rate = (0.5 + 0.1 + 0.0) / 3  # the judged pairs' mean share: the two-people rate
-    confused, kept = np.log(0.5 / rate), np.log(0.5 / (1 - rate))
-    expected = [5 * confused + 5 * kept, confused + 9 * kept, 0.0, 4 * kept]
-    assert np.allclose(evidence.same_person_llr(), expected)
-    assert expected[0] > 0 > expected[3] > expected[1]
-    twice = PairEvidence(evidence.separation, 2 * evidence.confused, 2 * evidence.judged, repeats=2)
-    assert np.allclose(twice.same_person_llr(), expected)  # per repeat: two repeats read the same images
-    never = PairEvidence(np.zeros(2, np.float32), np.array([0, 0]), np.array([6, 3]))
-    assert np.allclose(never.same_person_llr(), np.array([6, 3]) * np.log(0.5 / (1 - TWO_PEOPLE_RATE_BOUNDS[0])))
-    assert (PairEvidence(np.zeros(2, np.float32), np.zeros(2, int), np.zeros(2, int)).same_person_llr() == 0).all()
-
-
-def test_more_images_confused_half_the_time_rank_a_pair_higher():
-    """Same cosine, same separation (the median image confused): the pair with 40 images confused half the time is
-    surer to be one person than the pair with 6, which the median alone cannot tell apart."""
-    evidence = PairEvidence(separation=np.array([0.0, 0.0, -0.1, -0.1, -0.1], np.float32),
-                            confused=np.array([20, 3, 2, 1, 0]), judged=np.array([40, 6, 20, 10, 8]))
-    score = conflict_score(np.array([0.7, 0.7, 0.7, 0.6, 0.5], np.float32), evidence)
-    assert score[0] > score[1] > score[2]
-    assert np.allclose(np.diff(evidence.separation[:2]), 0)
 
 
 def test_a_one_person_pair_outranks_a_look_alike_pair_with_the_same_cosine():
@@ -259,7 +219,7 @@ def test_a_one_person_pair_outranks_a_look_alike_pair_with_the_same_cosine():
     evidence = held_out_evidence([rows, rows], rows, labels, fold, 4)
     evidence.class_vectors = np.array([[1.0, 0.0], [0.8, 0.6], [1.0, 0.0], [0.8, 0.6]], np.float32)  # cosine 0.8
     a, b = np.array([0, 2, 0]), np.array([1, 3, 2])
-    score = conflict_score(evidence.pair_similarity(a, b), evidence.pair_evidence(a, b))
+    score = conflict_score(evidence.pair_similarity(a, b), evidence.pair_separation(a, b))
     assert score[0] > score[1]
 
 
@@ -348,10 +308,6 @@ def test_repeats_average_the_noise_score_the_cosine_and_the_defined_separations(
     separations = first.pair_separation(a, b), second.pair_separation(a, b)
     assert np.isfinite(separations).all() and not np.allclose(*separations)
     assert np.allclose(both.pair_separation(a, b), (separations[0] + separations[1]) / 2)
-    counts = both.pair_evidence(a, b)
-    assert counts.repeats == 2 and np.array_equal(
-        counts.judged, first.pair_evidence(a, b).judged + second.pair_evidence(a, b).judged)
-    assert np.array_equal(counts.confused, first.pair_evidence(a, b).confused + second.pair_evidence(a, b).confused)
     second.held_out_own[:] = np.nan  # the second repeat judges no pair: the first's separation stands
     assert np.allclose(both.pair_separation(a, b), separations[0])
     first.held_out_own[:] = np.nan
@@ -450,11 +406,8 @@ def test_conflict_pairs_carry_the_reference_cosine_and_its_nearest_pairs_join_th
     assert row["crossval_separation"] == pytest.approx(0.96 - 1.0, abs=1e-5)
     a, b = table["label_a"].to_numpy(), table["label_b"].to_numpy()
     assert np.allclose(table["crossval_score"], conflict_score(crossval.pair_similarity(a, b),
-                                                               crossval.pair_evidence(a, b)), atol=1e-5)
-    evidence = crossval.pair_evidence(a, b)
-    assert np.allclose(table["crossval_confused"], evidence.confused_share, equal_nan=True)
-    assert np.allclose(table["crossval_llr"], evidence.same_person_llr(), atol=1e-4)
-    assert without[CROSSVAL_COLUMNS].isna().all().all() and len(CROSSVAL_COLUMNS) == 5
+                                                               crossval.pair_separation(a, b)), atol=1e-5)
+    assert without[["crossval_similarity", "crossval_separation", "crossval_score"]].isna().all().all()
 
 
 def test_reference_models_begun_with_other_folds_are_not_resumed(tmp_path, monkeypatch):
