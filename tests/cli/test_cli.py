@@ -76,7 +76,8 @@ def test_bad_input_prints_one_clear_line(tmp_path, args, message):
 
 
 def test_the_detection_benchmark_takes_one_scale(tmp_path):
-    result = CliRunner().invoke(main, ["experiment", "detection", "--quick", "--held-out", "--out", str(tmp_path / "d")])
+    result = CliRunner().invoke(main, ["experiment", "detection", "--quick", "--held-out",
+                                       "--out", str(tmp_path / "d")])
     assert result.exit_code == 2 and "--quick and --held-out are two different scales" in result.output
     assert not (tmp_path / "d").exists()
 
