@@ -322,6 +322,12 @@ def _launch_options(gemm_dtype: torch.dtype) -> dict:
             "PRECISION": "tf32" if gemm_dtype == torch.bfloat16 else "ieee"}
 
 
+def _first_tile(shapes: tuple[tuple[int, int, int, int, int], ...]) -> tuple[int, int, int]:
+    """(rows, columns, chunk) of the first tile autotuning tries: a launch's column split is fixed before autotuning
+    picks its tile, from this one."""
+    return (INTERPRETED_TILE,) * 3 if _interpreted() else shapes[0][:3]
+
+
 def _splits(parallel_blocks: int, columns: int, width: int) -> int:
     """Column splits that bring the programs of a launch to about SPLIT_PROGRAMS, each at least ``width`` wide."""
     return max(1, min(triton.cdiv(columns, width), SPLIT_PROGRAMS // parallel_blocks))
@@ -336,8 +342,7 @@ class _FusedHead(torch.autograd.Function):
         batch, dim = unit_embeddings.shape
         num_columns = row_gradient.shape[0]
         device = unit_embeddings.device
-        # the split is fixed before autotuning, from the first tile tried
-        rows_tile, columns_tile = (INTERPRETED_TILE,) * 2 if _interpreted() else COSINE_TILES[0][:2]
+        rows_tile, columns_tile, _ = _first_tile(COSINE_TILES)
         splits = _splits(triton.cdiv(batch, rows_tile), num_columns, columns_tile)
         partial = {name: torch.empty(batch, splits, device=device, dtype=torch.float32)
                    for name in ("max", "sum", "best")}
@@ -406,8 +411,7 @@ def _backward_columns(ctx, operands: torch.Tensor, index: torch.Tensor, table: t
                                           * triton.cdiv(num_columns, meta["BLOCK_K"]),)](
         operands, table, index, targets, target_logit, inverse_norm, log_normaliser, slope, upstream, grad_cosine,
         along, **shape, **ctx.logits)
-    # the split over columns is fixed before autotuning, from the first tile tried
-    rows_tile, chunk = (INTERPRETED_TILE,) * 2 if _interpreted() else EMBEDDING_GRADIENT_TILES[0][:3:2]
+    rows_tile, _, chunk = _first_tile(EMBEDDING_GRADIENT_TILES)
     splits = _splits(triton.cdiv(batch, rows_tile) * triton.cdiv(dim, chunk), num_columns, SPLIT_COLUMNS)
     split_columns = SPLIT_COLUMNS * triton.cdiv(triton.cdiv(num_columns, splits), SPLIT_COLUMNS)
     partial = torch.empty(triton.cdiv(num_columns, split_columns), batch, dim, device=device, dtype=torch.float32)
