@@ -16,9 +16,11 @@ identity, of which each fold model sees (K-1)/K:
   label's mean, stay far from it even when the label's person looks like its own.
 - ``all_data_score``: the same under the all-data model, the image inside its own mean.
 - ``noise_score``: the sum of the two robust z-scores, what noise.csv's ``crossval_score`` holds.
-- ``class_vectors``: per class, the unit class means of all its images under each model,
-  concatenated and scaled so that one inner product is the cosine of two classes' means,
-  half from the fold models (averaged) and half from the all-data model.
+- ``class_vectors``: per class, the unit mean of the ``CENTER_SHARE`` of its images nearest its
+  plain mean (held out or not) under each model, concatenated and scaled so that one inner
+  product is the cosine of two classes' means, half from the fold models (averaged) and half
+  from the all-data model. The images left out are mostly the label's intruders (flipped and
+  open-set images), which pull a split person's two means apart.
 - ``pair_separation``: for two labels, the median over both labels' held-out images of
   min(0, similarity to the other label's nearest trained images - to its own label's), each
   side the mean of the ``OWN_NEIGHBOURS`` most similar images its fold model trained on. A
@@ -30,8 +32,8 @@ identity, of which each fold model sees (K-1)/K:
   an outlier view whose nearest images are its own) sit far below 0 and would drag its
   mean down to a look-alike pair's. Nearest images rather than means, as for noise: a
   look-alike's mean can sit near an image that none of its images resembles.
-- ``conflict_score``: the conflict ranking, the robust z-score of the pair cosine plus that
-  of the separation, over the pairs ranked together.
+- ``conflict_score``: the conflict ranking, the robust z-score of the pair cosine plus
+  ``SEPARATION_WEIGHT`` times that of the separation, over the pairs ranked together.
 
 All of this is done ``DEFAULT_REPEATS`` times over (repeated K-fold): each repeat deals its own
 folds and trains its own models, and the analyses read the repeats' average
@@ -40,10 +42,12 @@ moves less and ranks better.
 
 The all-data model and its equal share were chosen on the detection benchmark's development
 scenarios, against the fold models alone and the all-data model alone; the separation and its
-equal weight on 14 development scenarios, against the cosine alone; the own label's nearest
+equal weight on 14 development scenarios, against the cosine alone (its weight 1.5 later on 16,
+against 0.5-2); the own label's nearest
 images on 18, against its mean; the separation's nearest images on 22, against the two
 labels' fold means; the second repeat on 7 of 26, against one; the separation's median on 30,
-against its mean (docs/ANALYSIS.md).
+against its mean; the class vectors' ``CENTER_SHARE`` on 16, against all images, 0.65 and 0.5
+(docs/ANALYSIS.md).
 
 The reference models depend on the data only, not on the analysed run, so one
 ``analyze crossval`` serves every run trained on that data (``analyze ... --crossval DIR``).
@@ -87,7 +91,13 @@ BLOCK_POOL = 16
 DEFAULT_REPEATS = 2
 # Repeat r deals its folds and seeds its models from --seed + REPEAT_SEED_STRIDE * r, apart from a user's next --seed.
 REPEAT_SEED_STRIDE = 1000
-SAVED_ARRAYS = ("labels", "fold", "held_out_score", "all_data_score", "class_vectors", "held_out_own")
+# The separation's weight in the conflict ranking, beside the pair cosine's 1 (``conflict_score``).
+SEPARATION_WEIGHT = 1.5
+# A class's vector is the mean of this share of its images, those nearest its plain mean (``trimmed_class_means``).
+CENTER_SHARE = 0.8
+# ... but never fewer than this many (all of a smaller class).
+CENTER_MIN_IMAGES = 3
+SAVED_ARRAYS = ("labels", "fold", "held_out_score", "all_data_score", "class_vectors", "held_out_own", "center_share")
 # Each reference model's folder and its embeddings of every image (written as the model finishes); the fold models'
 # stay beside crossval.npz, since the pair separation reads them.
 FOLD_DIR = "fold{fold}"
@@ -106,6 +116,7 @@ class CrossValidation:
     all_data_score: np.ndarray  # float32 [N] all-data model: nearest other mean - own mean (the image inside it)
     class_vectors: np.ndarray  # float32 [C, (K+1)*D] see the module docstring; zero rows: a class with no image
     held_out_own: np.ndarray  # float32 [N] held-out image vs its own label's nearest trained images; NaN: none
+    center_share: np.ndarray  # 0-d: the CENTER_SHARE the class vectors were built with (older results are refused)
     fold_embeddings: Sequence[np.ndarray]  # K x [N, D] every image under each fold model (memory maps will do)
 
     @property
@@ -239,14 +250,15 @@ def nonzero_rows(vectors: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
 
 def conflict_score(similarity: np.ndarray, separation: np.ndarray) -> np.ndarray:
     """The conflict ranking from a set of pairs' ``pair_similarity`` and ``pair_separation``: robust z of the one plus
-    robust z of the other, both over these pairs (a pair the separation cannot judge sits at its median; NaN: a
-    class with no image)."""
+    ``SEPARATION_WEIGHT`` times robust z of the other, both over these pairs (a pair the separation cannot judge sits
+    at its median; NaN: a class with no image)."""
     from analysis.noise import neutral_where_missing, robust_z
 
     present = np.isfinite(similarity)
     score = np.full(len(similarity), np.nan, dtype=np.float32)
     if present.any():
-        score[present] = robust_z(similarity[present]) + robust_z(neutral_where_missing(separation[present]))
+        score[present] = robust_z(similarity[present]) + SEPARATION_WEIGHT * robust_z(
+            neutral_where_missing(separation[present]))
     return score
 
 
@@ -355,19 +367,38 @@ def held_out_evidence(fold_embeddings: list[np.ndarray], all_data_embeddings: np
         unit = normalize_rows(embeddings)
         sums = class_sums(unit, pool_labels, num_classes + 1)
         held_out_own[held] = label_nearest_similarity(unit, held, labels[held], pool_labels, num_classes)
-        held_rows = unit[held]
-        held_out_score[held] = _nearest_other_minus_own(held_rows, labels[held], sums[:num_classes],
+        held_out_score[held] = _nearest_other_minus_own(unit[held], labels[held], sums[:num_classes],
                                                         np.bincount(labels[~is_held], minlength=num_classes),
                                                         held_out_own[held])
-        every_image = sums[:num_classes] + class_sums(held_rows, labels[held], num_classes)
-        vectors.append(normalize_rows(every_image) * math.sqrt((1 - ALL_DATA_SHARE) / folds))
+        vectors.append(trimmed_class_means(unit, labels, num_classes) * math.sqrt((1 - ALL_DATA_SHARE) / folds))
     all_sums = class_sums(all_data_embeddings, labels, num_classes, unit_rows=True)
     all_data_score = _nearest_other_minus_own(np.asarray(all_data_embeddings), labels, all_sums,
                                               np.bincount(labels, minlength=num_classes))
-    vectors.append(normalize_rows(all_sums) * math.sqrt(ALL_DATA_SHARE))
+    vectors.append(trimmed_class_means(normalize_rows(all_data_embeddings), labels, num_classes)
+                   * math.sqrt(ALL_DATA_SHARE))
     return CrossValidation(labels=labels, fold=fold, held_out_score=held_out_score, all_data_score=all_data_score,
                            class_vectors=np.concatenate(vectors, axis=1).astype(np.float32),
-                           held_out_own=held_out_own, fold_embeddings=fold_embeddings)
+                           held_out_own=held_out_own, center_share=np.array(CENTER_SHARE),
+                           fold_embeddings=fold_embeddings)
+
+
+def trimmed_class_means(unit: np.ndarray, labels: np.ndarray, num_classes: int, share: float = CENTER_SHARE,
+                        min_images: int = CENTER_MIN_IMAGES) -> np.ndarray:
+    """Unit class means ``[C, D]`` of each class's ``share`` of images nearest its plain mean (rounded up; at least
+    ``min_images``, or all; zero rows: no image). A class's flipped and open-set images pull its plain mean off its
+    person, so a split person's two labels, each with its own intruders, look less alike than they are; the
+    images farthest from the mean are mostly those intruders."""
+    from analysis.centers import class_sums
+    from analysis.index import normalize_rows
+
+    labels = np.asarray(labels, dtype=np.int64)
+    to_mean = np.einsum("ij,ij->i", unit, normalize_rows(class_sums(unit, labels, num_classes))[labels])
+    counts = np.bincount(labels, minlength=num_classes)
+    order = np.lexsort((-to_mean, labels))  # by class, nearest its mean first
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[order] = np.arange(len(labels)) - np.repeat(np.cumsum(counts) - counts, counts)
+    kept = np.flatnonzero(rank < np.maximum(np.ceil(share * counts), np.minimum(counts, min_images))[labels])
+    return normalize_rows(class_sums(unit[kept], labels[kept], num_classes))
 
 
 # -- training the reference models ---------------------------------------------------------
@@ -584,6 +615,10 @@ def _load_repeat(folder: Path, where: str, folds: int, num_samples: int, num_cla
     except (KeyError, ValueError, OSError) as exc:
         raise DataError(f"{where}: {arrays_file} is not a readable cross-validation result ({exc}); write it again "
                         "with python cli.py analyze crossval") from exc
+    if saved["center_share"].shape != () or float(saved["center_share"]) != CENTER_SHARE:
+        raise DataError(f"{where}: {arrays_file} holds class vectors built from {saved['center_share']} of each "
+                        f"class's images, this version builds them from {CENTER_SHARE}; write it again with python "
+                        "cli.py analyze crossval (it reuses the stored models' embeddings)")
     evidence = CrossValidation(**saved, fold_embeddings=[_fold_embeddings(folder, where, f, num_samples)
                                                          for f in range(folds)])
     sizes = {len(getattr(evidence, name)) for name in ("labels", "fold", "held_out_score", "all_data_score",

@@ -8,10 +8,11 @@ import pytest
 
 from analysis.conflict import center_neighbours, conflict_table
 from analysis.centers import Centers
-from analysis.crossval import (BLOCK_POOL, REPEAT_SEED_STRIDE, RESULT_ARRAYS, RESULT_JSON, SAVED_ARRAYS, SETUP_JSON,
-                               CrossValidation, RepeatedCrossValidation, assign_folds, conflict_score,
-                               grouped_median, held_out_evidence, label_nearest_similarity, load_crossval, nonzero_rows,
-                               reference_recipe, repeat_dir, run_crossval)
+from analysis.crossval import (BLOCK_POOL, REPEAT_SEED_STRIDE, RESULT_ARRAYS, RESULT_JSON, SAVED_ARRAYS,
+                               SEPARATION_WEIGHT, SETUP_JSON, CrossValidation, RepeatedCrossValidation, assign_folds,
+                               conflict_score, grouped_median, held_out_evidence, label_nearest_similarity,
+                               load_crossval, nonzero_rows, reference_recipe, repeat_dir, run_crossval,
+                               trimmed_class_means)
 from analysis.noise import (RANK_COMBINED, RANK_CROSSVAL, RANK_CROSSVAL_AND_RUN, RANK_FEATURES, SampleNeighbours,
                             noise_table, rank_correlation, robust_z)
 from core.errors import ConfigError, DataError
@@ -195,7 +196,7 @@ def test_the_separation_matches_its_definition_and_ignores_the_chunk_size():
     assert (evidence.pair_separation(a, b)[b < 12] <= 0).all()
 
 
-def test_the_conflict_score_adds_robust_z_of_cosine_and_separation_and_leaves_absent_classes_unscored():
+def test_the_conflict_score_adds_robust_z_of_cosine_and_weighted_separation_and_skips_absent_classes():
     rng = np.random.default_rng(5)
     labels = np.concatenate([np.arange(20), rng.integers(0, 20, 100)])
     evidence = held_out_evidence([rng.normal(size=(120, 4)) for _ in range(2)], rng.normal(size=(120, 4)), labels,
@@ -205,7 +206,7 @@ def test_the_conflict_score_adds_robust_z_of_cosine_and_separation_and_leaves_ab
     present = b < 20
     separation = evidence.pair_separation(a[present], b[present])
     filled = np.where(np.isnan(separation), np.nanmedian(separation), separation)
-    expected = robust_z(evidence.pair_similarity(a, b)[present]) + robust_z(filled)
+    expected = robust_z(evidence.pair_similarity(a, b)[present]) + SEPARATION_WEIGHT * robust_z(filled)
     assert np.allclose(score[present], expected, atol=1e-5) and np.isnan(score[~present]).all()
 
 
@@ -463,3 +464,41 @@ def test_a_second_repeat_deals_its_own_folds_and_seeds_beside_the_first(tmp_path
     assert np.array_equal(two.repeats[0].held_out_score, one.repeats[0].held_out_score, equal_nan=True)
     back = load_crossval(out, len(labels), 6)
     assert len(back.repeats) == 2 and np.allclose(back.noise_score, two.noise_score)
+
+
+def test_trimmed_class_means_leave_out_the_images_farthest_from_the_plain_mean_but_keep_small_classes_whole():
+    angle = np.deg2rad([-10.0, 10.0, -5.0, 5.0, 90.0, 0.0, 80.0, 30.0])  # class 0: four near 0 degrees, one at 90
+    unit = np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 2])  # class 1: two images, class 2: one; class 3: none
+    means = trimmed_class_means(unit, labels, 4, share=0.8, min_images=3)
+    assert np.allclose(means[0], [1.0, 0.0], atol=1e-6)  # ceil(0.8 x 5) = 4 kept: the intruder at 90 degrees is out
+    assert np.allclose(means[1], [np.cos(np.deg2rad(40)), np.sin(np.deg2rad(40))], atol=1e-6)  # under 3: all
+    assert np.allclose(means[2], unit[7], atol=1e-6) and not means[3].any()
+    kept_all = trimmed_class_means(unit, labels, 4, share=1.0)
+    plain = unit[:5].sum(0) / np.linalg.norm(unit[:5].sum(0))
+    assert np.allclose(kept_all[0], plain, atol=1e-6)
+
+
+def test_a_result_written_with_other_class_vectors_is_refused_on_load_and_rebuilt_by_run_crossval(tmp_path,
+                                                                                                   monkeypatch):
+    import analysis.crossval as crossval_module
+
+    data = write_rec(tmp_path / "data", classes=6, per_class=4)
+    out = tmp_path / "cv"
+
+    def stored_model(model_dir, training_data, recipe, seed, *args):
+        if not (model_dir / "embeddings.npy").is_file():
+            model_dir.mkdir(parents=True, exist_ok=True)
+            np.save(model_dir / "embeddings.npy", np.random.default_rng(seed).normal(size=(24, 4)).astype(np.float32))
+        return np.load(model_dir / "embeddings.npy", mmap_mode="r")
+
+    monkeypatch.setattr(crossval_module, "_reference_embeddings", stored_model)
+    fresh = run_crossval(data, out, reference_recipe(epochs=1), folds=2, repeats=1, echo=lambda line: None)
+    with np.load(out / RESULT_ARRAYS) as arrays:
+        older = dict(arrays, center_share=np.array(1.0))  # an older version's vectors: every image
+    np.savez(out / RESULT_ARRAYS, **older)
+    with pytest.raises(DataError, match="from 1.0 of each class's images.*write it again.*analyze crossval"):
+        load_crossval(out, 24, 6)
+    rebuilt = run_crossval(data, out, reference_recipe(epochs=1), folds=2, repeats=1, echo=lambda line: None)
+    assert np.allclose(rebuilt.class_vectors, fresh.class_vectors)
+    assert np.allclose(load_crossval(out, 24, 6).class_vectors, fresh.class_vectors)

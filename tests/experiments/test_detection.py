@@ -111,17 +111,19 @@ def test_two_cells_train_analyse_score_and_resume(tmp_path, monkeypatch):
         detection.run_detection(tmp_path, replace(tiny, epoch_share=0.2))
 
 
-def test_a_scenario_reference_with_fewer_repeats_than_the_default_gets_the_rest(tmp_path, monkeypatch):
+def test_a_scenario_reference_is_handed_to_run_crossval_every_time_with_its_seed_and_scaled_epochs(tmp_path,
+                                                                                                 monkeypatch):
+    """run_crossval reads a finished result back, completes one with fewer repeats and rebuilds one an older version
+    wrote (tests/analysis/test_crossval.py), so the benchmark never judges a stored result itself."""
     import analysis.crossval as crossval_module
-    from core.io import atomic_write_json
 
     calls = []
-    monkeypatch.setattr(crossval_module, "run_crossval", lambda data, root, *args, **kwargs: calls.append(root))
+    monkeypatch.setattr(crossval_module, "run_crossval",
+                        lambda data, root, recipe, **kwargs: calls.append((root, recipe.epochs, kwargs["seed"])))
     root = tmp_path / "crossval" / SCENARIOS[0].name
-    root.mkdir(parents=True)
-    atomic_write_json(root / "crossval.json", {"folds": 4})  # written before repeats existed: one
     assert detection.crossval_root(tmp_path, SCENARIOS[0], FULL, tmp_path / "data", "cpu") == root
-    assert calls == [root]
-    atomic_write_json(root / "crossval.json", {"repeats": crossval_module.DEFAULT_REPEATS})
     detection.crossval_root(tmp_path, SCENARIOS[0], FULL, tmp_path / "data", "cpu")
-    assert calls == [root]  # complete: nothing trains
+    quick = replace(FULL, epoch_share=0.25)
+    detection.crossval_root(tmp_path, SCENARIOS[0], quick, tmp_path / "data", "cpu")
+    assert calls == [(root, BASELINE.epochs, SCENARIOS[0].seed)] * 2 + [
+        (root, max(2, round(BASELINE.epochs * 0.25)), SCENARIOS[0].seed)]
