@@ -397,8 +397,9 @@ def trimmed_class_means(unit: np.ndarray, labels: np.ndarray, num_classes: int, 
     order = np.lexsort((-to_mean, labels))  # by class, nearest its mean first
     rank = np.empty(len(labels), dtype=np.int64)
     rank[order] = np.arange(len(labels)) - np.repeat(np.cumsum(counts) - counts, counts)
-    kept = np.flatnonzero(rank < np.maximum(np.ceil(share * counts), np.minimum(counts, min_images))[labels])
-    return normalize_rows(class_sums(unit[kept], labels[kept], num_classes))
+    kept = rank < np.maximum(np.ceil(share * counts), np.minimum(counts, min_images))[labels]
+    # the images left out are summed into a spare class C: no copy of the kept rows is made
+    return normalize_rows(class_sums(unit, np.where(kept, labels, num_classes), num_classes + 1)[:num_classes])
 
 
 # -- training the reference models ---------------------------------------------------------
