@@ -23,7 +23,8 @@ import pandas as pd
 from analysis import plots
 from analysis.centers import Centers
 from analysis.choices import DEFAULT_K
-from analysis.crossval import RepeatedCrossValidation, conflict_score, nonzero_rows
+from analysis.crossval import (CENTER_SHARE, SEPARATION_WEIGHT, RepeatedCrossValidation, conflict_score,
+                               nonzero_rows)
 from analysis.dynamics import TrainingMargins
 from analysis.groundtruth import DetectionScore, conflict_positives, score_detection
 from analysis.index import IndexBuilder, IndexInfo, build_index, normalize_rows, self_neighbours
@@ -407,14 +408,17 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
            "the cosine and the LLR rank better (docs/ANALYSIS.md)." if recorded else
            " `training_confusion` and `review_score` are empty: the run recorded no training dynamics (or they "
            "are of other data).")
-        + (" `crossval_similarity` is the cosine of the two classes' means under the reference models of "
+        + (" `crossval_similarity` is the cosine of the two classes' means (each of the "
+           f"{CENTER_SHARE:.0%} of its images nearest its plain mean, so that its intruders do not pull it off its "
+           "person) under the reference models of "
            f"`analyze crossval` ({analysis.crossval_dir}, analysis/crossval.py), half averaged over the fold models "
            "and half the model trained on all the data, none of them shaped by the analysed run's training; each "
            "class's nearest under it join the candidates. `crossval_separation` is, over both labels' held-out "
            "images, the median of min(0, similarity to the other label's images minus to its own label's, each the 3 "
            "most similar that the image's fold model trained on): near 0 when "
            "the fold models cannot tell a new image of one label from the other (one person), negative when they "
-           "can. `crossval_score` adds the two as robust z-scores over the candidates. On the detection benchmark's "
+           f"can. `crossval_score` adds the two as robust z-scores over the candidates, the separation's weighted "
+           f"{SEPARATION_WEIGHT:g}. On the detection benchmark's "
            "held-out scenarios it ranked split pairs of 5+ images at 0.87-0.90 whatever the run, where a run's own "
            "cosine and LLR fall after long training and for DCQ (docs/ANALYSIS.md): it is the order to review in."
            if crossval is not None else

@@ -44,10 +44,10 @@ def test_crossval_folds_add_the_reference_evidence_an_analysis_with_crossval_get
     reference = _reference_table(folds=3)
     assert result["pairs"] == len(reference) and result["pairs_from_crossval"] == reference.attrs["pairs_from_crossval"]
     assert reference["crossval_score"].notna().all() and result["crossval_s"] >= 0
-    # each repeat's crossval.npz: labels, fold (int64), three per-image scores, [C, 4 D] vectors (float32); the fold
-    # models' embeddings stay in their own files
+    # each repeat's crossval.npz: labels, fold (int64), three per-image scores, [C, 4 D] vectors (float32), the
+    # vectors' center share (one float64); the fold models' embeddings stay in their own files
     n = CLASSES * IMAGES
-    assert result["crossval_bytes"] == DEFAULT_REPEATS * (n * 8 * 2 + n * 4 * 3 + CLASSES * 4 * DIM * 4)
+    assert result["crossval_bytes"] == DEFAULT_REPEATS * (n * 8 * 2 + n * 4 * 3 + CLASSES * 4 * DIM * 4 + 8)
     with pytest.raises(ConfigError, match="--crossval-folds must be between 2 and --images-per-class"):
         run_analysis_benchmark(CLASSES, dim=DIM, images_per_class=IMAGES, crossval_folds=IMAGES + 1)
 
