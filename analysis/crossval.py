@@ -42,12 +42,11 @@ moves less and ranks better.
 
 The all-data model and its equal share were chosen on the detection benchmark's development
 scenarios, against the fold models alone and the all-data model alone; the separation and its
-equal weight on 14 development scenarios, against the cosine alone (its weight 1.5 later on 16,
-against 0.5-2); the own label's nearest
-images on 18, against its mean; the separation's nearest images on 22, against the two
-labels' fold means; the second repeat on 7 of 26, against one; the separation's median on 30,
-against its mean; the class vectors' ``CENTER_SHARE`` on 16, against all images, 0.65 and 0.5
-(docs/ANALYSIS.md).
+equal weight on 14 development scenarios, against the cosine alone (its weight 1.5 later on
+16, against 0.5-2); the own label's nearest images on 18, against its mean; the separation's
+nearest images on 22, against the two labels' fold means; the second repeat on 7 of 26,
+against one; the separation's median on 30, against its mean; the class vectors'
+``CENTER_SHARE`` on 16, against all images, 0.65 and 0.5 (docs/ANALYSIS.md).
 
 The reference models depend on the data only, not on the analysed run, so one
 ``analyze crossval`` serves every run trained on that data (``analyze ... --crossval DIR``).
@@ -371,11 +370,10 @@ def held_out_evidence(fold_embeddings: list[np.ndarray], all_data_embeddings: np
                                                         np.bincount(labels[~is_held], minlength=num_classes),
                                                         held_out_own[held])
         vectors.append(trimmed_class_means(unit, labels, num_classes) * math.sqrt((1 - ALL_DATA_SHARE) / folds))
-    all_sums = class_sums(all_data_embeddings, labels, num_classes, unit_rows=True)
-    all_data_score = _nearest_other_minus_own(np.asarray(all_data_embeddings), labels, all_sums,
+    all_unit = normalize_rows(all_data_embeddings)
+    all_data_score = _nearest_other_minus_own(all_unit, labels, class_sums(all_unit, labels, num_classes),
                                               np.bincount(labels, minlength=num_classes))
-    vectors.append(trimmed_class_means(normalize_rows(all_data_embeddings), labels, num_classes)
-                   * math.sqrt(ALL_DATA_SHARE))
+    vectors.append(trimmed_class_means(all_unit, labels, num_classes) * math.sqrt(ALL_DATA_SHARE))
     return CrossValidation(labels=labels, fold=fold, held_out_score=held_out_score, all_data_score=all_data_score,
                            class_vectors=np.concatenate(vectors, axis=1).astype(np.float32),
                            held_out_own=held_out_own, center_share=np.array(CENTER_SHARE),
