@@ -487,7 +487,7 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
     recipe_values = {k: v for k, v in asdict(recipe).items() if k != "out"}
     _claim_setup(out, {"num_samples": len(labels), "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(),
                        "folds": folds, "seed": seed, "recipe": recipe_values})
-    entries = _list_entries(dataset, data_path)
+    entries: list[str] = []  # listed on first need: a finished or stale result lists nothing
     models = repeats * (folds + 1)
 
     def announcer(number: int, images: int, model_dir: Path) -> Callable[[int], None]:
@@ -508,6 +508,7 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
             trained = np.flatnonzero(fold != f)
             if not (fold_dir / EMBEDDINGS_FILE).is_file():  # a finished fold needs no list (a million lines at scale)
                 fold_dir.mkdir(parents=True, exist_ok=True)
+                entries = entries or _list_entries(dataset, data_path)
                 write_list(fold_dir / "train.txt", [entries[i] for i in trained], labels[trained].tolist())
             fold_embeddings.append(_reference_embeddings(
                 fold_dir, str(fold_dir / "train.txt"), recipe, repeat_seed + f, device, progress, data_path,
