@@ -23,8 +23,8 @@ import pandas as pd
 from analysis import plots
 from analysis.centers import Centers
 from analysis.choices import DEFAULT_K
-from analysis.crossval import (CENTER_SHARE, SEPARATION_WEIGHT, RepeatedCrossValidation, conflict_score,
-                               nonzero_rows)
+from analysis.crossval import (CENTER_SHARE, MUTUAL_RANK_WEIGHT, SEPARATION_WEIGHT, RepeatedCrossValidation,
+                               conflict_score, nonzero_rows)
 from analysis.dynamics import TrainingMargins
 from analysis.groundtruth import DetectionScore, conflict_positives, score_detection
 from analysis.index import IndexBuilder, IndexInfo, build_index, normalize_rows, self_neighbours
@@ -267,7 +267,7 @@ def conflict_table(centers: Centers, neighbours: CenterNeighbours, threshold: Op
         similarity, separation = crossval.pair_similarity(label_a, label_b), crossval.pair_separation(label_a, label_b)
         table["crossval_similarity"] = similarity.round(6)
         table["crossval_separation"] = separation.round(6)
-        table["crossval_score"] = conflict_score(similarity, separation).round(6)
+        table["crossval_score"] = conflict_score(similarity, separation, label_a, label_b).round(6)
     table = table[CONFLICT_COLUMNS].sort_values(["similarity", "label_a", "label_b"], ascending=[False, True, True],
                                                 kind="stable").reset_index(drop=True)
     table.attrs.update({"k": k, "threshold": threshold, "pairs_beyond_k": beyond_k,
@@ -415,10 +415,13 @@ def conflict_section(analysis: "Analysis", report: Report) -> dict[str, Any]:
            "and half the model trained on all the data, none of them shaped by the analysed run's training; each "
            "class's nearest under it join the candidates. `crossval_separation` is, over both labels' held-out "
            "images, the median of min(0, similarity to the other label's images minus to its own label's, each the 3 "
-           "most similar that the image's fold model trained on): near 0 when "
+           "most similar that the image's fold model trained on, leaving out images that stand out within their "
+           "own label as likely intruders): near 0 when "
            "the fold models cannot tell a new image of one label from the other (one person), negative when they "
            f"can. `crossval_score` adds the two as robust z-scores over the candidates, the separation's weighted "
-           f"{SEPARATION_WEIGHT:g}. On the detection benchmark's "
+           f"{SEPARATION_WEIGHT:g}, less {MUTUAL_RANK_WEIGHT:g} x the robust z of how far down its two labels' "
+           "lists of pairs the pair stands by that sum (a split person's labels are each other's best match, a "
+           "family of look-alikes has several). On the detection benchmark's "
            "held-out scenarios it ranked split pairs of 5+ images at 0.87-0.90 whatever the run, where a run's own "
            "cosine and LLR fall after long training and for DCQ (docs/ANALYSIS.md): it is the order to review in."
            if crossval is not None else

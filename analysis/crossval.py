@@ -31,9 +31,16 @@ identity, of which each fold model sees (K-1)/K:
   median rather than the mean: a few odd images of a split person (an intruder flipped in,
   an outlier view whose nearest images are its own) sit far below 0 and would drag its
   mean down to a look-alike pair's. Nearest images rather than means, as for noise: a
-  look-alike's mean can sit near an image that none of its images resembles.
+  look-alike's mean can sit near an image that none of its images resembles. The images whose
+  noise score stands out within their own label (``pool_suspects``) are left out of the trained
+  images compared with: a look-alike's image flipped into a label would otherwise be the
+  nearest "image of that label" for every held-out image of its true person, and make the two
+  people look like one.
 - ``conflict_score``: the conflict ranking, the robust z-score of the pair cosine plus
-  ``SEPARATION_WEIGHT`` times that of the separation, over the pairs ranked together.
+  ``SEPARATION_WEIGHT`` times that of the separation, over the pairs ranked together, less
+  ``MUTUAL_RANK_WEIGHT`` times the robust z-score of how far down each label's list of pairs
+  the pair stands by that sum: a split person's two labels are each other's best match, while
+  members of a family of look-alikes that the reference cannot tell apart each have several.
 
 All of this is done ``DEFAULT_REPEATS`` times over (repeated K-fold): each repeat deals its own
 folds and trains its own models, and the analyses read the repeats' average
@@ -46,7 +53,8 @@ equal weight on 14 development scenarios, against the cosine alone (its weight 1
 16, against 0.5-2); the own label's nearest images on 18, against its mean; the separation's
 nearest images on 22, against the two labels' fold means; the second repeat on 7 of 26,
 against one; the separation's median on 30, against its mean; the class vectors'
-``CENTER_SHARE`` on 16, against all images, 0.65 and 0.5 (docs/ANALYSIS.md).
+``CENTER_SHARE`` on 16, against all images, 0.65 and 0.5; ``SUSPECT_FENCE`` and the mutual rank on 16 more, against
+fences of 2, 4 and 5 and rank weights of 0.5, 1.5 and 2 (docs/ANALYSIS.md).
 
 The reference models depend on the data only, not on the analysed run, so one
 ``analyze crossval`` serves every run trained on that data (``analyze ... --crossval DIR``).
@@ -92,6 +100,11 @@ DEFAULT_REPEATS = 2
 REPEAT_SEED_STRIDE = 1000
 # The separation's weight in the conflict ranking, beside the pair cosine's 1 (``conflict_score``).
 SEPARATION_WEIGHT = 1.5
+# An image whose noise score exceeds its label's median by more than this is left out of the trained images the
+# separation compares held-out images with (``RepeatedCrossValidation.pool_suspects``).
+SUSPECT_FENCE = 3.0
+# The weight of a pair's standing among its two labels' candidate pairs in the conflict ranking (``conflict_score``).
+MUTUAL_RANK_WEIGHT = 1.0
 # A class's vector is the mean of this share of its images, those nearest its plain mean (``trimmed_class_means``).
 CENTER_SHARE = 0.8
 # ... but never fewer than this many (all of a smaller class).
@@ -141,11 +154,13 @@ class CrossValidation:
         present = nonzero_rows(self.class_vectors)
         return np.where(present[label_a] & present[label_b], similarity, np.nan).astype(np.float32)
 
-    def pair_separation(self, label_a: np.ndarray, label_b: np.ndarray, chunk: int = PAIR_CHUNK) -> np.ndarray:
+    def pair_separation(self, label_a: np.ndarray, label_b: np.ndarray, chunk: int = PAIR_CHUNK,
+                        left_out: Optional[np.ndarray] = None) -> np.ndarray:
         """Per pair, the median over both labels' held-out images of min(0, similarity to the other label's nearest
         trained images minus to its own label's), see the module docstring (NaN: no image of either has trained
-        images of both labels in its fold). Work grows with the pairs' image pairs, ``chunk`` of them at a time,
-        never with C x C; one fold model's unit embeddings are held at a time."""
+        images of both labels in its fold). ``left_out`` (bool [N]): images no held-out image is compared with, on
+        either side (``RepeatedCrossValidation.pool_suspects``). Work grows with the pairs' image pairs, ``chunk`` of
+        them at a time, never with C x C; one fold model's unit embeddings are held at a time."""
         from analysis.index import normalize_rows
 
         label_a, label_b = np.asarray(label_a, dtype=np.int64), np.asarray(label_b, dtype=np.int64)
@@ -162,10 +177,17 @@ class CrossValidation:
         margin = np.full(len(pair), np.nan, dtype=np.float32)
         for f, embeddings in enumerate(self.fold_embeddings):
             held = self.fold[image] == f
-            trained_labels = np.where(self.fold != f, self.labels, num_classes)  # held-out images: a spare class
-            to_other = label_nearest_similarity(normalize_rows(embeddings), image[held], other[held], trained_labels,
-                                                num_classes, chunk=chunk)
-            margin[held] = np.minimum(to_other - self.held_out_own[image[held]], 0.0)
+            pooled = self.fold != f if left_out is None else (self.fold != f) & ~left_out
+            pool_labels = np.where(pooled, self.labels, num_classes)  # held-out and left-out images: a spare class
+            unit = normalize_rows(embeddings)
+            to_other = label_nearest_similarity(unit, image[held], other[held], pool_labels, num_classes, chunk=chunk)
+            if left_out is None:
+                to_own = self.held_out_own[image[held]]
+            else:  # each held-out image once against its own label's smaller pool
+                queries = np.unique(image[held])
+                to_own = label_nearest_similarity(unit, queries, self.labels[queries], pool_labels, num_classes,
+                                                  chunk=chunk)[np.searchsorted(queries, image[held])]
+            margin[held] = np.minimum(to_other - to_own, 0.0)
         judged = np.isfinite(margin)
         return grouped_median(pair[judged], margin[judged], len(label_a))
 
@@ -204,9 +226,18 @@ class RepeatedCrossValidation:
         return np.mean([repeat.pair_similarity(label_a, label_b) for repeat in self.repeats], axis=0,
                        dtype=np.float32)
 
+    @property
+    def pool_suspects(self) -> np.ndarray:
+        """Per image, whether its noise score exceeds its label's median by more than ``SUSPECT_FENCE``: an intruder
+        among its label's images, not a label whose images all look like another's (a split person's do)."""
+        score, labels = self.noise_score, self.repeats[0].labels
+        return score - grouped_median(labels, score, len(self.repeats[0].class_vectors))[labels] > SUSPECT_FENCE
+
     def pair_separation(self, label_a: np.ndarray, label_b: np.ndarray, chunk: int = PAIR_CHUNK) -> np.ndarray:
-        """The mean of the repeats' separations that are defined (NaN: none is)."""
-        separations = np.stack([repeat.pair_separation(label_a, label_b, chunk) for repeat in self.repeats])
+        """The mean of the repeats' separations that are defined (NaN: none is), each comparing the held-out images
+        with trained images other than the ``pool_suspects``."""
+        left_out = self.pool_suspects
+        separations = np.stack([repeat.pair_separation(label_a, label_b, chunk, left_out) for repeat in self.repeats])
         defined = np.isfinite(separations)
         totals = np.where(defined, separations, 0.0).sum(axis=0)
         return np.where(defined.any(axis=0), totals / np.maximum(defined.sum(axis=0), 1), np.nan).astype(np.float32)
@@ -247,18 +278,37 @@ def nonzero_rows(vectors: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
     return found.reshape(vectors.shape[:-1])
 
 
-def conflict_score(similarity: np.ndarray, separation: np.ndarray) -> np.ndarray:
-    """The conflict ranking from a set of pairs' ``pair_similarity`` and ``pair_separation``: robust z of the one plus
-    ``SEPARATION_WEIGHT`` times robust z of the other, both over these pairs (a pair the separation cannot judge sits
-    at its median; NaN: a class with no image)."""
+def conflict_score(similarity: np.ndarray, separation: np.ndarray, label_a: np.ndarray, label_b: np.ndarray
+                   ) -> np.ndarray:
+    """The conflict ranking of the pairs ``(label_a, label_b)`` from their ``pair_similarity`` and ``pair_separation``:
+    the evidence, robust z of the one plus ``SEPARATION_WEIGHT`` times robust z of the other (a pair the separation
+    cannot judge sits at its median), minus ``MUTUAL_RANK_WEIGHT`` times robust z of log(the pair's rank by that
+    evidence among the pairs holding label_a) + log(its rank among those holding label_b). A split person's two labels
+    are each other's best match; a look-alike family's members each have several near-equal ones. All over these
+    pairs; NaN: a class with no image."""
     from analysis.noise import neutral_where_missing, robust_z
 
     present = np.isfinite(similarity)
     score = np.full(len(similarity), np.nan, dtype=np.float32)
     if present.any():
-        score[present] = robust_z(similarity[present]) + SEPARATION_WEIGHT * robust_z(
+        evidence = robust_z(similarity[present]) + SEPARATION_WEIGHT * robust_z(
             neutral_where_missing(separation[present]))
+        rank_a, rank_b = label_ranks(np.asarray(label_a)[present], np.asarray(label_b)[present], evidence)
+        score[present] = evidence - MUTUAL_RANK_WEIGHT * robust_z(np.log(rank_a) + np.log(rank_b))
     return score
+
+
+def label_ranks(label_a: np.ndarray, label_b: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair, its rank by ``score`` (1: the highest; ties in the pairs' order) among the pairs holding its label_a,
+    and among those holding its label_b: one sort of both ends."""
+    ends = np.concatenate([label_a, label_b]).astype(np.int64)
+    order = np.lexsort((-np.concatenate([score, score]), ends))
+    sorted_ends = ends[order]
+    first = np.flatnonzero(np.r_[True, sorted_ends[1:] != sorted_ends[:-1]])
+    starts = np.repeat(first, np.diff(np.r_[first, len(ends)]))
+    rank = np.empty(len(ends), dtype=np.int64)
+    rank[order] = np.arange(len(ends)) - starts + 1
+    return rank[:len(label_a)], rank[len(label_a):]
 
 
 def assign_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:

@@ -449,7 +449,7 @@ def test_crossval_writes_reference_evidence_that_the_report_ranks_by(synthetic_r
     assert pairs[["crossval_similarity", "crossval_score"]].notna().all().all()
     a, b = pairs["label_a"].to_numpy(), pairs["label_b"].to_numpy()
     assert np.allclose(pairs["crossval_score"], conflict_score(evidence.pair_similarity(a, b),
-                                                               evidence.pair_separation(a, b)), atol=1e-4)
+                                                               evidence.pair_separation(a, b), a, b), atol=1e-4)
     assert "cross-validated" in (tmp_path / "report" / "report.md").read_text() and "Noise:" in output
     assert "ranked by same-person LLR: " in output and ", cross-validated reference: " in output
     invoke("noise", run, "--data", write_rec(tmp_path / "other", classes=15, per_class=2), "--out",

@@ -8,11 +8,11 @@ import pytest
 
 from analysis.conflict import center_neighbours, conflict_table
 from analysis.centers import Centers
-from analysis.crossval import (BLOCK_POOL, REPEAT_SEED_STRIDE, RESULT_ARRAYS, RESULT_JSON, SAVED_ARRAYS,
-                               SEPARATION_WEIGHT, SETUP_JSON, CrossValidation, RepeatedCrossValidation, assign_folds,
-                               conflict_score, grouped_median, held_out_evidence, label_nearest_similarity,
-                               load_crossval, nonzero_rows, reference_recipe, repeat_dir, run_crossval,
-                               trimmed_class_means)
+from analysis.crossval import (BLOCK_POOL, MUTUAL_RANK_WEIGHT, REPEAT_SEED_STRIDE, RESULT_ARRAYS, RESULT_JSON,
+                               SAVED_ARRAYS, SEPARATION_WEIGHT, SETUP_JSON, CrossValidation, RepeatedCrossValidation,
+                               assign_folds, conflict_score, grouped_median, held_out_evidence,
+                               label_nearest_similarity, label_ranks, load_crossval, nonzero_rows, reference_recipe,
+                               repeat_dir, run_crossval, trimmed_class_means)
 from analysis.noise import (RANK_COMBINED, RANK_CROSSVAL, RANK_CROSSVAL_AND_RUN, RANK_FEATURES, SampleNeighbours,
                             noise_table, rank_correlation, robust_z)
 from core.errors import ConfigError, DataError
@@ -202,12 +202,34 @@ def test_the_conflict_score_adds_robust_z_of_cosine_and_weighted_separation_and_
     evidence = held_out_evidence([rng.normal(size=(120, 4)) for _ in range(2)], rng.normal(size=(120, 4)), labels,
                                  assign_folds(labels, 2), 21)
     a, b = np.triu_indices(21, k=1)
-    score = conflict_score(evidence.pair_similarity(a, b), evidence.pair_separation(a, b))
+    score = conflict_score(evidence.pair_similarity(a, b), evidence.pair_separation(a, b), a, b)
     present = b < 20
     separation = evidence.pair_separation(a[present], b[present])
     filled = np.where(np.isnan(separation), np.nanmedian(separation), separation)
-    expected = robust_z(evidence.pair_similarity(a, b)[present]) + SEPARATION_WEIGHT * robust_z(filled)
+    pair_evidence = robust_z(evidence.pair_similarity(a, b)[present]) + SEPARATION_WEIGHT * robust_z(filled)
+    # each pair's rank by that evidence among the pairs holding each of its labels, counted directly
+    ranks = [[1 + np.sum((np.isin(a[present], [x]) | np.isin(b[present], [x])) & (pair_evidence > own))
+              for x in (x_a, x_b)] for x_a, x_b, own in zip(a[present], b[present], pair_evidence)]
+    expected = pair_evidence - MUTUAL_RANK_WEIGHT * robust_z(np.log(ranks).sum(axis=1))
     assert np.allclose(score[present], expected, atol=1e-5) and np.isnan(score[~present]).all()
+
+
+def test_label_ranks_count_the_better_pairs_holding_each_label():
+    a, b = np.array([0, 0, 1, 2, 0]), np.array([1, 2, 2, 3, 3])
+    rank_a, rank_b = label_ranks(a, b, np.array([0.9, 0.5, 0.7, 0.1, 0.3]))
+    # label 0 holds pairs 0, 1, 4 (0.9, 0.5, 0.3); label 1: 0, 2; label 2: 1, 2, 3; label 3: 3, 4
+    assert rank_a.tolist() == [1, 2, 2, 3, 3] and rank_b.tolist() == [1, 2, 1, 2, 1]
+
+
+def test_a_pair_that_is_each_label_s_best_match_outranks_one_with_equal_evidence_among_better_partners():
+    """Pairs (0, 1) and (2, 3) have the same cosine and separation; labels 2 and 3 each have a closer partner (a
+    look-alike family), labels 0 and 1 none (a split person's two labels are each other's best match)."""
+    a, b = np.array([0, 2, 2, 3, 0]), np.array([1, 3, 4, 5, 6])
+    similarity = np.array([0.8, 0.8, 0.9, 0.9, 0.2], np.float32)
+    separation = np.array([-0.1, -0.1, -0.05, -0.05, -0.5], np.float32)
+    assert conflict_score(similarity, separation, a, b)[0] > conflict_score(similarity, separation, a, b)[1]
+    unrelated = conflict_score(similarity, separation, np.arange(5), np.arange(5, 10))  # every pair its labels' best
+    assert unrelated[0] == pytest.approx(unrelated[1])
 
 
 def test_a_one_person_pair_outranks_a_look_alike_pair_with_the_same_cosine():
@@ -220,8 +242,26 @@ def test_a_one_person_pair_outranks_a_look_alike_pair_with_the_same_cosine():
     evidence = held_out_evidence([rows, rows], rows, labels, fold, 4)
     evidence.class_vectors = np.array([[1.0, 0.0], [0.8, 0.6], [1.0, 0.0], [0.8, 0.6]], np.float32)  # cosine 0.8
     a, b = np.array([0, 2, 0]), np.array([1, 3, 2])
-    score = conflict_score(evidence.pair_similarity(a, b), evidence.pair_separation(a, b))
+    score = conflict_score(evidence.pair_similarity(a, b), evidence.pair_separation(a, b), a, b)
     assert score[0] > score[1]
+
+
+def test_intruders_are_left_out_of_the_separation_s_pools_but_a_split_person_s_images_are_not():
+    """Label 0 holds six images of one person and two of a look-alike (cosine 0.6), label 1 six of the look-alike;
+    labels 2 and 3 are one person. The two intruders stand out within their label and are left out of the trained
+    images compared with: the look-alikes' separation falls from -0.267 (a held-out image of label 1 finds an
+    intruder among label 0's 3 nearest: (1 + 0.6 + 0.6) / 3 - 1) to 0.6 - 1. The split person's images all look like
+    the other label's, so none stands out within its label: that pair stays at 0."""
+    x, y, split, other = np.array([1.0, 0, 0]), np.array([0.6, 0.8, 0]), np.array([0.0, 0, 1]), np.array([0.0, -1, 0])
+    rows = np.stack([x] * 6 + [y] * 2 + [y] * 6 + [split] * 8 + [other] * 4)
+    labels = np.array([0] * 8 + [1] * 6 + [2] * 4 + [3] * 4 + [4] * 4)
+    evidence = held_out_evidence([rows, rows], rows, labels, np.arange(len(labels)) % 2, 5)
+    reference = RepeatedCrossValidation([evidence])
+    assert np.flatnonzero(reference.pool_suspects).tolist() == [6, 7]
+    a, b = np.array([0, 2]), np.array([1, 3])
+    assert np.allclose(evidence.pair_separation(a, b), [-0.8 / 3, 0.0], atol=1e-6)
+    assert np.allclose(reference.pair_separation(a, b), [-0.4, 0.0], atol=1e-6)
+    assert np.allclose(evidence.pair_separation(a, b, left_out=reference.pool_suspects), [-0.4, 0.0], atol=1e-6)
 
 
 def test_pair_similarity_in_chunks_equals_one_block_and_absent_classes_are_nan():
@@ -294,7 +334,7 @@ def test_the_fold_embeddings_must_be_there_and_fit_the_data(tmp_path):
 
 def test_repeats_average_the_noise_score_the_cosine_and_the_defined_separations():
     rows, labels, fold = _two_fold_world()
-    turned = _unit(rows + np.array([0.0, 0.0, 0.7]) * (labels == 1)[:, None])  # another repeat's models
+    turned = _unit(rows + np.array([0.7, 0.0, 0.0]) * (labels == 1)[:, None])  # another repeat's models
     first = held_out_evidence([rows, rows], rows, labels, fold, 2)
     second = held_out_evidence([turned, turned], turned, labels, 1 - fold, 2)
     both = RepeatedCrossValidation([first, second])
@@ -306,7 +346,9 @@ def test_repeats_average_the_noise_score_the_cosine_and_the_defined_separations(
                                                                                     first.pair_similarity(a, b))
     # one inner product of the side-by-side class vectors is the mean cosine: what the candidates' search ranks by
     assert np.allclose(np.einsum("ij,ij->i", both.class_vectors[a], both.class_vectors[b]), mean_cosine)
-    separations = first.pair_separation(a, b), second.pair_separation(a, b)
+    left_out = both.pool_suspects  # decided once, on the averaged noise score: the flipped image 5
+    assert np.flatnonzero(left_out).tolist() == [5]
+    separations = first.pair_separation(a, b, left_out=left_out), second.pair_separation(a, b, left_out=left_out)
     assert np.isfinite(separations).all() and not np.allclose(*separations)
     assert np.allclose(both.pair_separation(a, b), (separations[0] + separations[1]) / 2)
     second.held_out_own[:] = np.nan  # the second repeat judges no pair: the first's separation stands
@@ -407,7 +449,7 @@ def test_conflict_pairs_carry_the_reference_cosine_and_its_nearest_pairs_join_th
     assert row["crossval_separation"] == pytest.approx(0.96 - 1.0, abs=1e-5)
     a, b = table["label_a"].to_numpy(), table["label_b"].to_numpy()
     assert np.allclose(table["crossval_score"], conflict_score(crossval.pair_similarity(a, b),
-                                                               crossval.pair_separation(a, b)), atol=1e-5)
+                                                               crossval.pair_separation(a, b), a, b), atol=1e-5)
     assert without[["crossval_similarity", "crossval_separation", "crossval_score"]].isna().all().all()
 
 
