@@ -302,13 +302,17 @@ def label_ranks(label_a: np.ndarray, label_b: np.ndarray, score: np.ndarray) -> 
     """Per pair, its rank by ``score`` (1: the highest; ties in the pairs' order) among the pairs holding its label_a,
     and among those holding its label_b: one sort of both ends."""
     ends = np.concatenate([label_a, label_b]).astype(np.int64)
-    order = np.lexsort((-np.concatenate([score, score]), ends))
-    sorted_ends = ends[order]
-    first = np.flatnonzero(np.r_[True, sorted_ends[1:] != sorted_ends[:-1]])
-    starts = np.repeat(first, np.diff(np.r_[first, len(ends)]))
-    rank = np.empty(len(ends), dtype=np.int64)
-    rank[order] = np.arange(len(ends)) - starts + 1
+    rank = rank_within_groups(ends, np.concatenate([score, score])) + 1
     return rank[:len(label_a)], rank[len(label_a):]
+
+
+def rank_within_groups(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per entry, its place (0: the highest value; ties in the entries' order) among the entries of its group."""
+    order = np.lexsort((-values, groups))
+    counts = np.bincount(groups)
+    rank = np.empty(len(groups), dtype=np.int64)
+    rank[order] = np.arange(len(groups)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return rank
 
 
 def assign_folds(labels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
@@ -442,9 +446,7 @@ def trimmed_class_means(unit: np.ndarray, labels: np.ndarray, num_classes: int, 
     labels = np.asarray(labels, dtype=np.int64)
     to_mean = np.einsum("ij,ij->i", unit, normalize_rows(class_sums(unit, labels, num_classes))[labels])
     counts = np.bincount(labels, minlength=num_classes)
-    order = np.lexsort((-to_mean, labels))  # by class, nearest its mean first
-    rank = np.empty(len(labels), dtype=np.int64)
-    rank[order] = np.arange(len(labels)) - np.repeat(np.cumsum(counts) - counts, counts)
+    rank = rank_within_groups(labels, to_mean)  # within its class, nearest its mean first
     kept = rank < np.maximum(np.ceil(share * counts), np.minimum(counts, min_images))[labels]
     # the images left out are summed into a spare class C: no copy of the kept rows is made
     return normalize_rows(class_sums(unit, np.where(kept, labels, num_classes), num_classes + 1)[:num_classes])
