@@ -60,7 +60,7 @@ def report_command(grid_dir: str, out: str, figure_format: str) -> None:
 @click.option("--quick", is_flag=True, help="3 scenarios, a third of the identities, half the epochs, no DCQ "
                                             "(under 10 min on 2 cores); labelled quick.")
 @click.option("--held-out", is_flag=True, help="Only the held-out scenarios, at full scale: the figures a round of "
-                                                "tuning is judged by (36 min for four on 2 cores).")
+                                                "tuning is judged by (35-36 min for four on 2 cores).")
 @click.option("--device", default="cpu", show_default=True, help="Device every cell trains on.")
 @click.option("--cells", "only", type=int, default=None, help="Run only the first N cells.")
 @click.option("--doc", type=click.Path(exists=True, dir_okay=False),
