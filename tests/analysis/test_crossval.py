@@ -3,6 +3,8 @@ answers, the file round trip and its refusals, and how noise.csv and conflict.cs
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -506,6 +508,43 @@ def test_a_second_repeat_deals_its_own_folds_and_seeds_beside_the_first(tmp_path
     assert np.array_equal(two.repeats[0].held_out_score, one.repeats[0].held_out_score, equal_nan=True)
     back = load_crossval(out, len(labels), 6)
     assert len(back.repeats) == 2 and np.allclose(back.noise_score, two.noise_score)
+
+
+def test_a_later_repeat_s_fold_models_train_without_the_first_repeat_s_suspects(tmp_path, monkeypatch):
+    """INCV's second round: the intruder that repeat 0 flags is in no fold list of repeat 1, while repeat 0's fold
+    models and every all-data model train on all they would otherwise."""
+    import analysis.crossval as crossval_module
+    from core.data.loader import open_dataset
+
+    data = write_rec(tmp_path / "data", classes=6, per_class=8)
+    out = tmp_path / "cv"
+    labels = np.repeat(np.arange(6), 8)
+    intruder = 3  # an image labelled 0 that every model places among class 1's
+    trained_on = {}
+
+    def fake_model(model_dir, training_data, recipe, seed, *args):
+        trained_on[model_dir.relative_to(out).as_posix()] = training_data
+        rng = np.random.default_rng(seed)
+        embeddings = np.eye(6, 8)[labels] + 0.05 * rng.normal(size=(48, 8))
+        embeddings[intruder] = np.eye(6, 8)[1] + 0.05 * rng.normal(size=8)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        np.save(model_dir / "embeddings.npy", embeddings.astype(np.float32))
+        return np.load(model_dir / "embeddings.npy", mmap_mode="r")
+
+    monkeypatch.setattr(crossval_module, "_reference_embeddings", fake_model)
+    result = run_crossval(data, out, reference_recipe(epochs=1), folds=2, repeats=2, seed=5, echo=lambda line: None)
+    suspects = RepeatedCrossValidation(result.repeats[:1]).pool_suspects
+    assert suspects[intruder]  # (beside whichever ordinary image strays past the fence)
+    entries = crossval_module._list_entries(open_dataset(data), data)
+
+    def listed(name: str) -> list[str]:
+        return [line.rsplit(" ", 1)[0] for line in Path(trained_on[name]).read_text().splitlines()]
+
+    for f in range(2):
+        first, second = result.repeats[0].fold != f, (result.repeats[1].fold != f) & ~suspects
+        assert listed(f"fold{f}") == [entries[i] for i in np.flatnonzero(first)]
+        assert listed(f"repeat1/fold{f}") == [entries[i] for i in np.flatnonzero(second)]
+    assert trained_on["all"] == trained_on["repeat1/all"] == str(data.absolute())
 
 
 def test_trimmed_class_means_leave_out_the_images_farthest_from_the_plain_mean_but_keep_small_classes_whole():
