@@ -560,8 +560,7 @@ def run_crossval(data: str | Path, out: Path, recipe, folds: int = DEFAULT_FOLDS
             evidence.append(finished)
             continue
         fold = assign_folds(labels, folds, repeat_seed)
-        # INCV's second round: after the first repeat, the fold models train without its suspects (the all-data
-        # model still trains on every image, so its score keeps telling a suspect from a true intruder)
+        # INCV's second round: a later repeat's fold models train without the first repeat's suspects (module docstring)
         left_out = RepeatedCrossValidation(evidence[:1]).pool_suspects if repeat else np.zeros(len(labels), bool)
         fold_embeddings = []
         for f in range(folds):
